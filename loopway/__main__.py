@@ -1,0 +1,3 @@
+from loopway.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""``loopway serve``: the command line, where every flag also reads a ``LOOPWAY_*`` variable."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from loopway import __version__
+from loopway.engines.sim import SimSettings
+from loopway.settings import Settings
+
+
+class _Flag:
+    def __init__(self, name: str, kind: Callable[[str], Any], default: Any, help: str) -> None:
+        self.name, self.kind, self.default, self.help = name, kind, default, help
+
+    @property
+    def env(self) -> str:
+        return "LOOPWAY_" + self.name.upper().replace("-", "_")
+
+    def add(self, parser: argparse.ArgumentParser) -> None:
+        raw = os.environ.get(self.env)
+        default = self.kind(raw) if raw is not None else self.default
+        parser.add_argument(f"--{self.name}", type=self.kind, default=default,
+                            help=f"{self.help} [env {self.env}; default {self.default!r}]")
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+_s, _sim = Settings(), SimSettings()
+SERVE_FLAGS = [
+    _Flag("host", str, _s.host, "address to listen on"),
+    _Flag("port", int, _s.port, "port to listen on"),
+    _Flag("engine", str, _s.engine, "inference engine: sim"),
+    _Flag("store", str, _s.store, "response store: memory, or sqlite:PATH (default: SQLite in the data dir)"),
+    _Flag("data-dir", str, _s.data_dir, "where the SQLite store and the sealing key live (default: "
+                                        "$XDG_DATA_HOME/loopway or ~/.local/share/loopway)"),
+    _Flag("max-body-bytes", int, _s.max_body_bytes, "largest HTTP request body accepted (413 beyond)"),
+    _Flag("max-frame-bytes", int, _s.max_frame_bytes, "largest WebSocket frame accepted"),
+    _Flag("ws-connection-max-age-s", float, _s.ws_connection_max_age_s, "WebSocket connection age limit"),
+    _Flag("log-level", str, _s.log_level, "debug, info, warning or error"),
+    _Flag("sim-models", _csv, ",".join(_sim.models), "model names the sim engine serves (comma-separated)"),
+    _Flag("sim-context-window", int, _sim.context_window, "sim context window in tokens"),
+    _Flag("sim-seed", int, _sim.seed, "sim seed: same seed and input, same output"),
+    _Flag("sim-base-latency-ms", float, _sim.base_latency_ms, "sim time to first token before prefill"),
+    _Flag("sim-prefill-tps", float, _sim.prefill_tokens_per_s, "sim prefill rate, uncached tokens per second"),
+    _Flag("sim-decode-tps", float, _sim.decode_tokens_per_s, "sim decode rate, output tokens per second"),
+    _Flag("sim-trace", str, _sim.trace, "a rollout file the sim engine replays (at turn k, these items)"),
+]
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    models = args.sim_models if isinstance(args.sim_models, list) else _csv(args.sim_models)
+    return Settings(
+        host=args.host,
+        port=args.port,
+        engine=args.engine,
+        store=args.store,
+        data_dir=args.data_dir,
+        max_body_bytes=args.max_body_bytes,
+        max_frame_bytes=args.max_frame_bytes,
+        ws_connection_max_age_s=args.ws_connection_max_age_s,
+        log_level=args.log_level,
+        sim=SimSettings(
+            models=models,
+            context_window=args.sim_context_window,
+            seed=args.sim_seed,
+            base_latency_ms=args.sim_base_latency_ms,
+            prefill_tokens_per_s=args.sim_prefill_tps,
+            decode_tokens_per_s=args.sim_decode_tps,
+            trace=args.sim_trace,
+        ),
+    )
+
+
+def serve(settings: Settings) -> int:
+    import uvicorn
+
+    from loopway.app import ConfigError, build_service, create_app
+    from loopway.engines.sim.trace import TraceError
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        service = build_service(settings)
+    except (ConfigError, TraceError, OSError) as exc:
+        print(f"loopway: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(settings, service)
+    print(f"loopway {__version__}: engine {settings.engine} (models: {', '.join(m.id for m in service.engine.models())})")
+    print(f"loopway: store {service.log.store.describe()}")
+    print(f"loopway: listening on http://{settings.host}:{settings.port}/v1 "
+          f"(WebSocket ws://{settings.host}:{settings.port}/v1/responses)", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                ws_max_size=settings.max_frame_bytes + 1024, ws_per_message_deflate=True, timeout_graceful_shutdown=10)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loopway", description="An OpenAI Responses API server for agent loops.")
+    parser.add_argument("--version", action="version", version=f"loopway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="serve the Responses API over HTTP and WebSocket")
+    for flag in SERVE_FLAGS:
+        flag.add(serve_parser)
+    bench_parser = commands.add_parser("bench", help="benchmarks (see 'loopway bench overhead --help')")
+    bench_commands = bench_parser.add_subparsers(dest="bench", required=True)
+    from loopway.bench.overhead import add_arguments as add_overhead
+
+    add_overhead(bench_commands.add_parser("overhead", help="server time per turn, engine excluded, vs history length"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(settings_from(args))
+    if args.command == "bench" and args.bench == "overhead":
+        from loopway.bench.overhead import run
+
+        return run(args)
+    return 2

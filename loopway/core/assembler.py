@@ -1,0 +1,207 @@
+"""Engine deltas to the exact Responses event sequence, with sequence numbers (sans-I/O).
+
+One place owns ordering: an item opens with ``output_item.added``; text goes
+``content_part.added`` → ``output_text.delta``… → ``output_text.done`` → ``content_part.done``;
+a function call goes ``function_call_arguments.delta``… → ``.done``; the item closes with
+``output_item.done``; a terminal event ends the response. ``sequence_number`` starts at 0.
+
+Events carry snapshots: nothing emitted earlier changes when the response moves on.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+from loopway.engines.base import Delta, Finish, TextDelta, ToolCallDelta
+from loopway.protocol import ids
+from loopway.protocol.events import (
+    ContentPartAdded,
+    ContentPartDone,
+    Event,
+    FunctionCallArgumentsDelta,
+    FunctionCallArgumentsDone,
+    OutputItemAdded,
+    OutputItemDone,
+    OutputTextDelta,
+    OutputTextDone,
+    ResponseCompleted,
+    ResponseCreated,
+    ResponseFailed,
+    ResponseIncomplete,
+    ResponseInProgress,
+    ResponseQueued,
+)
+from loopway.protocol.items import FunctionCall, Message, OutputText
+from loopway.protocol.response import IncompleteDetails, OutputItem, Response, ResponseError, Usage
+
+
+class _OpenText:
+    def __init__(self, item: Message, index: int) -> None:
+        self.item, self.index, self.chunks = item, index, []
+
+
+class _OpenCall:
+    def __init__(self, item: FunctionCall, index: int, engine_index: int) -> None:
+        self.item, self.index, self.engine_index, self.chunks = item, index, engine_index, []
+
+
+class EventAssembler:
+    """Builds one response's events; ``response`` is the live object it completes."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+        self._seq = 0
+        self._open: _OpenText | _OpenCall | None = None
+
+    def _stamp(self, event: Event) -> Event:
+        event.sequence_number = self._seq
+        self._seq += 1
+        return event
+
+    def _snapshot(self) -> Response:
+        return msgspec.structs.replace(self.response, output=list(self.response.output))
+
+    # Lifecycle -------------------------------------------------------------------------------
+
+    def queued(self) -> list[Event]:
+        """A background response's first events: created and queued, both with status queued."""
+        self.response.status = "queued"
+        return [self._stamp(ResponseCreated(response=self._snapshot())),
+                self._stamp(ResponseQueued(response=self._snapshot()))]
+
+    def opening(self) -> list[Event]:
+        """``response.created`` then ``response.in_progress`` (a queued response already had created)."""
+        events: list[Event] = []
+        if self._seq == 0:
+            self.response.status = "in_progress"
+            events.append(self._stamp(ResponseCreated(response=self._snapshot())))
+        self.response.status = "in_progress"
+        events.append(self._stamp(ResponseInProgress(response=self._snapshot())))
+        return events
+
+    def feed(self, delta: Delta) -> list[Event]:
+        if isinstance(delta, TextDelta):
+            return self._text(delta.text)
+        if isinstance(delta, ToolCallDelta):
+            return self._call(delta)
+        if isinstance(delta, Finish):
+            return self.finish(delta)
+        raise TypeError(type(delta))
+
+    def continues_open_item(self, delta: Delta) -> bool:
+        """Whether ``delta`` belongs to the item now streaming (steering waits for it to finish)."""
+        current = self._open
+        if isinstance(delta, TextDelta):
+            return isinstance(current, _OpenText)
+        if isinstance(delta, ToolCallDelta):
+            return isinstance(current, _OpenCall) and current.engine_index == delta.index
+        return False
+
+    def add_item(self, item: OutputItem) -> list[Event]:
+        """A whole item at once (compaction): added and done."""
+        events = self._close()
+        index = len(self.response.output)
+        self.response.output.append(item)
+        events.append(self._stamp(OutputItemAdded(output_index=index, item=item)))
+        events.append(self._stamp(OutputItemDone(output_index=index, item=item)))
+        return events
+
+    def finish(self, finish: Finish) -> list[Event]:
+        truncated = finish.reason == "length"
+        events = self._close(status="incomplete" if truncated else "completed")
+        response = self.response
+        response.usage = Usage.of(finish.input_tokens, finish.cached_tokens, finish.output_tokens,
+                                  finish.reasoning_tokens)
+        if truncated:
+            response.status = "incomplete"
+            response.incomplete_details = IncompleteDetails(reason="max_output_tokens")
+            events.append(self._stamp(ResponseIncomplete(response=self._snapshot())))
+        else:
+            response.status = "completed"
+            response.completed_at = int(time.time())
+            events.append(self._stamp(ResponseCompleted(response=self._snapshot())))
+        return events
+
+    def close_open_item(self) -> list[Event]:
+        return self._close()
+
+    def end_incomplete(self, reason: str, usage: Usage | None = None) -> list[Event]:
+        """Stop early (steering): the open item is closed as incomplete."""
+        events = self._close(status="incomplete")
+        self.response.usage = usage
+        self.response.status = "incomplete"
+        self.response.incomplete_details = IncompleteDetails(reason=reason)
+        events.append(self._stamp(ResponseIncomplete(response=self._snapshot())))
+        return events
+
+    def fail(self, code: str, message: str) -> list[Event]:
+        events = self._close(status="incomplete")
+        self.response.status = "failed"
+        self.response.error = ResponseError(code=code, message=message)
+        events.append(self._stamp(ResponseFailed(response=self._snapshot())))
+        return events
+
+    def stamp(self, event: Event) -> Event:
+        """Number an event produced outside the assembler (a mid-stream error)."""
+        return self._stamp(event)
+
+    # Items -----------------------------------------------------------------------------------
+
+    def _text(self, text: str) -> list[Event]:
+        events: list[Event] = []
+        current = self._open
+        if not isinstance(current, _OpenText):
+            events += self._close()
+            index = len(self.response.output)
+            item = Message(id=ids.new_id(ids.MESSAGE), role="assistant", content=[], status="in_progress")
+            self.response.output.append(item)
+            current = self._open = _OpenText(item, index)
+            events.append(self._stamp(OutputItemAdded(output_index=index, item=msgspec.structs.replace(item, content=[]))))
+            events.append(self._stamp(ContentPartAdded(item_id=item.id, output_index=index, content_index=0,
+                                                       part=OutputText(text=""))))
+        current.chunks.append(text)
+        events.append(self._stamp(OutputTextDelta(item_id=current.item.id, output_index=current.index,
+                                                  content_index=0, delta=text)))
+        return events
+
+    def _call(self, delta: ToolCallDelta) -> list[Event]:
+        events: list[Event] = []
+        current = self._open
+        if not isinstance(current, _OpenCall) or current.engine_index != delta.index:
+            events += self._close()
+            index = len(self.response.output)
+            item = FunctionCall(id=ids.new_id(ids.FUNCTION_CALL), call_id=delta.call_id or ids.new_id(ids.CALL),
+                                name=delta.name or "", arguments="", status="in_progress")
+            self.response.output.append(item)
+            current = self._open = _OpenCall(item, index, delta.index)
+            events.append(self._stamp(OutputItemAdded(output_index=index, item=msgspec.structs.replace(item))))
+        if delta.arguments:
+            current.chunks.append(delta.arguments)
+            events.append(self._stamp(FunctionCallArgumentsDelta(item_id=current.item.id, output_index=current.index,
+                                                                 delta=delta.arguments)))
+        return events
+
+    def _close(self, status: str = "completed") -> list[Event]:
+        current, self._open = self._open, None
+        if current is None:
+            return []
+        item = current.item
+        if isinstance(current, _OpenText):
+            text = "".join(current.chunks)
+            part = OutputText(text=text)
+            item.content = [part]
+            item.status = status
+            return [
+                self._stamp(OutputTextDone(item_id=item.id, output_index=current.index, content_index=0, text=text)),
+                self._stamp(ContentPartDone(item_id=item.id, output_index=current.index, content_index=0, part=part)),
+                self._stamp(OutputItemDone(output_index=current.index, item=msgspec.structs.replace(item))),
+            ]
+        item.arguments = "".join(current.chunks)
+        item.status = status
+        return [
+            self._stamp(FunctionCallArgumentsDone(item_id=item.id, output_index=current.index, name=item.name,
+                                                  arguments=item.arguments)),
+            self._stamp(OutputItemDone(output_index=current.index, item=msgspec.structs.replace(item))),
+        ]

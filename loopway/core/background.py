@@ -1,0 +1,100 @@
+"""Background responses: run detached, observable while running, cancellable.
+
+A background run belongs to the app, not to the request that started it: it survives the client
+going away and is cancelled only by ``POST /v1/responses/{id}/cancel`` or shutdown. Its events are
+kept so ``GET ?stream=true&starting_after=N`` can replay and then follow it live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from loopway.core.persistence import ResponseLog
+from loopway.core.pipeline import Turn, TurnPipeline
+from loopway.protocol.events import Event
+from loopway.protocol.response import Response
+
+
+class _Run:
+    def __init__(self, turn: Turn) -> None:
+        self.turn = turn
+        self.changed = asyncio.Condition()
+        self.done = False
+        self.task: asyncio.Task[None] | None = None
+
+
+class BackgroundRuns:
+    def __init__(self, pipeline: TurnPipeline, log: ResponseLog) -> None:
+        self.pipeline = pipeline
+        self.log = log
+        self._runs: dict[str, _Run] = {}
+
+    async def start(self, turn: Turn) -> Response:
+        """Queue the turn; returns once its ``queued`` state is stored."""
+        run = _Run(turn)
+        turn.events = list(turn.assembler.queued())
+        if turn.request.store:
+            await self.log.put(self.pipeline.record(turn))
+        self._runs[turn.id] = run
+        run.task = asyncio.create_task(self._run(run), name=f"background {turn.id}")
+        return turn.events[0].response  # type: ignore[attr-defined]
+
+    async def _run(self, run: _Run) -> None:
+        turn = run.turn
+        assert turn.events is not None
+        try:
+            async for event in self.pipeline.run(turn):
+                turn.events.append(event)
+                async with run.changed:
+                    run.changed.notify_all()
+        finally:
+            await self._finish(run)
+
+    async def _finish(self, run: _Run) -> None:
+        if run.turn.request.store:
+            await asyncio.shield(self.log.put(self.pipeline.record(run.turn)))
+        run.done = True
+        self._runs.pop(run.turn.id, None)
+        async with run.changed:
+            run.changed.notify_all()
+
+    def running(self, response_id: str) -> Turn | None:
+        run = self._runs.get(response_id)
+        return run.turn if run else None
+
+    async def cancel(self, response_id: str) -> Response | None:
+        """Cancel a running background response; None if it is not running here."""
+        run = self._runs.get(response_id)
+        if run is None or run.task is None:
+            return None
+        run.turn.response.status = "cancelled"
+        run.task.cancel()
+        try:
+            await run.task
+        except asyncio.CancelledError:
+            pass
+        return run.turn.response
+
+    async def follow(self, response_id: str, starting_after: int) -> AsyncIterator[Event] | None:
+        run = self._runs.get(response_id)
+        if run is None:
+            return None
+        return self._follow(run, starting_after)
+
+    async def _follow(self, run: _Run, starting_after: int) -> AsyncIterator[Event]:
+        events = run.turn.events or []
+        index = starting_after + 1
+        while True:
+            while index < len(events):
+                yield events[index]
+                index += 1
+            if run.done:
+                return
+            async with run.changed:
+                if index >= len(events) and not run.done:
+                    await run.changed.wait()
+
+    async def aclose(self) -> None:
+        for response_id in list(self._runs):
+            await self.cancel(response_id)

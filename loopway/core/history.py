@@ -1,0 +1,76 @@
+"""Rebuilding a conversation from the store: the slow path of ``previous_response_id``.
+
+The model sees ``previous input + previous output + new input``, recursively, so a stored
+response's context is found by walking its ``previous_response_id`` chain. This is O(history)
+and touches the store once per turn of the chain; the WebSocket connection cache exists to avoid it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+from loopway.core.conversation import Conversation
+from loopway.core.persistence import ResponseLog
+from loopway.protocol import response as wire
+from loopway.protocol.errors import ApiError, previous_response_not_found
+from loopway.protocol.items import Item, items_from_json
+from loopway.protocol.response import Response
+from loopway.store.base import StoredResponse
+
+
+class Parent(msgspec.Struct, kw_only=True):
+    """What a continuation continues from: the previous response and its whole context.
+
+    From a connection cache it comes rendered (``conversation``); from the store, as raw items.
+    """
+
+    response: Response
+    items: list[Item] | None = None  # previous input context + previous output, in order
+    conversation: Conversation | None = None
+
+    def context(self) -> Sequence[Item]:
+        if self.conversation is not None:
+            return self.conversation.items
+        return self.items or []
+
+
+async def chain(log: ResponseLog, response_id: str) -> list[StoredResponse]:
+    """The records from the start of the conversation to ``response_id``, oldest first."""
+    records: list[StoredResponse] = []
+    next_id: str | None = response_id
+    while next_id is not None:
+        record = await log.get(next_id)
+        if record is None:
+            if not records:
+                raise previous_response_not_found(response_id)
+            break  # an ancestor was deleted: the context starts after it
+        records.append(record)
+        next_id = record.previous_response_id
+    records.reverse()
+    return records
+
+
+def _context(records: list[StoredResponse], include_last_output: bool) -> list[Item]:
+    items: list[Item] = []
+    for i, record in enumerate(records):
+        items += items_from_json(record.input_items)
+        if include_last_output or i < len(records) - 1:
+            items += wire.decode(record.response).output
+    return items
+
+
+async def load_parent(log: ResponseLog, response_id: str) -> Parent:
+    records = await chain(log, response_id)
+    response = wire.decode(records[-1].response)
+    if response.status in ("queued", "in_progress"):
+        raise ApiError(400, f"Previous response with id '{response_id}' is still in progress.",
+                       param="previous_response_id", code="previous_response_in_progress")
+    return Parent(response=response, items=_context(records, include_last_output=True))
+
+
+async def input_items(log: ResponseLog, record: StoredResponse) -> list[Item]:
+    """Everything the model was given as input for this response (its whole context)."""
+    records = await chain(log, record.id)
+    return _context(records, include_last_output=False)

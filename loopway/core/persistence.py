@@ -1,0 +1,70 @@
+"""Write-behind persistence with read-your-writes.
+
+WebSocket turns send ``response.completed`` first and persist after, so the next turn never waits
+on bookkeeping. A record is readable from the moment it is submitted: reads look at the pending
+writes before the store. The log owns its write tasks; ``drain`` waits for them at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from loopway.store.base import Store, StoredResponse
+
+log = logging.getLogger("loopway.persistence")
+
+
+class ResponseLog:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pending: dict[str, StoredResponse] = {}
+        self._writes: dict[str, asyncio.Task[None]] = {}
+
+    async def put(self, record: StoredResponse) -> None:
+        """Write now and return once the store has it (durable for SQLite)."""
+        self._pending[record.id] = record
+        try:
+            await self.store.put(record)
+        finally:
+            if self._pending.get(record.id) is record:
+                del self._pending[record.id]
+
+    def put_behind(self, record: StoredResponse) -> None:
+        """Write in the background; reads see the record immediately."""
+        previous = self._writes.get(record.id)
+        self._pending[record.id] = record
+        self._writes[record.id] = asyncio.create_task(self._write(record, previous))
+
+    async def _write(self, record: StoredResponse, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.shield(previous)  # writes of one id land in order
+        try:
+            await self.store.put(record)
+        except Exception:
+            log.exception("persisting %s failed", record.id)
+        finally:
+            if self._pending.get(record.id) is record:
+                del self._pending[record.id]
+            if self._writes.get(record.id) is asyncio.current_task():
+                del self._writes[record.id]
+
+    async def get(self, response_id: str) -> StoredResponse | None:
+        pending = self._pending.get(response_id)
+        if pending is not None:
+            return pending
+        return await self.store.get(response_id)
+
+    async def delete(self, response_id: str) -> bool:
+        write = self._writes.get(response_id)
+        if write is not None:
+            await asyncio.shield(write)
+        self._pending.pop(response_id, None)
+        return await self.store.delete(response_id)
+
+    def pending_writes(self) -> int:
+        return len(self._writes)
+
+    async def drain(self) -> None:
+        while self._writes:
+            await asyncio.gather(*list(self._writes.values()), return_exceptions=True)

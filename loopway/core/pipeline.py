@@ -1,0 +1,291 @@
+"""One turn: resolve → validate → render → generate → assemble → finalize.
+
+Transports call ``prepare`` (everything before the engine, synchronous and cheap for a cached
+continuation) and iterate ``run`` (the engine, turned into events). The terminal event comes
+last; by then ``turn.after`` holds the conversation including the output, ready for a
+connection cache, and ``record(turn)`` gives what to persist. Where persistence happens relative
+to the terminal event is the transport's choice: that is the overlap of WebSocket mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from loopway.core import compaction
+from loopway.core.assembler import EventAssembler
+from loopway.core.conversation import Conversation
+from loopway.core.history import Parent
+from loopway.core.render import Renderer
+from loopway.core.sealing import Sealer
+from loopway.core.timing import StageTimes
+from loopway.engines.base import Engine, EngineError, EngineRequest, Finish, find_model
+from loopway.protocol import ids
+from loopway.protocol import response as wire
+from loopway.protocol.errors import ApiError, invalid_request
+from loopway.protocol.events import TERMINAL_EVENTS, Event, encode_event
+from loopway.protocol.items import ENCODER as ITEMS_ENCODER
+from loopway.protocol.items import Compaction, FunctionCallOutput, Item, ItemReference, item_id, normalized
+from loopway.protocol.request import CreateRequest
+from loopway.protocol.response import Response, Usage
+from loopway.store.base import StoredResponse
+
+log = logging.getLogger("loopway.pipeline")
+
+
+class Turn:
+    """One response in the making: its request, context, live response object and timings."""
+
+    def __init__(self, request: CreateRequest, response: Response, conversation: Conversation,
+                 new_items: list[Item], known_prefix: int, compacted: Compaction | None,
+                 times: StageTimes) -> None:
+        self.request = request
+        self.response = response
+        self.conversation = conversation
+        self.new_items = new_items
+        self.known_prefix = known_prefix
+        self.compacted = compacted
+        self.times = times
+        self.assembler = EventAssembler(response)
+        self.after: Conversation | None = None
+        self.steered = False  # set by response.steer: end after the current output item
+        self.events: list[Event] | None = None  # kept for replay (background responses)
+
+    @property
+    def id(self) -> str:
+        return self.response.id
+
+
+def new_response(request: CreateRequest, response_id: str) -> Response:
+    return Response(
+        id=response_id,
+        created_at=int(time.time()),
+        status="in_progress",
+        background=request.background,
+        instructions=request.instructions,
+        max_output_tokens=request.max_output_tokens,
+        max_tool_calls=request.max_tool_calls,
+        model=request.model,
+        parallel_tool_calls=request.parallel_tool_calls,
+        previous_response_id=request.previous_response_id,
+        prompt_cache_key=request.prompt_cache_key,
+        reasoning=request.reasoning,
+        safety_identifier=request.safety_identifier,
+        service_tier=request.service_tier,
+        store=request.store,
+        temperature=request.temperature,
+        text=request.text,
+        tool_choice=request.tool_choice.echo,
+        tools=request.tools.echo,
+        top_logprobs=request.top_logprobs,
+        top_p=request.top_p,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        truncation=request.truncation,
+        user=request.user,
+        metadata=request.metadata,
+    )
+
+
+def _resolve_references(items: list[Item], parent: Parent | None) -> list[Item]:
+    if not any(isinstance(i, ItemReference) for i in items):
+        return items
+    known = {item_id(i): i for i in (parent.context() if parent else [])}
+    known.update({item_id(i): i for i in items if not isinstance(i, ItemReference)})
+    resolved = []
+    for index, item in enumerate(items):
+        if isinstance(item, ItemReference):
+            target = known.get(item.id)
+            if target is None:
+                raise invalid_request(f"Item with id '{item.id}' not found.", param=f"input[{index}].id",
+                                      code="item_not_found")
+            item = target
+        resolved.append(item)
+    return resolved
+
+
+def _check_tool_outputs(conversation: Conversation, new_items: list[Item]) -> None:
+    """Every function_call_output answers a function_call of the context (as OpenAI requires)."""
+    start = compaction.last_compaction(new_items) + 1  # what precedes a compaction is not in the context
+    for index, item in enumerate(new_items[start:], start):
+        if isinstance(item, FunctionCallOutput) and not conversation.has_call(item.call_id):
+            raise invalid_request(f"No tool call found for function call output with call_id {item.call_id}.",
+                                  param=f"input[{index}]", code="tool_call_not_found")
+
+
+class TurnPipeline:
+    def __init__(self, engine: Engine, sealer: Sealer, renderer: Renderer | None = None) -> None:
+        self.engine = engine
+        self.sealer = sealer
+        self.renderer = renderer or Renderer()
+
+    # Before the engine -----------------------------------------------------------------------
+
+    def prepare(self, request: CreateRequest, parent: Parent | None, times: StageTimes | None = None) -> Turn:
+        times = times or StageTimes()
+        with times.measure("validate"):
+            info = find_model(self.engine, request.model)
+            if info is None:
+                raise ApiError(400, f"The requested model '{request.model}' does not exist.", param="model",
+                               code="model_not_found")
+            new_items = [normalized(item) for item in request.input]
+        with times.measure("render"):
+            conversation, known = self._context(request, parent, _resolve_references(new_items, parent))
+            _check_tool_outputs(conversation, new_items)
+            conversation = self._fit(request, conversation, info.context_window)
+            compacted = None
+            threshold = request.compact_threshold
+            if request.compact_now or (threshold is not None and len(conversation.tokens) > threshold):
+                summary = compaction.compact(conversation.items.to_list())
+                compacted = compaction.seal_items(self.sealer, summary)
+                conversation, known = Conversation.start(self.renderer, request.instructions, request.tools,
+                                                         summary), 0
+        response = new_response(request, ids.new_id(ids.RESPONSE))
+        return Turn(request, response, conversation, new_items, known, compacted, times)
+
+    def _context(self, request: CreateRequest, parent: Parent | None,
+                 new_items: list[Item]) -> tuple[Conversation, int]:
+        """The conversation the engine will see, and how much of it was rendered before."""
+        start = compaction.last_compaction(new_items)
+        if start >= 0 or parent is None:  # a compaction in the input starts the context afresh
+            items = compaction.effective_context(self.sealer, new_items)
+            return Conversation.start(self.renderer, request.instructions, request.tools, items), 0
+        if parent.conversation is not None:
+            base = parent.conversation.rebase(self.renderer, request.instructions, request.tools)
+            known = len(base.tokens) if base is parent.conversation else 0
+            return base.append(self.renderer, new_items), known
+        items = compaction.effective_context(self.sealer, [*(parent.items or []), *new_items])
+        return Conversation.start(self.renderer, request.instructions, request.tools, items), 0
+
+    def _fit(self, request: CreateRequest, conversation: Conversation, window: int) -> Conversation:
+        if len(conversation.tokens) <= window:
+            return conversation
+        if request.truncation == "disabled":
+            raise ApiError(
+                400,
+                f"Your input exceeds the context window of this model ({len(conversation.tokens)} tokens > "
+                f"{window}). Please adjust your input and try again, or set 'truncation' to 'auto'.",
+                param="input",
+                code="context_length_exceeded",
+            )
+        items = conversation.items.to_list()
+        while len(items) > 1:  # truncation "auto": drop the oldest items until it fits
+            items = items[1:]
+            candidate = Conversation.start(self.renderer, request.instructions, request.tools, items)
+            if len(candidate.tokens) <= window:
+                return candidate
+        raise ApiError(400, "The latest input item alone exceeds the context window of this model.",
+                       param="input", code="context_length_exceeded")
+
+    def count_input_tokens(self, request: CreateRequest, parent: Parent | None) -> int:
+        """``POST /v1/responses/input_tokens``: the context as the engine would see it, counted."""
+        conversation, _ = self._context(request, parent, _resolve_references(list(request.input), parent))
+        return len(conversation.tokens)
+
+    # The engine ------------------------------------------------------------------------------
+
+    async def run(self, turn: Turn) -> AsyncIterator[Event]:
+        """The turn's events, ending with exactly one terminal event."""
+        a = turn.assembler
+        if not turn.request.generate:  # warm-up: state is prepared, the model is not asked
+            yield a.opening()[0]
+            for event in self._terminal(turn, a.finish(Finish(reason="stop", input_tokens=0, cached_tokens=0,
+                                                              output_tokens=0))):
+                yield event
+            return
+        for event in a.opening():
+            yield event
+        if turn.compacted is not None:
+            for event in a.add_item(turn.compacted):
+                yield event
+        async for event in self._generate(turn):
+            yield event
+
+    async def _generate(self, turn: Turn) -> AsyncIterator[Event]:
+        a, times = turn.assembler, turn.times
+        engine_request = self._engine_request(turn)
+        started = time.perf_counter()
+        first: float | None = None
+        try:
+            generation = self.engine.generate(engine_request)
+            async for delta in generation:
+                if turn.steered and not a.continues_open_item(delta) and not isinstance(delta, Finish):
+                    await generation.aclose()  # type: ignore[attr-defined]
+                    events = a.close_open_item()
+                    events += a.end_incomplete("steered", self._usage_so_far(turn))
+                    for event in self._terminal(turn, events):
+                        yield event
+                    return
+                if first is None:
+                    first = time.perf_counter()
+                    times.ttft = (first - started) * 1000
+                events = a.feed(delta)
+                if isinstance(delta, Finish):
+                    times.decode = (time.perf_counter() - (first or started)) * 1000
+                    events = self._terminal(turn, events)
+                for event in events:
+                    yield event
+                if isinstance(delta, Finish):
+                    return
+            failure = ("server_error", "The engine ended the response without finishing it.")
+        except asyncio.CancelledError:
+            raise
+        except EngineError as exc:
+            failure = (exc.code, str(exc))
+        except Exception:  # an engine bug must fail this response, not the server
+            log.exception("engine failed on %s", turn.id)
+            failure = ("server_error", "The model failed to generate a response.")
+        for event in self._terminal(turn, a.fail(*failure)):
+            yield event
+
+    def _usage_so_far(self, turn: Turn) -> Usage:
+        """Usage of a response stopped early: its prompt and the output rendered so far."""
+        output = [item for item in turn.response.output if not isinstance(item, Compaction)]
+        return Usage.of(len(turn.conversation.tokens), 0, len(self.renderer.items(output)))
+
+    def _engine_request(self, turn: Turn) -> EngineRequest:
+        request = turn.request
+        return EngineRequest(
+            model=request.model,
+            tokens=turn.conversation.tokens,
+            known_prefix=turn.known_prefix,
+            items=turn.conversation.items,
+            instructions=request.instructions,
+            tools=request.tools,
+            tool_choice=request.tool_choice,
+            parallel_tool_calls=request.parallel_tool_calls,
+            max_output_tokens=request.max_output_tokens,
+            json_schema=request.json_schema,
+            temperature=request.temperature,
+            top_p=request.top_p,
+        )
+
+    def _terminal(self, turn: Turn, events: list[Event]) -> list[Event]:
+        """Before the terminal event leaves, the conversation including the output is ready."""
+        if turn.response.status != "failed":
+            output = [item for item in turn.response.output if not isinstance(item, Compaction)]
+            turn.after = turn.conversation.append(self.renderer, output)
+        return events
+
+    # After the engine ------------------------------------------------------------------------
+
+    def record(self, turn: Turn) -> StoredResponse:
+        return StoredResponse(
+            id=turn.id,
+            created_at=turn.response.created_at,
+            previous_response_id=turn.request.previous_response_id,
+            response=wire.encode(turn.response),
+            input_items=ITEMS_ENCODER.encode(turn.new_items),
+            events=b"[" + b",".join(encode_event(e) for e in turn.events) + b"]" if turn.events is not None else None,
+        )
+
+    def cancelled(self, turn: Turn) -> Response:
+        """Mark a turn cancelled (background ``cancel``): no terminal event follows."""
+        turn.response.status = "cancelled"
+        return turn.response
+
+
+def is_terminal(event: Event) -> bool:
+    return isinstance(event, TERMINAL_EVENTS)

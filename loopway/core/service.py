@@ -1,0 +1,205 @@
+"""The Responses service: every operation of the API, for any transport.
+
+HTTP routes and the WebSocket session call these methods and only frame what comes back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+
+from loopway.core import compaction, history
+from loopway.core.background import BackgroundRuns
+from loopway.core.history import Parent
+from loopway.core.persistence import ResponseLog
+from loopway.core.pipeline import Turn, TurnPipeline
+from loopway.core.replay import rebuild_events
+from loopway.core.timing import StageTimes
+from loopway.engines.base import Engine, describe, find_model
+from loopway.protocol import ids
+from loopway.protocol import response as wire
+from loopway.protocol.errors import ApiError, invalid_request, missing_parameter, response_not_found
+from loopway.protocol.events import Event
+from loopway.protocol.items import Message, item_id, parse_input, to_builtins, normalized
+from loopway.protocol.request import CreateRequest, shape_check
+from loopway.protocol.response import Response, Usage
+from loopway.protocol.tools import EMPTY_TOOLS
+from loopway.store.base import StoredResponse
+
+
+class CompactBody(msgspec.Struct, kw_only=True):
+    model: str | None = None
+    input: str | list[Any] | None = None
+    previous_response_id: str | None = None
+    instructions: str | None = None
+
+
+class ResponsesService:
+    def __init__(self, engine: Engine, pipeline: TurnPipeline, log: ResponseLog) -> None:
+        self.engine = engine
+        self.pipeline = pipeline
+        self.log = log
+        self.background = BackgroundRuns(pipeline, log)
+        self.sessions: set[Any] = set()  # open WebSocket sessions, for tests, benchmarks and shutdown
+
+    # Creating --------------------------------------------------------------------------------
+
+    async def resolve(self, request: CreateRequest, times: StageTimes) -> Parent | None:
+        """The previous response from the store (the HTTP path; WebSocket tries its cache first)."""
+        if request.previous_response_id is None:
+            return None
+        with times.measure("resolve"):
+            return await history.load_parent(self.log, request.previous_response_id)
+
+    async def prepare(self, request: CreateRequest, times: StageTimes | None = None) -> Turn:
+        times = times or StageTimes()
+        parent = await self.resolve(request, times)
+        return self.pipeline.prepare(request, parent, times)
+
+    def run(self, turn: Turn) -> AsyncIterator[Event]:
+        return self.pipeline.run(turn)
+
+    async def persist(self, turn: Turn) -> None:
+        """Persist now (HTTP: before the terminal event reaches the client)."""
+        if turn.request.store:
+            with turn.times.measure("persist"):
+                await self.log.put(self.pipeline.record(turn))
+
+    def persist_behind(self, turn: Turn) -> None:
+        """Persist after the terminal event went out (WebSocket overlap); readable at once."""
+        if turn.request.store:
+            with turn.times.measure("persist"):
+                self.log.put_behind(self.pipeline.record(turn))
+
+    async def start_background(self, turn: Turn) -> Response:
+        return await self.background.start(turn)
+
+    # Reading ---------------------------------------------------------------------------------
+
+    async def record(self, response_id: str) -> StoredResponse:
+        record = await self.log.get(response_id)
+        if record is None:
+            raise response_not_found(response_id)
+        return record
+
+    async def retrieve(self, response_id: str) -> Response:
+        running = self.background.running(response_id)
+        if running is not None:
+            return running.response
+        return wire.decode((await self.record(response_id)).response)
+
+    async def events(self, response_id: str, starting_after: int) -> AsyncIterator[Event]:
+        live = await self.background.follow(response_id, starting_after)
+        if live is not None:
+            return live
+        record = await self.record(response_id)
+        if record.events is not None:
+            events = msgspec.json.decode(record.events)
+            return _raw_after(events, starting_after)
+        return _after(rebuild_events(wire.decode(record.response)), starting_after)
+
+    async def delete(self, response_id: str) -> dict[str, Any]:
+        if self.background.running(response_id) is not None:
+            await self.background.cancel(response_id)
+        if not await self.log.delete(response_id):
+            raise response_not_found(response_id)
+        return {"id": response_id, "object": "response", "deleted": True}
+
+    async def cancel(self, response_id: str) -> Response:
+        cancelled = await self.background.cancel(response_id)
+        if cancelled is not None:
+            return cancelled
+        response = wire.decode((await self.record(response_id)).response)
+        if not response.background:
+            raise invalid_request("Only responses created with background=true can be cancelled.",
+                                  param="response_id", code="not_cancellable")
+        return response
+
+    async def input_items(self, response_id: str, *, limit: int, order: str, after: str | None) -> dict[str, Any]:
+        record = await self.record(response_id)
+        items = await history.input_items(self.log, record)
+        if order == "desc":
+            items.reverse()
+        if after is not None:
+            position = next((i for i, item in enumerate(items) if item_id(item) == after), None)
+            if position is None:
+                raise invalid_request(f"Item with id '{after}' not found in this response's input.", param="after",
+                                      code="item_not_found")
+            items = items[position + 1 :]
+        page = items[:limit]
+        data = [to_builtins(item) for item in page]
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": item_id(page[0]) if page else None,
+            "last_id": item_id(page[-1]) if page else None,
+            "has_more": len(items) > limit,
+        }
+
+    # Counting and compacting -----------------------------------------------------------------
+
+    async def count_input_tokens(self, request: CreateRequest) -> dict[str, Any]:
+        if find_model(self.engine, request.model) is None:
+            raise ApiError(400, f"The requested model '{request.model}' does not exist.", param="model",
+                           code="model_not_found")
+        parent = await self.resolve(request, StageTimes())
+        return {"object": "response.input_tokens", "input_tokens": self.pipeline.count_input_tokens(request, parent)}
+
+    async def compact(self, raw: Any) -> dict[str, Any]:
+        body: CompactBody = shape_check(raw, CompactBody)
+        if not body.model:
+            raise missing_parameter("model")
+        if find_model(self.engine, body.model) is None:
+            raise ApiError(400, f"The requested model '{body.model}' does not exist.", param="model",
+                           code="model_not_found")
+        items = parse_input(body.input) if body.input is not None else []
+        if body.previous_response_id is not None:
+            parent = await history.load_parent(self.log, body.previous_response_id)
+            items = [*(parent.items or []), *items]
+        if not items:
+            raise missing_parameter("input")
+        context = compaction.effective_context(self.pipeline.sealer, items)
+        renderer = self.pipeline.renderer
+        before = len(renderer.header(body.instructions, EMPTY_TOOLS)) + len(renderer.items(context))
+        compacted = compaction.compact(context)
+        sealed = compaction.seal_items(self.pipeline.sealer, compacted)
+        visible = [normalized(msgspec.structs.replace(m)) for m in compacted if isinstance(m, Message) and m.role == "user"]
+        output = [to_builtins(item) for item in [*visible, sealed]]
+        after = len(renderer.items(compacted))
+        return {
+            "id": ids.new_id(ids.RESPONSE),
+            "object": "response.compaction",
+            "created_at": int(time.time()),
+            "output": output,
+            "usage": msgspec.to_builtins(Usage.of(before, 0, after)),
+        }
+
+    # Models ----------------------------------------------------------------------------------
+
+    def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [describe(info) for info in self.engine.models()]}
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        info = find_model(self.engine, model_id)
+        if info is None:
+            raise ApiError(404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
+        return describe(info)
+
+    async def aclose(self) -> None:
+        await self.background.aclose()
+        await self.log.drain()
+
+
+async def _after(events: list[Event], starting_after: int) -> AsyncIterator[Event]:
+    for event in events:
+        if isinstance(event.sequence_number, int) and event.sequence_number > starting_after:
+            yield event
+
+
+async def _raw_after(events: list[dict[str, Any]], starting_after: int) -> AsyncIterator[dict[str, Any]]:
+    for event in events:
+        if event.get("sequence_number", -1) > starting_after:
+            yield event

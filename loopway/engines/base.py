@@ -1,0 +1,92 @@
+"""The engine interface: token ids and plain structs in, an async stream of deltas out.
+
+An engine never sees a request object, a socket or a header. It is told the rendered tokens of
+the whole context and how many of them it has already seen on this conversation
+(``known_prefix``), so prefix caching can be exact without re-reading history. Cancelling the
+consuming task cancels the generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+from loopway.core.tokens import TokenSequence
+from loopway.protocol.items import Item
+from loopway.protocol.request import JsonSchemaFormat
+from loopway.protocol.tools import ToolChoice, ToolSet
+
+
+class EngineRequest(msgspec.Struct, kw_only=True):
+    model: str
+    tokens: TokenSequence
+    known_prefix: int
+    items: Sequence[Item]
+    instructions: str | None
+    tools: ToolSet
+    tool_choice: ToolChoice
+    parallel_tool_calls: bool
+    max_output_tokens: int | None
+    json_schema: JsonSchemaFormat | None
+    temperature: float
+    top_p: float
+
+
+class TextDelta(msgspec.Struct):
+    text: str
+
+
+class ToolCallDelta(msgspec.Struct):
+    """A piece of the ``index``-th tool call; ``call_id`` and ``name`` come with its first piece."""
+
+    index: int
+    arguments: str
+    call_id: str | None = None
+    name: str | None = None
+
+
+class Finish(msgspec.Struct, kw_only=True):
+    reason: Literal["stop", "length", "tool_calls"]
+    input_tokens: int
+    cached_tokens: int
+    output_tokens: int
+    reasoning_tokens: int = 0
+
+
+Delta = TextDelta | ToolCallDelta | Finish
+
+
+class ModelInfo(msgspec.Struct):
+    id: str
+    context_window: int
+    created: int = 0
+    owned_by: str = "loopway"
+
+
+class EngineError(Exception):
+    """A failure of the engine itself: the response fails with ``server_error``."""
+
+    def __init__(self, message: str, code: str = "server_error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Engine(Protocol):
+    def models(self) -> list[ModelInfo]: ...
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[Delta]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def find_model(engine: Engine, model: str) -> ModelInfo | None:
+    for info in engine.models():
+        if info.id == model:
+            return info
+    return None
+
+
+def describe(info: ModelInfo) -> dict[str, Any]:
+    return {"id": info.id, "object": "model", "created": info.created, "owned_by": info.owned_by}

@@ -1,0 +1,196 @@
+"""What the simulated model says: a small deterministic agent, or a scripted trace.
+
+The default policy acts like a careful little coding agent. Forced to call a tool, it calls it.
+Offered tools, it looks at the latest user message for targets (paths like ``src/app.py``, quoted
+strings) that no tool call has touched yet and calls the best-matching tool on the next one
+(all of them at once when parallel calls are allowed and the message asks for them together).
+Otherwise it answers in text that refers to the request and to the tool results it saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from loopway.engines.base import EngineRequest
+from loopway.engines.sim.schema_instance import instance
+from loopway.protocol.items import FunctionCall, FunctionCallOutput, Item, Message, Reasoning, text_of
+from loopway.protocol.tools import FunctionTool
+
+
+class PlannedText(msgspec.Struct):
+    text: str
+
+
+class PlannedCall(msgspec.Struct):
+    name: str
+    arguments: str
+    call_id: str | None = None
+
+
+Plan = list[PlannedText | PlannedCall]
+
+_PATH = re.compile(r"(?<![\w/.-])(?:\.{0,2}/)?(?:[\w.-]+/)*[\w-]+\.[A-Za-z0-9]{1,8}\b")
+_QUOTED = re.compile(r"[\"'`“‘]([^\"'`”’\n]{1,120})[\"'`”’]")
+_TOGETHER = re.compile(r"\b(both|all|each|together|in parallel|simultaneously|at once)\b", re.I)
+_VERBS = {
+    "read": ("read", "open", "show", "cat", "view", "look", "inspect", "check"),
+    "write": ("write", "edit", "fix", "patch", "change", "update", "create", "modify", "apply"),
+    "run": ("run", "test", "exec", "execute", "build", "shell", "command"),
+    "search": ("search", "find", "grep", "look for", "locate"),
+    "list": ("list", "ls", "directory", "folder", "files in"),
+    "weather": ("weather", "temperature", "forecast"),
+}
+_TARGET_SLOTS = ("path", "file", "filename", "file_path", "filepath", "target", "location", "city", "query",
+                 "pattern", "command", "cmd", "name", "url", "q", "input", "text")
+_WORDS = ("the", "change", "keeps", "behaviour", "stable", "and", "the", "tests", "cover", "it", "so", "next",
+          "step", "is", "small", "clear", "code", "path", "reads", "well", "result", "looks", "right")
+
+
+def stable_seed(*parts: object) -> int:
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def latest_user_index(items: Sequence[Item]) -> int:
+    for i in range(len(items) - 1, -1, -1):
+        item = items[i]
+        if isinstance(item, Message) and item.role == "user":
+            return i
+    return -1
+
+
+def model_turns(items: Sequence[Item]) -> int:
+    """How many model turns the context holds: runs of consecutive model-output items."""
+    turns, inside = 0, False
+    for item in items:
+        output = isinstance(item, (FunctionCall, Reasoning)) or (isinstance(item, Message) and item.role == "assistant")
+        if output and not inside:
+            turns += 1
+        inside = output
+    return turns
+
+
+def targets_of(text: str) -> list[str]:
+    found: list[str] = []
+    for match in _QUOTED.finditer(text):
+        found.append(match.group(1).strip())
+    for match in _PATH.finditer(text):
+        if not any(match.group(0) in f for f in found):
+            found.append(match.group(0))
+    return [t for i, t in enumerate(found) if t and t not in found[:i]]
+
+
+def _tool_score(tool: FunctionTool, message: str, target: str) -> int:
+    words = set(re.findall(r"[a-z]+", message.lower()))
+    name = tool.name.lower()
+    blob = f"{name} {(tool.description or '').lower()}"
+    score = 0
+    for stem, verbs in _VERBS.items():
+        if stem in blob and any(v in message.lower() for v in verbs):
+            score += 3 + (2 if stem in name else 0)
+    score += len(words & set(re.findall(r"[a-z]+", blob)))
+    if "." in target and ("file" in blob or "path" in blob):
+        score += 1
+    return score
+
+
+def best_tool(tools: Sequence[FunctionTool], message: str, target: str) -> FunctionTool:
+    return max(tools, key=lambda t: (_tool_score(t, message, target), -tools.index(t)))
+
+
+def arguments_for(tool: FunctionTool, target: str, message: str) -> str:
+    schema = tool.parameters or {"type": "object", "properties": {}}
+    used: list[bool] = [False]
+
+    def fill(name: str, prop: dict[str, Any]) -> str | None:
+        if not used[0] and (name.lower() in _TARGET_SLOTS or prop.get("format") in ("path", "uri")):
+            used[0] = True
+            return target
+        return None
+
+    value = instance(schema, fill)
+    if not used[0] and isinstance(value, dict):
+        # No slot named for the target: put it in the first string property.
+        for key, sub in (schema.get("properties") or {}).items():
+            if isinstance(sub, dict) and sub.get("type") == "string" and key in value and not sub.get("enum"):
+                value[key] = target
+                break
+    return msgspec.json.encode(value).decode()
+
+
+class DefaultPolicy:
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def plan(self, request: EngineRequest) -> Plan:
+        items = request.items
+        user_at = latest_user_index(items)
+        message = text_of(items[user_at].content) if user_at >= 0 else ""  # type: ignore[union-attr]
+        if request.json_schema is not None and request.tool_choice.mode != "required":
+            return [PlannedText(self._structured(request, message))]
+        tools = self._callable(request)
+        if tools:
+            calls = self._calls(request, tools, items[user_at + 1 :], message)
+            if calls:
+                return calls
+        return [PlannedText(self._answer(items, user_at, message))]
+
+    def _callable(self, request: EngineRequest) -> list[FunctionTool]:
+        if request.tool_choice.mode == "none":
+            return []
+        names = request.tool_choice.names
+        return [t for t in request.tools.functions if names is None or t.name in names]
+
+    def _calls(self, request: EngineRequest, tools: list[FunctionTool], since_user: Sequence[Item],
+               message: str) -> Plan:
+        acted = " ".join(i.arguments for i in since_user if isinstance(i, FunctionCall))
+        pending = [t for t in targets_of(message) if t not in acted]
+        required = request.tool_choice.mode == "required"
+        if not pending:
+            if not required:
+                return []
+            words = re.findall(r"[A-Za-z0-9_./-]{3,}", message)
+            pending = [words[-1] if words else "default"]
+        if not (request.parallel_tool_calls and len(pending) > 1 and _TOGETHER.search(message)):
+            pending = pending[:1]
+        plan: Plan = []
+        for target in pending:
+            tool = best_tool(tools, message, target)
+            plan.append(PlannedCall(name=tool.name, arguments=arguments_for(tool, target, message)))
+        return plan
+
+    def _structured(self, request: EngineRequest, message: str) -> str:
+        words = re.findall(r"[A-Za-z][A-Za-z0-9_-]{2,}", message) or ["value"]
+        counter = [0]
+
+        def fill(name: str, prop: dict[str, Any]) -> str:
+            counter[0] += 1
+            return words[(stable_seed(self.seed, name) + counter[0]) % len(words)]
+
+        assert request.json_schema is not None
+        return msgspec.json.encode(instance(request.json_schema.schema, fill)).decode()
+
+    def _answer(self, items: Sequence[Item], user_at: int, message: str) -> str:
+        rng = random.Random(stable_seed(self.seed, message, len(items)))
+        calls = {i.call_id: i for i in items[user_at + 1 :] if isinstance(i, FunctionCall)}
+        sentences = []
+        topic = " ".join(message.split()[:12]) or "your request"
+        sentences.append(f"You asked: \u201c{topic}\u201d.")
+        for item in items[user_at + 1 :]:
+            if isinstance(item, FunctionCallOutput):
+                output = text_of(item.output)
+                call = calls.get(item.call_id)
+                first = next((line.strip() for line in output.splitlines() if line.strip()), "")[:80]
+                what = f"{call.name}({call.arguments})" if call else f"call {item.call_id}"
+                sentences.append(f"I ran {what}: {len(output.splitlines())} lines, {len(output)} characters"
+                                 + (f", starting with \u201c{first}\u201d." if first else "."))
+        for _ in range(rng.randint(3, 9)):
+            words = [rng.choice(_WORDS) for _ in range(rng.randint(6, 14))]
+            sentences.append(" ".join(words).capitalize() + ".")
+        return " ".join(sentences)

@@ -1,0 +1,68 @@
+"""Scripted rollouts: at model turn k, say exactly what the trace says.
+
+A trace is JSON: ``{"turns": [{"output": [ITEM, ...]}, ...]}`` where an item is
+``{"type": "message", "text": "..."}`` or ``{"type": "function_call", "name": "...",
+"arguments": {...} | "..."}``. Other keys (tool results and timings a benchmark replays on the
+client side) are ignored here. The turn index is the number of model turns already in the
+context, so stateless and chained clients see the same script. Past the last scripted turn the
+default policy answers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from loopway.engines.base import EngineRequest
+from loopway.engines.sim.policy import DefaultPolicy, Plan, PlannedCall, PlannedText, model_turns
+
+
+class TraceError(ValueError):
+    pass
+
+
+def _planned(raw: Any, where: str) -> PlannedText | PlannedCall:
+    if not isinstance(raw, dict):
+        raise TraceError(f"{where}: expected an object")
+    kind = raw.get("type")
+    if kind == "message":
+        return PlannedText(str(raw.get("text", "")))
+    if kind == "function_call":
+        arguments = raw.get("arguments", {})
+        if not isinstance(arguments, str):
+            arguments = msgspec.json.encode(arguments).decode()
+        if not raw.get("name"):
+            raise TraceError(f"{where}: function_call needs a name")
+        return PlannedCall(name=str(raw["name"]), arguments=arguments, call_id=raw.get("call_id"))
+    raise TraceError(f"{where}: unknown item type {kind!r}")
+
+
+def load_trace(path: str | Path) -> list[Plan]:
+    try:
+        data = msgspec.json.decode(Path(path).read_bytes())
+    except (OSError, msgspec.DecodeError) as exc:
+        raise TraceError(f"cannot read trace {path}: {exc}") from None
+    turns = data.get("turns") if isinstance(data, dict) else None
+    if not isinstance(turns, list):
+        raise TraceError(f"{path}: expected an object with a 'turns' array")
+    plans = []
+    for k, turn in enumerate(turns):
+        output = turn.get("output") if isinstance(turn, dict) else None
+        if not isinstance(output, list) or not output:
+            raise TraceError(f"{path}: turns[{k}].output must be a non-empty array")
+        plans.append([_planned(item, f"turns[{k}].output[{i}]") for i, item in enumerate(output)])
+    return plans
+
+
+class TracePolicy:
+    def __init__(self, plans: list[Plan], fallback: DefaultPolicy) -> None:
+        self.plans = plans
+        self.fallback = fallback
+
+    def plan(self, request: EngineRequest) -> Plan:
+        turn = model_turns(request.items)
+        if turn < len(self.plans):
+            return self.plans[turn]
+        return self.fallback.plan(request)

@@ -1,0 +1,56 @@
+"""Configuration: one typed object, built from flags and ``LOOPWAY_*`` environment variables.
+
+Every flag has an environment variable of the same name (``--max-body-bytes`` ↔
+``LOOPWAY_MAX_BODY_BYTES``); a flag on the command line wins over the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import msgspec
+
+from loopway.engines.sim import SimSettings
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "loopway"
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    engine: str = "sim"
+    store: str = ""  # "memory", "sqlite:PATH"; empty: SQLite in the data dir
+    data_dir: str = ""
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_frame_bytes: int = 32 * 1024 * 1024
+    ws_connection_max_age_s: float = 3600.0
+    ws_max_in_flight: int = 16
+    ws_max_streams: int = 32
+    log_level: str = "info"
+    sim: SimSettings = msgspec.field(default_factory=SimSettings)
+
+    def data_path(self) -> Path:
+        return Path(self.data_dir) if self.data_dir else default_data_dir()
+
+    def store_url(self) -> str:
+        return self.store or f"sqlite:{self.data_path() / 'loopway.sqlite3'}"
+
+    def secret(self) -> bytes:
+        """The sealing key for ``encrypted_content``: kept in the data dir so tokens survive restarts.
+
+        With the memory store nothing is written to disk, so the key lives as long as the process.
+        """
+        if self.store == "memory":
+            return secrets.token_bytes(32)
+        path = self.data_path() / "secret.key"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+        return path.read_bytes()

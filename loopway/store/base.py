@@ -1,0 +1,37 @@
+"""The store interface: put, get and delete stored responses. Nothing else.
+
+Records hold JSON bytes as they go on the wire, so a store never needs the wire types and a read
+is one decode. ``input_items`` are the items this response added; the full context of a chained
+response is assembled by walking ``previous_response_id`` (``core.history``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+
+class StoredResponse(msgspec.Struct, kw_only=True):
+    id: str
+    created_at: int
+    previous_response_id: str | None
+    response: bytes  # the Response object's JSON
+    input_items: bytes  # JSON array of this response's own input items
+    events: bytes | None = None  # JSON array of its events (background responses, for replay)
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached; callers answer 503."""
+
+
+class Store(Protocol):
+    async def put(self, record: StoredResponse) -> None: ...
+
+    async def get(self, response_id: str) -> StoredResponse | None: ...
+
+    async def delete(self, response_id: str) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+    def describe(self) -> str: ...

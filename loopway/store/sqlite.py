@@ -1,0 +1,92 @@
+"""The embedded default store: SQLite in WAL mode, driven from one worker thread.
+
+One connection on one thread keeps SQLite's locking trivial and the event loop free; WAL lets
+a reader and the writer proceed together. ``synchronous=FULL``: a ``put`` that returned is on
+disk, so a ``store=true`` response survives ``kill -9`` once acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from loopway.store.base import StoredResponse
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    id TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    previous_response_id TEXT,
+    response BLOB NOT NULL,
+    input_items BLOB NOT NULL,
+    events BLOB
+);
+"""
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopway-sqlite")
+        self._db: sqlite3.Connection | None = None
+        self._executor.submit(self._open).result()
+
+    def _open(self) -> None:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        self._db = db
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _put(self, r: StoredResponse) -> None:
+        assert self._db is not None
+        self._db.execute(
+            "INSERT OR REPLACE INTO responses (id, created_at, previous_response_id, response, input_items, events)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (r.id, r.created_at, r.previous_response_id, r.response, r.input_items, r.events),
+        )
+
+    def _get(self, response_id: str) -> StoredResponse | None:
+        assert self._db is not None
+        row = self._db.execute(
+            "SELECT id, created_at, previous_response_id, response, input_items, events FROM responses WHERE id = ?",
+            (response_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return StoredResponse(id=row[0], created_at=row[1], previous_response_id=row[2], response=bytes(row[3]),
+                              input_items=bytes(row[4]), events=bytes(row[5]) if row[5] is not None else None)
+
+    def _delete(self, response_id: str) -> bool:
+        assert self._db is not None
+        return self._db.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
+
+    async def put(self, record: StoredResponse) -> None:
+        await self._run(self._put, record)
+
+    async def get(self, response_id: str) -> StoredResponse | None:
+        return await self._run(self._get, response_id)
+
+    async def delete(self, response_id: str) -> bool:
+        return await self._run(self._delete, response_id)
+
+    async def aclose(self) -> None:
+        def close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await self._run(close)
+        self._executor.shutdown(wait=True)
+
+    def describe(self) -> str:
+        return f"sqlite:{self.path}"

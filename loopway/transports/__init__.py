@@ -1,0 +1,1 @@
+"""Thin transports: parse, call the core, frame, send. Nothing else lives here."""

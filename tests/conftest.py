@@ -1,0 +1,113 @@
+"""Fixtures: a real ``loopway serve`` process on a free port, and the official SDK pointed at it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import AsyncOpenAI, OpenAI
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A ``loopway serve`` subprocess; ``url`` is its ``/v1`` base URL."""
+
+    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.log_path = tmp / f"server-{self.port}.log"
+        command = [sys.executable, "-m", "loopway", "serve", "--port", str(self.port), "--data-dir", str(tmp / "data"),
+                   "--log-level", "warning", *args]
+        self.log = self.log_path.open("wb")
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, **(env or {})})
+        self._wait()
+
+    def _wait(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()}")
+            try:
+                httpx.get(f"{self.url}/models", timeout=1).raise_for_status()
+                return
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError(f"server did not start: {self.log_path.read_text()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("server"), "--sim-decode-tps", "20000", "--sim-base-latency-ms", "1")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server: Server) -> OpenAI:
+    return OpenAI(base_url=server.url, api_key="sk-test", max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def aclient(server: Server) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=server.url, api_key="sk-test", max_retries=0)
+
+
+MODEL = "loopway-sim"
+
+READ_FILE = {
+    "type": "function",
+    "name": "read_file",
+    "description": "Read a file of the repository",
+    "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"],
+                   "additionalProperties": False},
+    "strict": True,
+}
+RUN_TESTS = {
+    "type": "function",
+    "name": "run_tests",
+    "description": "Run the test suite",
+    "parameters": {"type": "object", "properties": {"target": {"type": "string"}}, "required": ["target"],
+                   "additionalProperties": False},
+    "strict": True,
+}
+
+
+def sse_events(text: str) -> list[dict]:
+    """Parse an SSE body strictly: ``event:`` names must match ``data.type``."""
+    events = []
+    for block in text.split("\n\n"):
+        if not block.strip():
+            continue
+        lines = block.split("\n")
+        assert lines[0].startswith("event: ") and lines[1].startswith("data: ") and len(lines) == 2, block
+        data = json.loads(lines[1][len("data: "):])
+        assert data["type"] == lines[0][len("event: "):]
+        events.append(data)
+    return events

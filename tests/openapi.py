@@ -1,0 +1,93 @@
+"""Validate what loopway emits against OpenAI's official schema (shared/spec/openai-openapi.yaml)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def spec_path() -> Path:
+    candidates = [os.environ.get("LOOPWAY_OPENAPI", ""), ROOT.parent / "shared" / "spec" / "openai-openapi.yaml"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    raise FileNotFoundError("openai-openapi.yaml not found: set LOOPWAY_OPENAPI or keep shared/ beside the repo")
+
+
+@lru_cache(maxsize=1)
+def components() -> dict[str, Any]:
+    with spec_path().open() as f:
+        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["components"]
+
+
+@lru_cache(maxsize=None)
+def validator(name: str) -> jsonschema.protocols.Validator:
+    schema = {"$ref": f"#/components/schemas/{name}", "components": components()}
+    return jsonschema.Draft202012Validator(schema)
+
+
+@lru_cache(maxsize=1)
+def event_schemas() -> dict[str, str]:
+    """Event ``type`` → the schema name that describes it, from ``ResponseStreamEvent``."""
+    schemas = components()["schemas"]
+    out = {}
+    for option in schemas["ResponseStreamEvent"]["anyOf"]:
+        name = option["$ref"].rsplit("/", 1)[1]
+        enum = schemas[name].get("properties", {}).get("type", {}).get("enum", [])
+        if enum:
+            out[enum[0]] = name
+    return out
+
+
+def validate(name: str, instance: Any) -> None:
+    errors = sorted(validator(name).iter_errors(instance), key=lambda e: len(list(e.path)))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        raise AssertionError(f"{name} does not validate: {best.message} at {list(best.absolute_path)}")
+
+
+def validate_event(event: dict[str, Any], *, websocket: bool = False) -> None:
+    """A streamed event against the schema for its type (WS errors use ``ResponseWsError``)."""
+    kind = event.get("type")
+    if websocket and kind == "error":
+        validate("ResponseWsError", event)
+        return
+    if kind not in event_schemas():
+        if websocket and kind.startswith("response.steer."):
+            return validate_steer_event(event)
+        raise AssertionError(f"unknown event type {kind!r}")
+    body = dict(event)
+    if websocket:
+        body.pop("stream_id", None)
+    validate(event_schemas()[kind], body)
+
+
+# Steering events are not in openai-openapi.yaml; their shapes follow spec/responses-api.md §1.3.
+_STEER_REF = {"type": "object", "required": ["id", "previous_response_id"],
+              "properties": {"id": {"type": "string"}, "previous_response_id": {"type": "string"}}}
+STEER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "response.steer.accepted": {"type": "object", "required": ["type", "sequence_number", "steer"],
+                                "properties": {"sequence_number": {"type": "integer"}, "steer": _STEER_REF}},
+    "response.steer.pending": {"type": "object",
+                               "required": ["type", "sequence_number", "steer", "reason", "required_input"],
+                               "properties": {"sequence_number": {"type": "integer"}, "steer": _STEER_REF,
+                                              "reason": {"const": "waiting_for_required_input"},
+                                              "required_input": {"type": "array"}}},
+    "response.steer.failed": {"type": "object", "required": ["type", "sequence_number", "steer", "error"],
+                              "properties": {"sequence_number": {"type": "integer"},
+                                             "error": {"type": "object", "required": ["type", "code", "message"]}}},
+}
+
+
+def validate_steer_event(event: dict[str, Any]) -> None:
+    schema = STEER_SCHEMAS.get(event["type"])
+    if schema is None:
+        raise AssertionError(f"unknown steering event {event['type']!r}")
+    jsonschema.validate(event, schema)
