@@ -127,7 +127,7 @@ class EventAssembler:
     def close_open_item(self) -> list[Event]:
         return self._close()
 
-    def end_incomplete(self, reason: str, usage: Usage | None = None) -> list[Event]:
+    def end_incomplete(self, reason: str, usage: Usage) -> list[Event]:
         """Stop early (steering): the open item is closed as incomplete."""
         events = self._close(status="incomplete")
         self.response.usage = usage

@@ -14,6 +14,8 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+from msgspec import UNSET
+
 from loopway.core import compaction
 from loopway.core.assembler import EventAssembler
 from loopway.core.conversation import Conversation
@@ -84,7 +86,7 @@ def new_response(request: CreateRequest, response_id: str) -> Response:
         presence_penalty=request.presence_penalty,
         frequency_penalty=request.frequency_penalty,
         truncation=request.truncation,
-        user=request.user,
+        user=request.user if request.user is not None else UNSET,
         metadata=request.metadata,
     )
 

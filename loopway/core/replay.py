@@ -25,7 +25,7 @@ from loopway.protocol.events import (
     ResponseIncomplete,
 )
 from loopway.protocol.items import FunctionCall, Message, OutputText
-from loopway.protocol.response import Response
+from loopway.protocol.response import Response, Usage
 
 _TERMINAL = {"completed": ResponseCompleted, "incomplete": ResponseIncomplete, "failed": ResponseFailed}
 
@@ -58,7 +58,7 @@ def _item_events(index: int, item: object) -> list[Event]:
 
 def rebuild_events(response: Response) -> list[Event]:
     final = response
-    opening = msgspec.structs.replace(response, status="in_progress", output=[], usage=None, completed_at=None,
+    opening = msgspec.structs.replace(response, status="in_progress", output=[], usage=Usage(), completed_at=None,
                                       error=None, incomplete_details=None)
     numbering = EventAssembler(opening)
     events = numbering.opening()

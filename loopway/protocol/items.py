@@ -172,6 +172,9 @@ def parse_item(raw: Any, param: str) -> Item:
             raise invalid_request(f"Missing required parameter: '{param}.type'.", param=f"{param}.type",
                                   code="missing_required_parameter")
         raw = {**raw, "type": item_type}
+    if not isinstance(item_type, str):
+        raise invalid_request(f"Invalid type for '{param}.type': expected a string.", param=f"{param}.type",
+                              code="invalid_type")
     cls = _TYPED.get(item_type)
     if cls is not None:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from loopway.protocol.items import Compaction, FunctionCall, Message, OtherItem, Reasoning, encode_hook, parse_item
 
@@ -75,7 +76,7 @@ class Response(msgspec.Struct, kw_only=True):
     service_tier: str = "default"
     store: bool = True
     temperature: float = 1.0
-    text: dict[str, Any] | None = None
+    text: dict[str, Any] = msgspec.field(default_factory=lambda: {"format": {"type": "text"}, "verbosity": "medium"})
     tool_choice: Any = "auto"
     tools: list[dict[str, Any]] = msgspec.field(default_factory=list)
     top_logprobs: int = 0
@@ -83,8 +84,9 @@ class Response(msgspec.Struct, kw_only=True):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     truncation: str = "disabled"
-    usage: Usage | None = None
-    user: str | None = None
+    # OpenAI's schema allows no null here; an unfinished response reports zero usage.
+    usage: Usage = msgspec.field(default_factory=Usage)
+    user: str | UnsetType = UNSET  # absent unless the request set it (the schema allows no null)
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
 
     @property

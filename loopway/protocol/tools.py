@@ -102,6 +102,9 @@ def parse_tools(raw: Any) -> ToolSet:
         if not isinstance(tool, dict):
             raise invalid_request(f"Invalid type for '{param}': expected an object.", param=param, code="invalid_type")
         kind = tool.get("type")
+        if not isinstance(kind, str):
+            raise invalid_request(f"Invalid type for '{param}.type': expected a string.", param=f"{param}.type",
+                                  code="invalid_type")
         if kind == "function":
             fn = _parse_function(tool, param)
             functions.append(fn)
@@ -149,6 +152,9 @@ def parse_tool_choice(raw: Any, tools: ToolSet) -> ToolChoice:
         raise invalid_request("Invalid type for 'tool_choice': expected a string or an object.",
                               param="tool_choice", code="invalid_type")
     kind = raw.get("type")
+    if not isinstance(kind, str):
+        raise invalid_request("Invalid type for 'tool_choice.type': expected a string.", param="tool_choice.type",
+                              code="invalid_type")
     if kind == "function":
         name = raw.get("name")
         if not isinstance(name, str) or tools.function(name) is None:

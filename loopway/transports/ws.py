@@ -107,8 +107,10 @@ class Session:
                                            f"The frame is {len(text)} bytes; the maximum is "
                                            f"{self.settings.max_frame_bytes} bytes."))
             return
+        times = StageTimes()
         try:
-            raw = _DECODER.decode(text)
+            with times.measure("validate"):
+                raw = _DECODER.decode(text)
         except msgspec.DecodeError as exc:
             await self.send_error(ws_error(400, "invalid_json", f"The frame is not valid JSON ({exc})."))
             return
@@ -117,7 +119,7 @@ class Session:
             return
         kind = raw.get("type")
         if kind == "response.create":
-            await self._on_create(raw)
+            await self._on_create(raw, times)
         elif kind == "response.steer":
             await self._on_steer(raw)
         else:
@@ -137,13 +139,12 @@ class Session:
 
     # response.create -------------------------------------------------------------------------
 
-    async def _on_create(self, raw: dict[str, Any]) -> None:
+    async def _on_create(self, raw: dict[str, Any], times: StageTimes) -> None:
         lane = raw.get("stream_id")
         lane = lane if isinstance(lane, str) and STREAM_ID.match(lane) else None
         if self.expired:
             await self._connection_limit(lane)
             return
-        times = StageTimes()
         try:
             with times.measure("validate"):
                 request = validate_create(shape_check({**raw, "type": None}, CreateBody), websocket=True)

@@ -1,0 +1,50 @@
+"""A loopway server inside the benchmark process, so server-side stage times can be read directly."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import uvicorn
+
+from loopway.app import build_service, create_app
+from loopway.core.service import ResponsesService
+from loopway.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class InProcessServer:
+    """uvicorn on its own thread and event loop; ``service`` is the live core."""
+
+    def __init__(self, settings: Settings) -> None:
+        settings.port = settings.port or free_port()
+        self.settings = settings
+        self.service: ResponsesService = build_service(settings)
+        config = uvicorn.Config(create_app(settings, self.service), host=settings.host, port=settings.port,
+                                log_level="warning", ws_max_size=settings.max_frame_bytes + 1024)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve()), daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.port}/v1"
+
+    def __enter__(self) -> InProcessServer:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("in-process server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=15)

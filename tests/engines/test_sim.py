@@ -1,0 +1,205 @@
+"""The sim engine: deterministic policy, honest cost model, exact prefix cache."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from loopway.core.conversation import Conversation
+from loopway.core.render import Renderer
+from loopway.engines.base import EngineRequest, Finish, TextDelta, ToolCallDelta
+from loopway.engines.sim import SimEngine, SimSettings
+from loopway.engines.sim.cost import CostModel
+from loopway.engines.sim.policy import targets_of
+from loopway.engines.sim.trace import TraceError, load_trace
+from loopway.protocol.items import FunctionCall, FunctionCallOutput, Message
+from loopway.protocol.request import JsonSchemaFormat
+from loopway.protocol.tools import EMPTY_TOOLS, ToolChoice, parse_tool_choice, parse_tools
+
+R = Renderer()
+TOOLS = parse_tools([
+    {"type": "function", "name": "read_file", "description": "Read a file",
+     "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}},
+    {"type": "function", "name": "run_command", "description": "Run a shell command",
+     "parameters": {"type": "object", "properties": {"command": {"type": "string"},
+                                                     "timeout": {"type": "integer", "minimum": 1}},
+                    "required": ["command", "timeout"]}},
+])
+FAST = SimSettings(base_latency_ms=0, prefill_tokens_per_s=1e12, decode_tokens_per_s=1e9)
+
+
+def request(items, tools=TOOLS, choice: ToolChoice | None = None, parallel=True, max_out=None, schema=None):
+    conversation = Conversation.start(R, None, tools, items)
+    return EngineRequest(model="loopway-sim", tokens=conversation.tokens, known_prefix=0, items=items,
+                         instructions=None, tools=tools, tool_choice=choice or ToolChoice("auto"),
+                         parallel_tool_calls=parallel, max_output_tokens=max_out, json_schema=schema,
+                         temperature=1, top_p=1)
+
+
+async def collect(engine: SimEngine, req: EngineRequest) -> list:
+    return [d async for d in engine.generate(req)]
+
+
+def calls_of(deltas) -> list[tuple[str, dict]]:
+    out: dict[int, list] = {}
+    for d in deltas:
+        if isinstance(d, ToolCallDelta):
+            out.setdefault(d.index, [d.name, ""])[1] += d.arguments
+    return [(name, json.loads(args)) for name, args in out.values()]
+
+
+def text_of(deltas) -> str:
+    return "".join(d.text for d in deltas if isinstance(d, TextDelta))
+
+
+def test_targets_are_paths_and_quoted_strings():
+    assert targets_of('read src/app.py then grep "TODO items" in ./lib/x.ts') == ["TODO items", "src/app.py", "./lib/x.ts"]
+
+
+async def test_calls_best_matching_tool_on_a_named_path():
+    deltas = await collect(SimEngine(FAST), request([Message(role="user", content="Please read src/app.py")]))
+    assert calls_of(deltas) == [("read_file", {"path": "src/app.py"})]
+    assert deltas[-1].reason == "tool_calls"
+
+
+async def test_arguments_satisfy_the_schema():
+    deltas = await collect(SimEngine(FAST), request([Message(role="user", content="run 'pytest -q' now")]))
+    ((name, args),) = calls_of(deltas)
+    assert name == "run_command" and args == {"command": "pytest -q", "timeout": 1}
+
+
+async def test_one_target_per_turn_then_the_next():
+    items = [Message(role="user", content="read src/a.py and src/b.py"),
+             FunctionCall(call_id="c1", name="read_file", arguments='{"path":"src/a.py"}'),
+             FunctionCallOutput(call_id="c1", output="A")]
+    first = await collect(SimEngine(FAST), request(items[:1]))
+    assert calls_of(first) == [("read_file", {"path": "src/a.py"})]
+    second = await collect(SimEngine(FAST), request(items))
+    assert calls_of(second) == [("read_file", {"path": "src/b.py"})]
+
+
+async def test_parallel_calls_when_asked_together():
+    deltas = await collect(SimEngine(FAST), request([Message(role="user", content="read both src/a.py and src/b.py")]))
+    assert [args["path"] for _, args in calls_of(deltas)] == ["src/a.py", "src/b.py"]
+    serial = await collect(SimEngine(FAST), request([Message(role="user", content="read both src/a.py and src/b.py")],
+                                                    parallel=False))
+    assert len(calls_of(serial)) == 1
+
+
+async def test_answers_in_text_referring_to_tool_output_once_targets_are_done():
+    items = [Message(role="user", content="read src/a.py"),
+             FunctionCall(call_id="c1", name="read_file", arguments='{"path":"src/a.py"}'),
+             FunctionCallOutput(call_id="c1", output="def main():\n    pass\n")]
+    deltas = await collect(SimEngine(FAST), request(items))
+    text = text_of(deltas)
+    assert "read_file" in text and "def main():" in text and deltas[-1].reason == "stop"
+
+
+async def test_tool_choice_none_and_required_and_named():
+    message = [Message(role="user", content="read src/a.py")]
+    none = await collect(SimEngine(FAST), request(message, choice=parse_tool_choice("none", TOOLS)))
+    assert not calls_of(none)
+    required = await collect(SimEngine(FAST), request([Message(role="user", content="hello")],
+                                                      choice=parse_tool_choice("required", TOOLS)))
+    assert len(calls_of(required)) == 1
+    named = await collect(SimEngine(FAST), request(message, choice=parse_tool_choice(
+        {"type": "function", "name": "run_command"}, TOOLS)))
+    assert calls_of(named)[0][0] == "run_command"
+
+
+async def test_deterministic_per_seed():
+    items = [Message(role="user", content="tell me a story")]
+    a = text_of(await collect(SimEngine(FAST), request(items, tools=EMPTY_TOOLS)))
+    b = text_of(await collect(SimEngine(FAST), request(items, tools=EMPTY_TOOLS)))
+    other = SimSettings(base_latency_ms=0, prefill_tokens_per_s=1e12, decode_tokens_per_s=1e9, seed=7)
+    c = text_of(await collect(SimEngine(other), request(items, tools=EMPTY_TOOLS)))
+    assert a == b and a != c
+
+
+async def test_structured_output_validates_against_the_schema():
+    schema = {"type": "object", "properties": {
+        "name": {"type": "string", "minLength": 2}, "age": {"type": "integer", "minimum": 0},
+        "tags": {"type": "array", "items": {"type": "string", "enum": ["a", "b"]}, "minItems": 2},
+        "address": {"$ref": "#/$defs/address"}, "nick": {"anyOf": [{"type": "string"}, {"type": "null"}]}},
+        "required": ["name", "age", "tags", "address", "nick"], "additionalProperties": False,
+        "$defs": {"address": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                              "additionalProperties": False}}}
+    deltas = await collect(SimEngine(FAST), request([Message(role="user", content="Describe Ada Lovelace")],
+                                                    tools=EMPTY_TOOLS, schema=JsonSchemaFormat(name="p", schema=schema)))
+    jsonschema.validate(json.loads(text_of(deltas)), schema)
+
+
+async def test_max_output_tokens_truncates():
+    deltas = await collect(SimEngine(FAST), request([Message(role="user", content="write a lot")], tools=EMPTY_TOOLS,
+                                                    max_out=16))
+    assert deltas[-1].reason == "length" and deltas[-1].output_tokens == 16
+
+
+async def test_prefix_cache_hits_the_same_for_appended_and_resent_history():
+    engine = SimEngine(FAST)
+    history = [Message(role="user", content="word " * 400)]
+    first = (await collect(engine, request(history, tools=EMPTY_TOOLS)))[-1]
+    assert first.cached_tokens == 0
+    longer = history + [Message(role="assistant", content="ok"), Message(role="user", content="more " * 100)]
+    again = (await collect(engine, request(longer, tools=EMPTY_TOOLS)))[-1]
+    assert again.cached_tokens == (first.input_tokens // 64) * 64 and again.input_tokens > first.input_tokens
+
+
+def test_cost_model():
+    cost = CostModel(base_latency_s=0.05, prefill_tokens_per_s=10_000, decode_tokens_per_s=1_000)
+    assert cost.time_to_first_token(5_000) == pytest.approx(0.55)
+    assert cost.decode_time(250) == pytest.approx(0.25)
+
+
+async def test_timing_follows_the_cost_model():
+    settings = SimSettings(base_latency_ms=50, prefill_tokens_per_s=1e12, decode_tokens_per_s=2_000)
+    req = request([Message(role="user", content="tell me about it")], tools=EMPTY_TOOLS, max_out=200)
+    start = time.perf_counter()
+    deltas = await collect(SimEngine(settings), req)
+    elapsed = time.perf_counter() - start
+    expected = 0.05 + deltas[-1].output_tokens / 2_000
+    assert expected * 0.95 <= elapsed <= expected + 0.25
+
+
+async def test_trace_replays_turns_then_falls_back(tmp_path: Path):
+    trace = tmp_path / "t.json"
+    trace.write_text(json.dumps({"turns": [
+        {"output": [{"type": "function_call", "name": "run_command", "arguments": {"command": "ls", "timeout": 5}}]},
+        {"output": [{"type": "message", "text": "All done."}]}]}))
+    engine = SimEngine(SimSettings(base_latency_ms=0, prefill_tokens_per_s=1e12, decode_tokens_per_s=1e9,
+                                   trace=str(trace)))
+    items = [Message(role="user", content="go")]
+    assert calls_of(await collect(engine, request(items))) == [("run_command", {"command": "ls", "timeout": 5})]
+    items += [FunctionCall(call_id="c", name="run_command", arguments="{}"), FunctionCallOutput(call_id="c", output="x")]
+    assert text_of(await collect(engine, request(items))) == "All done."
+    items += [Message(role="assistant", content="All done."), Message(role="user", content="thanks")]
+    assert isinstance((await collect(engine, request(items)))[-1], Finish)
+
+
+def test_bad_traces_are_refused(tmp_path: Path):
+    bad = tmp_path / "bad.json"
+    for content in ["{", '{"turns": 3}', '{"turns": [{"output": []}]}', '{"turns": [{"output": [{"type": "x"}]}]}']:
+        bad.write_text(content)
+        with pytest.raises(TraceError):
+            load_trace(bad)
+
+
+async def test_cancelling_stops_generation():
+    settings = SimSettings(base_latency_ms=0, prefill_tokens_per_s=1e12, decode_tokens_per_s=100)
+    engine = SimEngine(settings)
+    req = request([Message(role="user", content="write")], tools=EMPTY_TOOLS)
+
+    async def consume():
+        async for _ in engine.generate(req):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
