@@ -28,6 +28,7 @@ from loopway.protocol.items import (
 )
 
 KEEP_USER_MESSAGES = 4
+KEEP_USER_CHARS = 4_000  # a kept user message longer than this keeps its head and tail
 _PREVIEW = 160
 
 
@@ -44,10 +45,21 @@ def _digest(items: Sequence[Item]) -> str:
     return "\n".join(lines)
 
 
+def _shortened(message: Message) -> Message:
+    text = text_of(message.content)
+    if len(text) <= KEEP_USER_CHARS:
+        return message
+    half = KEEP_USER_CHARS // 2
+    return Message(role="user", content=f"{text[:half]}\n[... {len(text) - 2 * half} characters compacted ...]\n"
+                                        f"{text[-half:]}", id=message.id)
+
+
 def compact(items: Sequence[Item]) -> list[Item]:
-    """The compacted form of a context: a digest, then the last few user messages verbatim."""
+    """The compacted form of a context: a digest, then the last few user messages (long ones shortened)."""
     users = [i for i in items if isinstance(i, Message) and i.role == "user"][-KEEP_USER_MESSAGES:]
-    return [Message(role="developer", content=_digest(items)), *users]
+    if not items:
+        return []
+    return [Message(role="developer", content=_digest(items)), *map(_shortened, users)]
 
 
 def seal_items(sealer: Sealer, items: Sequence[Item]) -> Compaction:

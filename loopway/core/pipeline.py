@@ -134,18 +134,26 @@ class TurnPipeline:
                                code="model_not_found")
             new_items = [normalized(item) for item in request.input]
         with times.measure("render"):
-            conversation, known = self._context(request, parent, _resolve_references(new_items, parent))
+            resolved = _resolve_references(new_items, parent)
+            conversation, known = self._context(request, parent, resolved)
             _check_tool_outputs(conversation, new_items)
             conversation = self._fit(request, conversation, info.context_window)
             compacted = None
             threshold = request.compact_threshold
             if request.compact_now or (threshold is not None and len(conversation.tokens) > threshold):
-                summary = compaction.compact(conversation.items.to_list())
-                compacted = compaction.seal_items(self.sealer, summary)
-                conversation, known = Conversation.start(self.renderer, request.instructions, request.tools,
-                                                         summary), 0
+                conversation, compacted = self._compact(request, conversation, resolved)
+                known = 0
         response = new_response(request, ids.new_id(ids.RESPONSE))
         return Turn(request, response, conversation, new_items, known, compacted, times)
+
+    def _compact(self, request: CreateRequest, conversation: Conversation,
+                 new_items: list[Item]) -> tuple[Conversation, Compaction]:
+        """Compact what came before this turn's input; the sealed item carries the whole new context."""
+        items = conversation.items.to_list()
+        prior = items[: max(0, len(items) - len(new_items))]
+        context = [*compaction.compact(prior), *items[len(prior):]]
+        sealed = compaction.seal_items(self.sealer, context)
+        return Conversation.start(self.renderer, request.instructions, request.tools, context), sealed
 
     def _context(self, request: CreateRequest, parent: Parent | None,
                  new_items: list[Item]) -> tuple[Conversation, int]:
