@@ -97,7 +97,7 @@ def serve(settings: Settings) -> int:
     print(f"loopway: listening on http://{settings.host}:{settings.port}/v1 "
           f"(WebSocket ws://{settings.host}:{settings.port}/v1/responses)", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                ws_max_size=settings.max_frame_bytes + 1024, ws_per_message_deflate=True, timeout_graceful_shutdown=10)
+                ws_max_size=settings.ws_hard_frame_bytes(), ws_per_message_deflate=True, timeout_graceful_shutdown=10)
     return 0
 
 

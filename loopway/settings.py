@@ -34,6 +34,12 @@ class Settings(msgspec.Struct, kw_only=True):
     log_level: str = "info"
     sim: SimSettings = msgspec.field(default_factory=SimSettings)
 
+    def ws_hard_frame_bytes(self) -> int:
+        """The protocol-level frame cap. Frames between ``max_frame_bytes`` and this get an ``error``
+        event and the connection stays usable; beyond it the socket closes with 1009, since the
+        frame cannot be buffered at all."""
+        return 4 * self.max_frame_bytes + (1 << 20)
+
     def data_path(self) -> Path:
         return Path(self.data_dir) if self.data_dir else default_data_dir()
 

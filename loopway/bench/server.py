@@ -28,9 +28,14 @@ class InProcessServer:
         self.settings = settings
         self.service: ResponsesService = build_service(settings)
         config = uvicorn.Config(create_app(settings, self.service), host=settings.host, port=settings.port,
-                                log_level="warning", ws_max_size=settings.max_frame_bytes + 1024)
+                                log_level="warning", ws_max_size=settings.ws_hard_frame_bytes())
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve()), daemon=True)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._server.serve())
 
     @property
     def url(self) -> str:
