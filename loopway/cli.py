@@ -29,6 +29,14 @@ class _Flag:
                             help=f"{self.help} [env {self.env}; default {self.default!r}]")
 
 
+def _on_off(value: str) -> bool:
+    if value.lower() in ("on", "true", "1", "yes"):
+        return True
+    if value.lower() in ("off", "false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, got {value!r}")
+
+
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -43,6 +51,7 @@ SERVE_FLAGS = [
                                         "$XDG_DATA_HOME/loopway or ~/.local/share/loopway)"),
     _Flag("max-body-bytes", int, _s.max_body_bytes, "largest HTTP request body accepted (413 beyond)"),
     _Flag("max-frame-bytes", int, _s.max_frame_bytes, "largest WebSocket frame accepted"),
+    _Flag("websocket", _on_off, "on", "WebSocket mode on /v1/responses (off: upgrades are answered 426)"),
     _Flag("ws-connection-max-age-s", float, _s.ws_connection_max_age_s, "WebSocket connection age limit"),
     _Flag("log-level", str, _s.log_level, "debug, info, warning or error"),
     _Flag("sim-models", _csv, ",".join(_sim.models), "model names the sim engine serves (comma-separated)"),
@@ -65,6 +74,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         data_dir=args.data_dir,
         max_body_bytes=args.max_body_bytes,
         max_frame_bytes=args.max_frame_bytes,
+        websocket=args.websocket if isinstance(args.websocket, bool) else _on_off(args.websocket),
         ws_connection_max_age_s=args.ws_connection_max_age_s,
         log_level=args.log_level,
         sim=SimSettings(
@@ -94,8 +104,9 @@ def serve(settings: Settings) -> int:
     app = create_app(settings, service)
     print(f"loopway {__version__}: engine {settings.engine} (models: {', '.join(m.id for m in service.engine.models())})")
     print(f"loopway: store {service.log.store.describe()}")
-    print(f"loopway: listening on http://{settings.host}:{settings.port}/v1 "
-          f"(WebSocket ws://{settings.host}:{settings.port}/v1/responses)", flush=True)
+    websocket = f"ws://{settings.host}:{settings.port}/v1/responses" if settings.websocket else "off"
+    print(f"loopway: listening on http://{settings.host}:{settings.port}/v1 (WebSocket mode: {websocket})",
+          flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 ws_max_size=settings.ws_hard_frame_bytes(), ws_per_message_deflate=True, timeout_graceful_shutdown=10)
     return 0

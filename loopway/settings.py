@@ -28,6 +28,7 @@ class Settings(msgspec.Struct, kw_only=True):
     data_dir: str = ""
     max_body_bytes: int = 32 * 1024 * 1024
     max_frame_bytes: int = 32 * 1024 * 1024
+    websocket: bool = True  # off: upgrades get 426, and clients such as Codex fall back to HTTP
     ws_connection_max_age_s: float = 3600.0
     ws_max_in_flight: int = 16
     ws_max_streams: int = 32

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 from msgspec import UNSET
+from starlette.responses import JSONResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -332,6 +333,10 @@ def _bearer(header: str | None) -> str | None:
 
 
 def routes(service: ResponsesService, settings: Settings) -> list[WebSocketRoute]:
+    async def refuse(websocket: WebSocket) -> None:
+        err = ApiError(426, "WebSocket mode is turned off on this server; use HTTP.", code="websocket_disabled")
+        await websocket.send_denial_response(JSONResponse(err.body(), status_code=426))
+
     async def endpoint(websocket: WebSocket) -> None:
         await websocket.accept()
         session = Session(service, settings, websocket)
@@ -341,4 +346,4 @@ def routes(service: ResponsesService, settings: Settings) -> list[WebSocketRoute
         finally:
             service.sessions.discard(session)
 
-    return [WebSocketRoute("/v1/responses", endpoint)]
+    return [WebSocketRoute("/v1/responses", endpoint if settings.websocket else refuse)]

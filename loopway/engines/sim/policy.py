@@ -186,10 +186,14 @@ class DefaultPolicy:
             if isinstance(item, FunctionCallOutput):
                 output = text_of(item.output)
                 call = calls.get(item.call_id)
-                first = next((line.strip() for line in output.splitlines() if line.strip()), "")[:80]
+                lines = [line.strip() for line in output.splitlines() if line.strip()]
                 what = f"{call.name}({call.arguments})" if call else f"call {item.call_id}"
-                sentences.append(f"I ran {what}: {len(output.splitlines())} lines, {len(output)} characters"
-                                 + (f", starting with \u201c{first}\u201d." if first else "."))
+                summary = f"I ran {what}: {len(output.splitlines())} lines, {len(output)} characters"
+                if lines:
+                    summary += f", starting with \u201c{lines[0][:80]}\u201d"
+                if len(lines) > 1:
+                    summary += f" and ending with \u201c{lines[-1][:80]}\u201d"
+                sentences.append(summary + ".")
         for _ in range(rng.randint(3, 9)):
             words = [rng.choice(_WORDS) for _ in range(rng.randint(6, 14))]
             sentences.append(" ".join(words).capitalize() + ".")
