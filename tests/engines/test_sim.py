@@ -203,3 +203,16 @@ async def test_cancelling_stops_generation():
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_tool_the_message_names_is_called_on_its_subject():
+    weather = parse_tools([{"type": "function", "name": "get_weather", "description": "Get the weather",
+                            "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
+                                           "required": ["location"]}}])
+    items = [Message(role="user", content="What's the weather like in San Francisco?")]
+    deltas = await collect(SimEngine(FAST), request(items, tools=weather))
+    assert calls_of(deltas) == [("get_weather", {"location": "San Francisco"})]
+    items += [FunctionCall(call_id="c", name="get_weather", arguments='{"location":"San Francisco"}'),
+              FunctionCallOutput(call_id="c", output="Sunny, 21 C")]
+    answer = await collect(SimEngine(FAST), request(items, tools=weather))
+    assert "Sunny, 21 C" in text_of(answer)  # acted on: it answers instead of calling again

@@ -104,6 +104,24 @@ def best_tool(tools: Sequence[FunctionTool], message: str, target: str) -> Funct
     return max(tools, key=lambda t: (_tool_score(t, message, target), -tools.index(t)))
 
 
+_GENERIC = frozenset({"get", "set", "run", "do", "make", "call", "fetch", "tool", "the", "a", "an", "for", "to",
+                      "of", "and", "or", "in", "on", "with", "current", "data", "info", "function"})
+_SUBJECT = re.compile(r"\b(?:in|for|about|at|of|on)\s+((?:[A-Z][\w.-]*)(?:\s+[A-Z][\w.-]*)*)")
+
+
+def asked_for(tools: Sequence[FunctionTool], message: str) -> tuple[FunctionTool, str] | None:
+    """A tool whose name the message names (``get_weather`` for "what's the weather ..."), and the
+    subject to call it on (a proper noun after "in", "for", ...; else the message's last word)."""
+    words = set(re.findall(r"[a-z]+", message.lower()))
+    for tool in tools:
+        name_words = set(re.findall(r"[a-z]+", tool.name.lower())) - _GENERIC
+        if name_words & words:
+            match = _SUBJECT.search(message)
+            fallback = re.findall(r"[\w.-]+", message)
+            return tool, match.group(1) if match else (fallback[-1] if fallback else tool.name)
+    return None
+
+
 def arguments_for(tool: FunctionTool, target: str, message: str) -> str:
     schema = tool.parameters or {"type": "object", "properties": {}}
     used: list[bool] = [False]
@@ -152,6 +170,11 @@ class DefaultPolicy:
         acted = " ".join(i.arguments for i in since_user if isinstance(i, FunctionCall))
         pending = [t for t in targets_of(message) if t not in acted]
         required = request.tool_choice.mode == "required"
+        if not pending and not acted:
+            asked = asked_for(tools, message)
+            if asked is not None:  # no explicit target, but the message plainly asks for this tool
+                tool, subject = asked
+                return [PlannedCall(name=tool.name, arguments=arguments_for(tool, subject, message))]
         if not pending:
             if not required:
                 return []
