@@ -132,8 +132,13 @@ class Session:
         event.stream_id = lane if lane is not None else UNSET
         data = encode_event(event).decode()
         async with self._send_lock:
-            if self.websocket.application_state == WebSocketState.CONNECTED:
+            if self.websocket.application_state != WebSocketState.CONNECTED:
+                return
+            try:
                 await self.websocket.send_text(data)
+            except (OSError, RuntimeError, WebSocketDisconnect):
+                # The client is gone; the receive loop sees it and cancels this connection's turns.
+                log.debug("send on a closed WebSocket dropped")
 
     async def send_error(self, err: ApiError, lane: str | None = None) -> None:
         await self.send(WsError.of(err), lane)

@@ -335,6 +335,10 @@ def test_body_over_the_size_limit_is_413(tmp_path_factory):
     try:
         r = httpx.post(small.url + "/responses", json={"model": MODEL, "input": "x" * 5000})
         assert_error(r, 413, "request_too_large")
+        sdk = OpenAI(base_url=small.url, api_key="sk-test", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as info:
+            sdk.responses.create(model=MODEL, input="x" * 5000)
+        assert info.value.status_code == 413 and info.value.code == "request_too_large"
         assert httpx.post(small.url + "/responses", json={"model": MODEL, "input": "ok"}).status_code == 200
     finally:
         small.stop()

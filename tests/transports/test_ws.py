@@ -377,3 +377,19 @@ def test_steering_failures(client: OpenAI):
         failed = json.loads(conn.recv_bytes())
         assert failed["error"]["code"] == "response_already_completed"
         assert failed["steer"]["input"] == "too late"
+
+
+@pytest.mark.parametrize("headers", [
+    b"Upgrade: websocket\r\nConnection: Upgrade\r\n",
+    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n",
+    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 99\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+])
+def test_malformed_upgrades_get_an_http_error_and_the_server_lives_on(server: Server, headers: bytes):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET /v1/responses HTTP/1.1\r\nHost: localhost\r\n" + headers + b"\r\n")
+        status_line = sock.recv(200).split(b"\r\n", 1)[0]
+    assert status_line.startswith(b"HTTP/1.1 4"), status_line
+    assert httpx.get(f"{server.url}/models").status_code == 200
