@@ -108,6 +108,11 @@ def _resolve_references(items: list[Item], parent: Parent | None) -> list[Item]:
     return resolved
 
 
+def _model_output(turn: Turn) -> list[Item]:
+    """The output the model produced; a compaction item stands for context, not for output."""
+    return [item for item in turn.response.output if not isinstance(item, Compaction)]
+
+
 def _check_tool_outputs(conversation: Conversation, new_items: list[Item]) -> None:
     """Every function_call_output answers a function_call of the context (as OpenAI requires)."""
     start = compaction.last_compaction(new_items) + 1  # what precedes a compaction is not in the context
@@ -252,8 +257,7 @@ class TurnPipeline:
 
     def _usage_so_far(self, turn: Turn) -> Usage:
         """Usage of a response stopped early: its prompt and the output rendered so far."""
-        output = [item for item in turn.response.output if not isinstance(item, Compaction)]
-        return Usage.of(len(turn.conversation.tokens), 0, len(self.renderer.items(output)))
+        return Usage.of(len(turn.conversation.tokens), 0, len(self.renderer.items(_model_output(turn))))
 
     def _engine_request(self, turn: Turn) -> EngineRequest:
         request = turn.request
@@ -275,8 +279,7 @@ class TurnPipeline:
     def _terminal(self, turn: Turn, events: list[Event]) -> list[Event]:
         """Before the terminal event leaves, the conversation including the output is ready."""
         if turn.response.status != "failed":
-            output = [item for item in turn.response.output if not isinstance(item, Compaction)]
-            turn.after = turn.conversation.append(self.renderer, output)
+            turn.after = turn.conversation.append(self.renderer, _model_output(turn))
         return events
 
     # After the engine ------------------------------------------------------------------------
