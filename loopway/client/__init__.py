@@ -1,0 +1,24 @@
+"""The client side: an async agent loop for any Responses server, over HTTP or WebSocket mode."""
+
+from loopway.client.loop import AgentLoop, AgentError, RunResult, TurnTrace
+from loopway.client.tools import ToolRegistry
+from loopway.client.transports import (
+    HttpChainedTransport,
+    HttpStatelessTransport,
+    Transport,
+    WebSocketTransport,
+    make_transport,
+)
+
+__all__ = [
+    "AgentLoop",
+    "AgentError",
+    "RunResult",
+    "TurnTrace",
+    "ToolRegistry",
+    "Transport",
+    "HttpStatelessTransport",
+    "HttpChainedTransport",
+    "WebSocketTransport",
+    "make_transport",
+]

@@ -1,0 +1,144 @@
+"""The agent loop: send a turn, run tools as their calls arrive, send their outputs, repeat.
+
+A function call is dispatched the moment its ``response.output_item.done`` arrives, so tools run
+while the model is still streaming; parallel calls run concurrently. Each turn leaves a timing
+trace: time to the server's first event (network and server), model time (first event to
+completion), the tools' time on the critical path (completion until the last result), and the
+client's own time around them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+
+from loopway.client.tools import ToolRegistry
+from loopway.client.transports import RECONNECTED, TERMINAL, ServerError, Transport, TurnRequest
+
+
+class AgentError(Exception):
+    pass
+
+
+class TurnTrace(msgspec.Struct, kw_only=True):
+    turn: int
+    response_id: str
+    status: str
+    calls: int
+    input_tokens: int
+    cached_tokens: int
+    output_tokens: int
+    started: float  # seconds since the run began
+    to_first_event_s: float  # request sent → response.created: network + server pre-inference
+    model_s: float  # response.created → terminal event
+    tool_s: float  # terminal event → last tool result (tools that finished earlier cost nothing here)
+    client_s: float  # the client's own time in this turn
+    tool_run_s: float  # the tools' own wall time, overlapping or not
+    total_s: float
+
+
+class RunResult(msgspec.Struct, kw_only=True):
+    output_text: str
+    response_id: str | None
+    turns: list[TurnTrace]
+    items: list[dict[str, Any]]
+    elapsed_s: float
+
+
+def _text_of(response: dict[str, Any]) -> str:
+    parts = []
+    for item in response.get("output", []):
+        if item.get("type") == "message":
+            parts += [c.get("text", "") for c in item.get("content", []) if c.get("type") == "output_text"]
+    return "".join(parts)
+
+
+def _as_input(item: dict[str, Any]) -> dict[str, Any]:
+    """An output item as the next request's input (ids kept; fields only output has dropped)."""
+    return {k: v for k, v in item.items() if v is not None and k not in ("status",)}
+
+
+class AgentLoop:
+    def __init__(self, transport: Transport, tools: ToolRegistry, *, model: str, instructions: str | None = None,
+                 max_turns: int = 100, extra: dict[str, Any] | None = None) -> None:
+        self.transport = transport
+        self.tools = tools
+        self.model = model
+        self.instructions = instructions
+        self.max_turns = max_turns
+        self.extra = extra or {}
+
+    async def run(self, task: str | list[dict[str, Any]]) -> RunResult:
+        start = time.perf_counter()
+        items = [{"role": "user", "content": task}] if isinstance(task, str) else list(task)
+        new_items, previous = list(items), None
+        traces: list[TurnTrace] = []
+        response: dict[str, Any] = {}
+        for turn in range(self.max_turns):
+            request = TurnRequest(model=self.model, instructions=self.instructions,
+                                  tools=self.tools.definitions(), history=items, new_items=new_items,
+                                  previous_response_id=previous, extra=self.extra)
+            response, outputs, trace = await self._turn(turn, request, start)
+            traces.append(trace)
+            items = [*items, *(_as_input(i) for i in response.get("output", [])), *outputs]
+            previous, new_items = response["id"], outputs
+            if not outputs:
+                break
+        else:
+            raise AgentError(f"no final answer after {self.max_turns} turns")
+        return RunResult(output_text=_text_of(response), response_id=response.get("id"), turns=traces, items=items,
+                         elapsed_s=time.perf_counter() - start)
+
+    async def _turn(self, turn: int, request: TurnRequest,
+                    start: float) -> tuple[dict[str, Any], list[dict[str, Any]], TurnTrace]:
+        began = time.perf_counter()
+        calls: list[tuple[dict[str, Any], asyncio.Task[tuple[str, float]]]] = []
+        created = done = None
+        response: dict[str, Any] | None = None
+        try:
+            async for event in self.transport.stream(request):
+                kind = event.get("type")
+                if kind == RECONNECTED:  # the turn restarts on a new socket: forget its partial output
+                    for _, task in calls:
+                        task.cancel()
+                    calls, created = [], None
+                elif kind == "response.created":
+                    created = created or time.perf_counter()
+                elif kind == "response.output_item.done" and event["item"].get("type") == "function_call":
+                    item = event["item"]
+                    calls.append((item, asyncio.create_task(self._call(item))))
+                elif kind in TERMINAL:
+                    done, response = time.perf_counter(), event["response"]
+                    break
+            if response is None or created is None or done is None:
+                raise AgentError("the stream ended without a terminal event")
+            if response.get("status") == "failed":
+                raise AgentError(f"response failed: {response.get('error')}")
+            results = await asyncio.gather(*(task for _, task in calls))
+        except ServerError as exc:
+            raise AgentError(str(exc)) from exc
+        finally:
+            for _, task in calls:
+                task.cancel()
+        tools_done = time.perf_counter()
+        outputs = [{"type": "function_call_output", "call_id": item["call_id"], "output": output}
+                   for (item, _), (output, _) in zip(calls, results)]
+        usage = response.get("usage") or {}
+        tool_run = sum(seconds for _, seconds in results)
+        finished = time.perf_counter()
+        trace = TurnTrace(
+            turn=turn, response_id=response["id"], status=response["status"], calls=len(calls),
+            input_tokens=usage.get("input_tokens", 0),
+            cached_tokens=(usage.get("input_tokens_details") or {}).get("cached_tokens", 0),
+            output_tokens=usage.get("output_tokens", 0), started=began - start,
+            to_first_event_s=created - began, model_s=done - created, tool_s=tools_done - done,
+            client_s=finished - tools_done, tool_run_s=tool_run, total_s=finished - began)
+        return response, outputs, trace
+
+    async def _call(self, item: dict[str, Any]) -> tuple[str, float]:
+        started = time.perf_counter()
+        output = await self.tools.call(item.get("name", ""), item.get("arguments", "{}"))
+        return output, time.perf_counter() - started
