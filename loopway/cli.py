@@ -119,11 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser = commands.add_parser("serve", help="serve the Responses API over HTTP and WebSocket")
     for flag in SERVE_FLAGS:
         flag.add(serve_parser)
-    bench_parser = commands.add_parser("bench", help="benchmarks (see 'loopway bench overhead --help')")
-    bench_commands = bench_parser.add_subparsers(dest="bench", required=True)
-    from loopway.bench.overhead import add_arguments as add_overhead
+    bench_parser = commands.add_parser("bench", help="the end-to-end transport benchmark (and 'overhead', 'generate')")
+    from loopway.bench import cli as bench_cli
 
-    add_overhead(bench_commands.add_parser("overhead", help="server time per turn, engine excluded, vs history length"))
+    bench_cli.add_arguments(bench_parser)
     return parser
 
 
@@ -131,8 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(settings_from(args))
-    if args.command == "bench" and args.bench == "overhead":
-        from loopway.bench.overhead import run
+    if args.command == "bench":
+        from loopway.bench import cli as bench_cli
 
-        return run(args)
+        return bench_cli.run(args)
     return 2

@@ -91,14 +91,17 @@ def bench_http_chained(http: httpx.Client, items: list[dict[str, Any]], reps: in
 
 def bench_ws(server: InProcessServer, items: list[dict[str, Any]], reps: int) -> list[float]:
     url = server.url.replace("http", "ws", 1) + "/responses"
+    log = server.service.pipeline.stage_log
     with connect(url, max_size=None) as ws:
         previous = _ws_turn(ws, _body(type="response.create", input=items, store=False))
-        (session,) = list(server.service.sessions)
-        session.turn_times.clear()
+        samples = []
         for i in range(reps):
             previous = _ws_turn(ws, _body(type="response.create", input=[_user(i)], previous_response_id=previous,
                                           store=False))
-        return [t.pre + t.persist for _, t in session.turn_times]
+            times = log.get(previous)
+            assert times is not None
+            samples.append(times.pre + times.persist)
+        return samples
 
 
 def _ws_turn(ws: Any, body: dict[str, Any]) -> str:

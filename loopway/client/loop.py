@@ -10,7 +10,10 @@ client's own time around them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -38,6 +41,8 @@ class TurnTrace(msgspec.Struct, kw_only=True):
     client_s: float  # the client's own time in this turn
     tool_run_s: float  # the tools' own wall time, overlapping or not
     total_s: float
+    new_input_bytes: int  # JSON size of the items this turn added: the least a transport must send
+    output_bytes: int  # JSON size of the output items: the least a transport must receive
 
 
 class RunResult(msgspec.Struct, kw_only=True):
@@ -63,13 +68,15 @@ def _as_input(item: dict[str, Any]) -> dict[str, Any]:
 
 class AgentLoop:
     def __init__(self, transport: Transport, tools: ToolRegistry, *, model: str, instructions: str | None = None,
-                 max_turns: int = 100, extra: dict[str, Any] | None = None) -> None:
+                 max_turns: int = 100, extra: dict[str, Any] | None = None,
+                 on_turn: Callable[[TurnTrace], None] | None = None) -> None:
         self.transport = transport
         self.tools = tools
         self.model = model
         self.instructions = instructions
         self.max_turns = max_turns
         self.extra = extra or {}
+        self.on_turn = on_turn
 
     async def run(self, task: str | list[dict[str, Any]]) -> RunResult:
         start = time.perf_counter()
@@ -83,6 +90,8 @@ class AgentLoop:
                                   previous_response_id=previous, extra=self.extra)
             response, outputs, trace = await self._turn(turn, request, start)
             traces.append(trace)
+            if self.on_turn is not None:
+                self.on_turn(trace)
             items = [*items, *(_as_input(i) for i in response.get("output", [])), *outputs]
             previous, new_items = response["id"], outputs
             if not outputs:
@@ -96,27 +105,8 @@ class AgentLoop:
                     start: float) -> tuple[dict[str, Any], list[dict[str, Any]], TurnTrace]:
         began = time.perf_counter()
         calls: list[tuple[dict[str, Any], asyncio.Task[tuple[str, float]]]] = []
-        created = done = None
-        response: dict[str, Any] | None = None
         try:
-            async for event in self.transport.stream(request):
-                kind = event.get("type")
-                if kind == RECONNECTED:  # the turn restarts on a new socket: forget its partial output
-                    for _, task in calls:
-                        task.cancel()
-                    calls, created = [], None
-                elif kind == "response.created":
-                    created = created or time.perf_counter()
-                elif kind == "response.output_item.done" and event["item"].get("type") == "function_call":
-                    item = event["item"]
-                    calls.append((item, asyncio.create_task(self._call(item))))
-                elif kind in TERMINAL:
-                    done, response = time.perf_counter(), event["response"]
-                    break
-            if response is None or created is None or done is None:
-                raise AgentError("the stream ended without a terminal event")
-            if response.get("status") == "failed":
-                raise AgentError(f"response failed: {response.get('error')}")
+            response, created, done = await self._stream(request, calls)
             results = await asyncio.gather(*(task for _, task in calls))
         except ServerError as exc:
             raise AgentError(str(exc)) from exc
@@ -127,7 +117,6 @@ class AgentLoop:
         outputs = [{"type": "function_call_output", "call_id": item["call_id"], "output": output}
                    for (item, _), (output, _) in zip(calls, results)]
         usage = response.get("usage") or {}
-        tool_run = sum(seconds for _, seconds in results)
         finished = time.perf_counter()
         trace = TurnTrace(
             turn=turn, response_id=response["id"], status=response["status"], calls=len(calls),
@@ -135,8 +124,35 @@ class AgentLoop:
             cached_tokens=(usage.get("input_tokens_details") or {}).get("cached_tokens", 0),
             output_tokens=usage.get("output_tokens", 0), started=began - start,
             to_first_event_s=created - began, model_s=done - created, tool_s=tools_done - done,
-            client_s=finished - tools_done, tool_run_s=tool_run, total_s=finished - began)
+            client_s=finished - tools_done, tool_run_s=sum(seconds for _, seconds in results),
+            total_s=finished - began, new_input_bytes=len(json.dumps(request.new_items)),
+            output_bytes=len(json.dumps(response.get("output", []))))
         return response, outputs, trace
+
+    async def _stream(self, request: TurnRequest,
+                      calls: list[tuple[dict[str, Any], asyncio.Task[tuple[str, float]]]]
+                      ) -> tuple[dict[str, Any], float, float]:
+        """Read one response, starting each function call's tool the moment the call is complete."""
+        created: float | None = None
+        async with contextlib.aclosing(self.transport.stream(request)) as events:
+            async for event in events:
+                kind = event.get("type")
+                if kind == RECONNECTED:  # the turn restarts on a new socket: forget its partial output
+                    for _, task in calls:
+                        task.cancel()
+                    calls.clear()
+                    created = None
+                elif kind == "response.created":
+                    created = created or time.perf_counter()
+                elif kind == "response.output_item.done" and event["item"].get("type") == "function_call":
+                    item = event["item"]
+                    calls.append((item, asyncio.create_task(self._call(item))))
+                elif kind in TERMINAL:
+                    response = event["response"]
+                    if response.get("status") == "failed":
+                        raise AgentError(f"response failed: {response.get('error')}")
+                    return response, created or time.perf_counter(), time.perf_counter()
+        raise AgentError("the stream ended without a terminal event")
 
     async def _call(self, item: dict[str, Any]) -> tuple[str, float]:
         started = time.perf_counter()

@@ -142,7 +142,7 @@ class WebSocketTransport:
             return self._ws
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         try:
-            self._ws = await connect(self.url, additional_headers=headers, max_size=None, compression=None,
+            self._ws = await connect(self.url, additional_headers=headers, max_size=None, compression="deflate",
                                      open_timeout=30, ping_interval=None)
         except InvalidStatus as exc:
             if exc.response.status_code in (404, 426):  # no WebSocket mode here: HTTP from now on
@@ -181,10 +181,11 @@ class WebSocketTransport:
                             await self._drop()
                             break
                         raise ServerError(int(event.get("status") or 400), event.get("error") or {})
-                    yield event
                     if event.get("type") in TERMINAL:
-                        self._fresh = False
+                        self._fresh = False  # before the yield: the consumer stops reading at this event
+                        yield event
                         return
+                    yield event
                 else:
                     await self._drop()  # closed without a terminal event
             except ConnectionClosed:

@@ -22,7 +22,7 @@ from loopway.core.conversation import Conversation
 from loopway.core.history import Parent
 from loopway.core.render import Renderer
 from loopway.core.sealing import Sealer
-from loopway.core.timing import StageTimes
+from loopway.core.timing import StageLog, StageTimes
 from loopway.engines.base import Engine, EngineError, EngineRequest, Finish, find_model
 from loopway.protocol import ids
 from loopway.protocol import response as wire
@@ -127,6 +127,7 @@ class TurnPipeline:
         self.engine = engine
         self.sealer = sealer
         self.renderer = renderer or Renderer()
+        self.stage_log = StageLog()
 
     # Before the engine -----------------------------------------------------------------------
 
@@ -149,6 +150,7 @@ class TurnPipeline:
                 conversation, compacted = self._compact(request, conversation, resolved)
                 known = 0
         response = new_response(request, ids.new_id(ids.RESPONSE))
+        self.stage_log.add(response.id, times)
         return Turn(request, response, conversation, new_items, known, compacted, times)
 
     def _compact(self, request: CreateRequest, conversation: Conversation,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import msgspec
 
@@ -37,3 +38,26 @@ class StageTimes(msgspec.Struct):
     def header(self) -> str:
         """A ``Server-Timing`` header value."""
         return ", ".join(f"{stage};dur={getattr(self, stage):.3f}" for stage in STAGES)
+
+
+class StageLog:
+    """The stage times of the most recent turns, by response id (bounded; for tests and benchmarks).
+
+    Entries are the live ``StageTimes`` objects: stages that finish later (decode, persist) show up
+    in them when they do.
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._times: OrderedDict[str, StageTimes] = OrderedDict()
+        self._capacity = capacity
+
+    def add(self, response_id: str, times: StageTimes) -> None:
+        self._times[response_id] = times
+        if len(self._times) > self._capacity:
+            self._times.popitem(last=False)
+
+    def get(self, response_id: str) -> StageTimes | None:
+        return self._times.get(response_id)
+
+    def __len__(self) -> int:
+        return len(self._times)

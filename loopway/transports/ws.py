@@ -75,7 +75,6 @@ class Session:
         self.expired = False
         self.active: dict[str, tuple[Turn, str | None]] = {}  # running turns by response id
         self.steers: dict[str, list[tuple[str, list[Item]]]] = {}  # queued steering input by response id
-        self.turn_times: list[tuple[str, StageTimes]] = []  # for tests and benchmarks
         self._tasks: set[asyncio.Task[None]] = set()
         self._send_lock = asyncio.Lock()
         self._closing = False
@@ -227,7 +226,6 @@ class Session:
                     self._remember(lane, turn)
                     await self.send(event, lane)
                     self.service.persist_behind(turn)  # after the client has its answer
-                    self.turn_times.append((turn.id, turn.times))
                 else:
                     await self.send(event, lane)
         finally:

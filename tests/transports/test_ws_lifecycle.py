@@ -74,10 +74,10 @@ def test_each_turn_records_its_stage_times(inproc: InProcessServer):
     with connect(url) as ws:
         ws.send(json.dumps({"type": "response.create", "model": MODEL, "input": "Please read src/app.py",
                             "tools": [READ_FILE], "store": False}))
-        while json.loads(ws.recv(timeout=10))["type"] != "response.completed":
+        while (event := json.loads(ws.recv(timeout=10)))["type"] != "response.completed":
             pass
-        (session,) = inproc.service.sessions
-        ((_, times),) = session.turn_times
+        times = inproc.service.pipeline.stage_log.get(event["response"]["id"])
+        assert times is not None
     assert times.validate > 0 and times.render > 0 and times.ttft > 0 and times.decode > 0
     assert times.queue >= 0 and times.persist == 0  # store=false: nothing persisted
     assert "validate;dur=" in times.header()
