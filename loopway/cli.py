@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     from loopway.bench import cli as bench_cli
 
     bench_cli.add_arguments(bench_parser)
+    from loopway import agent
+
+    agent.add_arguments(commands.add_parser("agent", help="a small coding agent on loopway.client"))
     return parser
 
 
@@ -130,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(settings_from(args))
+    if args.command == "agent":
+        from loopway import agent
+
+        return agent.run(args)
     if args.command == "bench":
         from loopway.bench import cli as bench_cli
 
