@@ -109,14 +109,15 @@ class EventAssembler:
         return events
 
     def finish(self, finish: Finish) -> list[Event]:
-        truncated = finish.reason == "length"
+        truncated = finish.reason in ("length", "content_filter")
         events = self._close(status="incomplete" if truncated else "completed")
         response = self.response
         response.usage = Usage.of(finish.input_tokens, finish.cached_tokens, finish.output_tokens,
                                   finish.reasoning_tokens)
         if truncated:
             response.status = "incomplete"
-            response.incomplete_details = IncompleteDetails(reason="max_output_tokens")
+            reason = "max_output_tokens" if finish.reason == "length" else "content_filter"
+            response.incomplete_details = IncompleteDetails(reason=reason)
             events.append(self._stamp(ResponseIncomplete(response=self._snapshot())))
         else:
             response.status = "completed"

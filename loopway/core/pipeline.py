@@ -23,7 +23,7 @@ from loopway.core.history import Parent
 from loopway.core.render import Renderer
 from loopway.core.sealing import Sealer
 from loopway.core.timing import StageLog, StageTimes
-from loopway.engines.base import Engine, EngineError, EngineRequest, Finish, find_model
+from loopway.engines.base import Delta, Engine, EngineError, EngineRequest, Finish, find_model
 from loopway.protocol import ids
 from loopway.protocol import response as wire
 from loopway.protocol.errors import ApiError, invalid_request
@@ -53,6 +53,9 @@ class Turn:
         self.assembler = EventAssembler(response)
         self.after: Conversation | None = None
         self.steered = False  # set by response.steer: end after the current output item
+        self.generation: AsyncIterator[Delta] | None = None  # the engine's stream, once it accepted
+        self.open_failure: tuple[str, str] | None = None  # the engine failed before it accepted
+        self.opened_at = 0.0
         self.events: list[Event] | None = None  # kept for replay (background responses)
 
     @property
@@ -203,6 +206,17 @@ class TurnPipeline:
 
     # The engine ------------------------------------------------------------------------------
 
+    async def start(self, turn: Turn) -> None:
+        """Hand the turn to the engine. An engine that refuses the request raises ``ApiError`` here,
+        before any event exists; one that fails is remembered and the response will fail."""
+        if not turn.request.generate or turn.generation is not None or turn.open_failure is not None:
+            return
+        turn.opened_at = time.perf_counter()
+        try:
+            turn.generation = await self.engine.open(self._engine_request(turn))
+        except EngineError as exc:
+            turn.open_failure = (exc.code, str(exc))
+
     async def run(self, turn: Turn) -> AsyncIterator[Event]:
         """The turn's events, ending with exactly one terminal event."""
         a = turn.assembler
@@ -212,6 +226,7 @@ class TurnPipeline:
                                                               output_tokens=0))):
                 yield event
             return
+        await self.start(turn)
         for event in a.opening():
             yield event
         if turn.compacted is not None:
@@ -222,11 +237,14 @@ class TurnPipeline:
 
     async def _generate(self, turn: Turn) -> AsyncIterator[Event]:
         a, times = turn.assembler, turn.times
-        engine_request = self._engine_request(turn)
-        started = time.perf_counter()
+        started = turn.opened_at
         first: float | None = None
+        generation = turn.generation
+        if generation is None:
+            for event in self._terminal(turn, a.fail(*(turn.open_failure or ("server_error", "No engine stream.")))):
+                yield event
+            return
         try:
-            generation = self.engine.generate(engine_request)
             async for delta in generation:
                 if turn.steered and not a.continues_open_item(delta) and not isinstance(delta, Finish):
                     await generation.aclose()  # type: ignore[attr-defined]

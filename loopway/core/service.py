@@ -55,9 +55,12 @@ class ResponsesService:
             return await history.load_parent(self.log, request.previous_response_id)
 
     async def prepare(self, request: CreateRequest, times: StageTimes | None = None) -> Turn:
+        """Everything before the first event: resolve, validate, render, and the engine's acceptance."""
         times = times or StageTimes()
         parent = await self.resolve(request, times)
-        return self.pipeline.prepare(request, parent, times)
+        turn = self.pipeline.prepare(request, parent, times)
+        await self.pipeline.start(turn)
+        return turn
 
     def run(self, turn: Turn) -> AsyncIterator[Event]:
         return self.pipeline.run(turn)

@@ -2,8 +2,13 @@
 
 An engine never sees a request object, a socket or a header. It is told the rendered tokens of
 the whole context and how many of them it has already seen on this conversation
-(``known_prefix``), so prefix caching can be exact without re-reading history. Cancelling the
-consuming task cancels the generation.
+(``known_prefix``), so prefix caching can be exact without re-reading history, and the context's
+items, for engines that speak a message API upstream.
+
+``open`` returns once the engine has accepted the request: an upstream that refuses it (a 4xx)
+raises ``ApiError`` there, before the client is told a response was created, so the client gets
+the matching error instead of a failed response. Closing the returned iterator (or cancelling the
+task consuming it) cancels the generation.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ class ToolCallDelta(msgspec.Struct):
 
 
 class Finish(msgspec.Struct, kw_only=True):
-    reason: Literal["stop", "length", "tool_calls"]
+    reason: Literal["stop", "length", "tool_calls", "content_filter"]
     input_tokens: int
     cached_tokens: int
     output_tokens: int
@@ -76,7 +81,7 @@ class EngineError(Exception):
 class Engine(Protocol):
     def models(self) -> list[ModelInfo]: ...
 
-    def generate(self, request: EngineRequest) -> AsyncIterator[Delta]: ...
+    async def open(self, request: EngineRequest) -> AsyncIterator[Delta]: ...
 
     async def aclose(self) -> None: ...
 

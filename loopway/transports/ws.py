@@ -195,7 +195,9 @@ class Session:
             request = msgspec.structs.replace(request, input=[*job.prefix, *request.input])
         try:
             parent = await self._parent(request, job.times)
-            return self.service.pipeline.prepare(request, parent, job.times)
+            turn = self.service.pipeline.prepare(request, parent, job.times)
+            await self.service.pipeline.start(turn)
+            return turn
         except ApiError as err:
             self._evict_if_same_lane(request.previous_response_id, lane)
             await self.send_error(err, lane)

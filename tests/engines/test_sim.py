@@ -42,7 +42,7 @@ def request(items, tools=TOOLS, choice: ToolChoice | None = None, parallel=True,
 
 
 async def collect(engine: SimEngine, req: EngineRequest) -> list:
-    return [d async for d in engine.generate(req)]
+    return [d async for d in await engine.open(req)]
 
 
 def calls_of(deltas) -> list[tuple[str, dict]]:
@@ -195,7 +195,7 @@ async def test_cancelling_stops_generation():
     req = request([Message(role="user", content="write")], tools=EMPTY_TOOLS)
 
     async def consume():
-        async for _ in engine.generate(req):
+        async for _ in await engine.open(req):
             pass
 
     task = asyncio.create_task(consume())

@@ -52,7 +52,10 @@ class SimEngine:
     async def aclose(self) -> None:
         return None
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[Delta]:
+    async def open(self, request: EngineRequest) -> AsyncIterator[Delta]:
+        return self._generate(request)  # the simulator accepts everything it is given
+
+    async def _generate(self, request: EngineRequest) -> AsyncIterator[Delta]:
         plan = self.policy.plan(request)
         hashes = request.tokens.block_hashes()
         cached = min(self.cache.cached_tokens(hashes), len(request.tokens))
