@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -14,6 +15,7 @@ from loopway.core.sealing import Sealer
 from loopway.core.service import ResponsesService
 from loopway.engines.base import Engine
 from loopway.engines.sim import SimEngine
+from loopway.engines.upstream.engines import ChatEngine, ResponsesEngine, UpstreamSettings, parse_model_map
 from loopway.settings import Settings
 from loopway.store.base import Store
 from loopway.store.memory import MemoryStore
@@ -30,7 +32,17 @@ class ConfigError(ValueError):
 def make_engine(settings: Settings) -> Engine:
     if settings.engine == "sim":
         return SimEngine(settings.sim)
-    raise ConfigError(f"unknown engine {settings.engine!r} (available: sim)")
+    if settings.engine in ("openai-chat", "openai-responses"):
+        if not settings.upstream or not settings.upstream_model:
+            raise ConfigError(f"engine {settings.engine} needs --upstream URL and --upstream-model NAME")
+        key = os.environ.get(settings.upstream_api_key_env) if settings.upstream_api_key_env else None
+        if settings.upstream_api_key_env and key is None:
+            raise ConfigError(f"--upstream-api-key-env names {settings.upstream_api_key_env}, which is not set")
+        upstream = UpstreamSettings(url=settings.upstream, models=parse_model_map(settings.upstream_model),
+                                    api_key=key, context_window=settings.upstream_context_window,
+                                    timeout_s=settings.upstream_timeout_s, retries=settings.upstream_retries)
+        return ChatEngine(upstream) if settings.engine == "openai-chat" else ResponsesEngine(upstream)
+    raise ConfigError(f"unknown engine {settings.engine!r} (available: sim, openai-chat, openai-responses)")
 
 
 def make_store(settings: Settings) -> Store:

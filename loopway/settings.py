@@ -33,6 +33,12 @@ class Settings(msgspec.Struct, kw_only=True):
     ws_max_in_flight: int = 16
     ws_max_streams: int = 32
     log_level: str = "info"
+    upstream: str = ""  # the upstream server's /v1 URL (engines openai-chat and openai-responses)
+    upstream_model: str = ""  # "name" or "public=upstream", comma-separated
+    upstream_api_key_env: str = ""  # the environment variable holding the upstream's key
+    upstream_context_window: int = 128_000
+    upstream_timeout_s: float = 600.0
+    upstream_retries: int = 2
     sim: SimSettings = msgspec.field(default_factory=SimSettings)
 
     def ws_hard_frame_bytes(self) -> int:

@@ -1,0 +1,138 @@
+"""``openai-chat`` and ``openai-responses``: loopway's API in front of any OpenAI-compatible server.
+
+loopway keeps the conversation (items, connection cache, store); the upstream sees each turn's
+full context, rendered its own way. Public model names map to upstream names
+(``--upstream-model public=upstream``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import msgspec
+
+from loopway.core.render import encoding
+from loopway.engines.base import Delta, EngineError, EngineRequest, Finish, ModelInfo, TextDelta, ToolCallDelta
+from loopway.engines.upstream.chat import ChunkDecoder, body_of
+from loopway.engines.upstream.http import Upstream
+from loopway.protocol.items import to_builtins
+
+
+class UpstreamSettings(msgspec.Struct, kw_only=True):
+    url: str
+    models: dict[str, str]  # public name -> upstream name
+    api_key: str | None = None
+    context_window: int = 128_000
+    timeout_s: float = 600.0
+    retries: int = 2
+
+
+def parse_model_map(spec: str) -> dict[str, str]:
+    """``a,b=c`` → ``{"a": "a", "b": "c"}``."""
+    models = {}
+    for entry in filter(None, (e.strip() for e in spec.split(","))):
+        public, _, upstream = entry.partition("=")
+        models[public.strip()] = (upstream or public).strip()
+    return models
+
+
+class _UpstreamEngine:
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self.settings = settings
+        self.upstream = Upstream(settings.url, settings.api_key, timeout_s=settings.timeout_s,
+                                 retries=settings.retries)
+
+    def models(self) -> list[ModelInfo]:
+        return [ModelInfo(id=name, context_window=self.settings.context_window, owned_by="upstream")
+                for name in self.settings.models]
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+
+
+class ChatEngine(_UpstreamEngine):
+    """Translates each turn to Chat Completions and its stream back to Responses deltas."""
+
+    async def open(self, request: EngineRequest) -> AsyncIterator[Delta]:
+        body = body_of(request, self.settings.models[request.model])
+        return self._deltas(await self.upstream.open("/chat/completions", body), request)
+
+    async def _deltas(self, response: httpx.Response, request: EngineRequest) -> AsyncIterator[Delta]:
+        decoder = ChunkDecoder()
+        text: list[str] = []
+        async for chunk in self.upstream.events(response):
+            for delta in decoder.feed(chunk):
+                text.append(delta.text if isinstance(delta, TextDelta) else delta.arguments)  # type: ignore[union-attr]
+                yield delta
+        if not decoder.finished:  # e.g. llama-cpp-python drops errors raised after its 200 (context overflow)
+            raise EngineError("The upstream stream ended without a finish reason.")
+        yield decoder.finish(len(request.tokens), lambda: len(encoding().encode_ordinary("".join(text))))
+
+
+class ResponsesEngine(_UpstreamEngine):
+    """Passes each turn to an upstream Responses API with the full input and ``store=false``."""
+
+    async def open(self, request: EngineRequest) -> AsyncIterator[Delta]:
+        body = responses_body(request, self.settings.models[request.model])
+        return self._deltas(await self.upstream.open("/responses", body))
+
+    async def _deltas(self, response: httpx.Response) -> AsyncIterator[Delta]:
+        calls = False
+        async for event in self.upstream.events(response):
+            kind = event.get("type")
+            if kind == "response.output_text.delta":
+                yield TextDelta(event.get("delta", ""))
+            elif kind == "response.output_item.added" and event.get("item", {}).get("type") == "function_call":
+                calls = True
+                item = event["item"]
+                yield ToolCallDelta(index=event["output_index"], arguments="", call_id=item.get("call_id"),
+                                    name=item.get("name"))
+            elif kind == "response.function_call_arguments.delta":
+                yield ToolCallDelta(index=event["output_index"], arguments=event.get("delta", ""))
+            elif kind in ("response.completed", "response.incomplete"):
+                yield finish_of(event["response"], calls)
+                return
+            elif kind in ("response.failed", "error"):
+                error = (event.get("response") or {}).get("error") or event.get("error") or event
+                raise EngineError(f"The upstream response failed: {error.get('message', error)}")
+        raise EngineError("The upstream stream ended without a terminal event.")
+
+
+def responses_body(request: EngineRequest, upstream_model: str) -> dict[str, Any]:
+    items = []
+    for item in request.items:
+        raw = dict(to_builtins(item))
+        raw.pop("id", None)  # loopway's ids mean nothing upstream, and store=false cannot resolve them
+        if raw.get("type") in ("function_call", "function_call_output", "message"):
+            raw.pop("status", None)
+        items.append(raw)
+    body: dict[str, Any] = {"model": upstream_model, "input": items, "store": False, "stream": True,
+                            "temperature": request.temperature, "top_p": request.top_p,
+                            "parallel_tool_calls": request.parallel_tool_calls}
+    if request.instructions:
+        body["instructions"] = request.instructions
+    if request.tools.functions:
+        body["tools"] = [t.echo() for t in request.tools.functions]
+        body["tool_choice"] = request.tool_choice.echo
+    if request.json_schema is not None:
+        schema = request.json_schema
+        body["text"] = {"format": {"type": "json_schema", "name": schema.name, "schema": schema.schema,
+                                   "strict": bool(schema.strict)}}
+    if request.max_output_tokens is not None:
+        body["max_output_tokens"] = request.max_output_tokens
+    return body
+
+
+def finish_of(response: dict[str, Any], calls: bool) -> Finish:
+    usage = response.get("usage") or {}
+    reason = "tool_calls" if calls else "stop"
+    if response.get("status") == "incomplete":
+        why = (response.get("incomplete_details") or {}).get("reason")
+        reason = "content_filter" if why == "content_filter" else "length"
+    return Finish(reason=reason,  # type: ignore[arg-type]
+                  input_tokens=int(usage.get("input_tokens", 0)),
+                  cached_tokens=int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0),
+                  output_tokens=int(usage.get("output_tokens", 0)),
+                  reasoning_tokens=int((usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0))

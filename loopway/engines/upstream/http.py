@@ -1,0 +1,95 @@
+"""The connection to an upstream server: pooled, retried before the first byte, errors mapped.
+
+- Connection errors are retried (with backoff) until the upstream answers: nothing was generated yet.
+- An upstream 4xx is the client's error and becomes the matching ``ApiError`` (same status, the
+  upstream's message), except 401/403: those mean loopway's own upstream credentials are wrong,
+  which is a server error, not the client's.
+- 5xx, timeouts and streams that break are engine failures: the response fails with ``server_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from loopway.engines.base import EngineError
+from loopway.protocol.errors import ApiError
+
+
+class Upstream:
+    def __init__(self, base_url: str, api_key: str | None = None, *, timeout_s: float = 600.0, retries: int = 2,
+                 max_connections: int = 256) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.base_url = base_url.rstrip("/")
+        self.retries = retries
+        self.client = httpx.AsyncClient(
+            base_url=self.base_url, headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=10.0, pool=30.0),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
+
+    async def open(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        """POST and return the streaming response once its status is known to be good."""
+        for attempt in range(self.retries + 1):
+            try:
+                response = await self.client.send(self.client.build_request("POST", path, json=body), stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+                if attempt == self.retries:
+                    raise EngineError(f"The upstream at {self.base_url} is unreachable: {exc}") from None
+                await asyncio.sleep(0.1 * 2**attempt)
+                continue
+            except httpx.TimeoutException:
+                raise EngineError("The upstream timed out.") from None
+            if response.status_code >= 400:
+                await response.aread()
+                await response.aclose()
+                raise upstream_error(response)
+            return response
+        raise AssertionError("unreachable")
+
+    async def events(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+        """The ``data:`` payloads of an SSE stream, until ``[DONE]`` or its end."""
+        try:
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                if data:
+                    yield json.loads(data)
+        except (httpx.HTTPError, json.JSONDecodeError) as exc:
+            raise EngineError(f"The upstream stream broke: {type(exc).__name__}: {exc}") from None
+        finally:
+            await response.aclose()
+
+    async def get(self, path: str) -> Any:
+        response = await self.client.get(path)
+        response.raise_for_status()
+        return response.json()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def upstream_error(response: httpx.Response) -> Exception:
+    status = response.status_code
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, str):
+        error = {"message": error}
+    if not isinstance(error, dict):
+        error = {"message": response.text[:500] or response.reason_phrase}
+    message = str(error.get("message") or response.reason_phrase)
+    if status in (401, 403) or status >= 500:
+        return EngineError(f"The upstream answered {status}: {message}")
+    code = error.get("code")
+    return ApiError(status, f"The upstream refused the request: {message}",
+                    type=str(error.get("type") or "invalid_request_error"),
+                    code=str(code) if code is not None else "upstream_error",
+                    param=error.get("param") if isinstance(error.get("param"), str) else None)

@@ -1,0 +1,193 @@
+"""loopway in front of real upstream servers, driven by the official SDK over HTTP and WebSocket.
+
+- ``openai-chat`` in front of llama-cpp-python's OpenAI-compatible server running a tiny random-weight
+  GGUF model (written by ``tiny_gguf.py``): it installs from PyPI and starts in seconds on 2 cores,
+  and its grammar-constrained function calling emits real streamed tool-call deltas.
+- ``openai-responses`` in front of another loopway process (sim engine): a real Responses server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.conftest import READ_FILE, Server, free_port
+from tests.engines.tiny_gguf import write_tiny_model
+from tests.openapi import validate_event
+
+
+def llama_python() -> str:
+    configured = os.environ.get("LOOPWAY_LLAMA_PYTHON")
+    if configured:
+        return configured
+    if subprocess.run([sys.executable, "-c", "import llama_cpp.server"], capture_output=True).returncode == 0:
+        return sys.executable
+    if os.environ.get("CI"):
+        pytest.fail("llama-cpp-python[server] is not installed: .ci/run installs it (LOOPWAY_LLAMA_PYTHON)")
+    pytest.skip("llama-cpp-python[server] is not installed (set LOOPWAY_LLAMA_PYTHON to its python)")
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    python = llama_python()
+    tmp = tmp_path_factory.mktemp("llama")
+    model = write_tiny_model(tmp / "tiny.gguf")
+    port = free_port()
+    log = (tmp / "llama.log").open("wb")
+    process = subprocess.Popen([python, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port),
+                                "--chat_format", "chatml-function-calling", "--n_ctx", "4096",
+                                "--model_alias", "tiny"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            httpx.get(f"{url}/models", timeout=1).raise_for_status()
+            break
+        except httpx.HTTPError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((tmp / "llama.log").read_text()[-3000:])
+            time.sleep(0.2)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def chat_front(llama: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = Server(tmp_path_factory.mktemp("front"), "--engine", "openai-chat", "--upstream", llama,
+                    "--upstream-model", "tiny-public=tiny,missing=not-a-model", "--store", "memory")
+    yield server
+    server.stop()
+
+
+def sdk(server: Server) -> OpenAI:
+    return OpenAI(base_url=server.url, api_key="sk-test", max_retries=0)
+
+
+def test_chat_upstream_text_over_http(chat_front: Server):
+    response = sdk(chat_front).responses.create(model="tiny-public", input="hello", max_output_tokens=16)
+    assert response.status == "incomplete" and response.incomplete_details.reason == "max_output_tokens"
+    assert response.output[0].type == "message" and response.usage.output_tokens > 0
+
+
+def test_chat_upstream_streams_valid_events(chat_front: Server):
+    with sdk(chat_front).responses.stream(model="tiny-public", input="hello", max_output_tokens=16) as stream:
+        types = [event.type for event in stream]
+    assert types[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+    assert "response.output_text.delta" in types and types[-1] == "response.incomplete"
+    r = httpx.post(f"{chat_front.url}/responses", json={"model": "tiny-public", "input": "hi", "stream": True,
+                                                       "max_output_tokens": 16}, timeout=60)
+    for block in r.text.strip().split("\n\n"):
+        validate_event(json.loads(block.split("\ndata: ", 1)[1]))
+
+
+@pytest.mark.parametrize("transport", ["http", "ws"])
+def test_chat_upstream_function_calling_loop(chat_front: Server, transport: str):
+    client = sdk(chat_front)
+    forced = {"type": "function", "name": "read_file"}
+    if transport == "http":
+        first = client.responses.create(model="tiny-public", input="read src/a.py", tools=[READ_FILE],
+                                        tool_choice=forced, max_output_tokens=64)
+        call = first.output[-1]
+        assert call.type == "function_call" and call.name == "read_file" and call.call_id.startswith("call_")
+        second = client.responses.create(model="tiny-public", previous_response_id=first.id, tools=[READ_FILE],
+                                         tool_choice="none", max_output_tokens=16,
+                                         input=[{"type": "function_call_output", "call_id": call.call_id,
+                                                 "output": "print('hi')"}])
+        assert second.status in ("completed", "incomplete")
+        assert not [o for o in second.output if o.type == "function_call"]  # tool_choice none
+        return
+    with client.responses.connect() as conn:
+        conn.response.create(model="tiny-public", input="read src/a.py", tools=[READ_FILE], tool_choice=forced,
+                             max_output_tokens=64, store=False)
+        first = next(e for e in conn if e.type in ("response.completed", "response.incomplete", "response.failed",
+                                                   "error")).response
+        call = first.output[-1]
+        conn.response.create(model="tiny-public", previous_response_id=first.id, tools=[READ_FILE],
+                             tool_choice="none", max_output_tokens=16, store=False,
+                             input=[{"type": "function_call_output", "call_id": call.call_id, "output": "ok"}])
+        second = next(e for e in conn if e.type in ("response.completed", "response.incomplete", "response.failed",
+                                                    "error"))
+    assert second.type in ("response.completed", "response.incomplete") and not [o for o in second.response.output if o.type == "function_call"]
+
+
+def test_chat_upstream_stream_that_breaks_fails_the_response(chat_front: Server):
+    client = sdk(chat_front)
+    # 5,000 tokens into a 4,096-token context: llama-cpp-python answers 200 and an empty stream.
+    response = client.responses.create(model="tiny-public", input="word " * 5000, max_output_tokens=16)
+    assert response.status == "failed" and response.error.code == "server_error"
+    with client.responses.connect() as conn:
+        conn.response.create(model="tiny-public", input="word " * 5000, max_output_tokens=16, store=False)
+        assert next(e for e in conn if e.type.startswith("response.") and e.type in (
+            "response.failed", "response.completed")).type == "response.failed"
+        conn.response.create(model="tiny-public", input="hi", max_output_tokens=16, store=False)
+        assert next(e for e in conn if e.type in ("response.completed", "response.incomplete", "response.failed"))
+
+
+def test_unreachable_upstream_fails_the_response(tmp_path: Path):
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    server = Server(tmp_path, "--engine", "openai-chat", "--upstream", dead, "--upstream-model", "m",
+                    "--upstream-retries", "1", "--store", "memory")
+    try:
+        response = sdk(server).responses.create(model="m", input="hi")
+        assert response.status == "failed" and response.error.code == "server_error"
+        assert "unreachable" in response.error.message
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def responses_front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
+    upstream = Server(tmp_path_factory.mktemp("upstream"), "--store", "memory")
+    front = Server(tmp_path_factory.mktemp("rfront"), "--engine", "openai-responses", "--upstream", upstream.url,
+                   "--upstream-model", "front=loopway-sim,broken=nope", "--store", "memory")
+    yield front, upstream
+    front.stop()
+    upstream.stop()
+
+
+def test_responses_upstream_loop_over_websocket_with_store_false(responses_front: tuple[Server, Server]):
+    front, _ = responses_front
+    client = sdk(front)
+    read = []
+    with client.responses.connect() as conn:
+        conn.response.create(model="front", input="read src/a.py and src/b.py", tools=[READ_FILE], store=False)
+        while True:
+            event = next(e for e in conn if e.type in ("response.completed", "error"))
+            assert event.type == "response.completed", event
+            calls = [o for o in event.response.output if o.type == "function_call"]
+            if not calls:
+                break
+            read.append(json.loads(calls[0].arguments)["path"])
+            conn.response.create(model="front", previous_response_id=event.response.id, tools=[READ_FILE],
+                                 store=False, input=[{"type": "function_call_output", "call_id": calls[0].call_id,
+                                                      "output": f"contents of {read[-1]}"}])
+    assert read == ["src/a.py", "src/b.py"]
+    assert "contents of src/b.py" in event.response.output_text  # the upstream saw the full context
+
+
+def test_responses_upstream_errors_map(responses_front: tuple[Server, Server]):
+    front, _ = responses_front
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk(front).responses.create(model="broken", input="hi")
+    assert info.value.code == "model_not_found"
+
+
+def test_upstream_flags_are_checked_at_start(tmp_path: Path):
+    done = subprocess.run([sys.executable, "-m", "loopway", "serve", "--engine", "openai-chat", "--port",
+                           str(free_port())], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "--upstream" in done.stderr
+
+
