@@ -48,7 +48,8 @@ _DECODER = msgspec.json.Decoder()
 
 
 def ws_error(status: int, code: str, message: str, param: str | None = None) -> ApiError:
-    return ApiError(status, message, code=code, param=param)
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return ApiError(status, message, type=kind, code=code, param=param)
 
 
 class Job:

@@ -72,6 +72,14 @@ def chat_front(llama: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     server.stop()
 
 
+TERMINAL = ("response.completed", "response.incomplete", "response.failed", "error")
+
+
+def terminal(conn: object) -> object:
+    """The next terminal event (or error) on an SDK WebSocket connection."""
+    return next(e for e in conn if e.type in TERMINAL)  # type: ignore[attr-defined]
+
+
 def sdk(server: Server) -> OpenAI:
     return OpenAI(base_url=server.url, api_key="sk-test", max_retries=0)
 
@@ -112,28 +120,35 @@ def test_chat_upstream_function_calling_loop(chat_front: Server, transport: str)
     with client.responses.connect() as conn:
         conn.response.create(model="tiny-public", input="read src/a.py", tools=[READ_FILE], tool_choice=forced,
                              max_output_tokens=64, store=False)
-        first = next(e for e in conn if e.type in ("response.completed", "response.incomplete", "response.failed",
-                                                   "error")).response
+        first = terminal(conn).response
         call = first.output[-1]
         conn.response.create(model="tiny-public", previous_response_id=first.id, tools=[READ_FILE],
                              tool_choice="none", max_output_tokens=16, store=False,
                              input=[{"type": "function_call_output", "call_id": call.call_id, "output": "ok"}])
-        second = next(e for e in conn if e.type in ("response.completed", "response.incomplete", "response.failed",
-                                                    "error"))
+        second = terminal(conn)
     assert second.type in ("response.completed", "response.incomplete") and not [o for o in second.response.output if o.type == "function_call"]
 
 
-def test_chat_upstream_stream_that_breaks_fails_the_response(chat_front: Server):
+def test_chat_upstream_context_overflow_is_a_client_error_or_a_failed_response(chat_front: Server):
+    """llama-cpp-python refuses an over-long prompt with a 400, or, when its check comes after it
+    has answered 200, with an empty stream: loopway turns the first into the matching client error
+    and the second into a failed response. Either way the connection stays usable."""
     client = sdk(chat_front)
-    # 5,000 tokens into a 4,096-token context: llama-cpp-python answers 200 and an empty stream.
-    response = client.responses.create(model="tiny-public", input="word " * 5000, max_output_tokens=16)
-    assert response.status == "failed" and response.error.code == "server_error"
+    long_input = "word " * 5000  # 25,000 byte tokens into a 4,096-token upstream context
+    try:
+        response = client.responses.create(model="tiny-public", input=long_input, max_output_tokens=16)
+        assert response.status == "failed" and response.error.code == "server_error"
+    except openai.BadRequestError as exc:
+        assert "upstream refused" in exc.message and exc.code == "context_length_exceeded"
     with client.responses.connect() as conn:
-        conn.response.create(model="tiny-public", input="word " * 5000, max_output_tokens=16, store=False)
-        assert next(e for e in conn if e.type.startswith("response.") and e.type in (
-            "response.failed", "response.completed")).type == "response.failed"
+        conn.response.create(model="tiny-public", input=long_input, max_output_tokens=16, store=False)
+        outcome = terminal(conn)
+        if outcome.type == "error":
+            assert outcome.status == 400 and outcome.error.code == "context_length_exceeded"
+        else:
+            assert outcome.type == "response.failed"
         conn.response.create(model="tiny-public", input="hi", max_output_tokens=16, store=False)
-        assert next(e for e in conn if e.type in ("response.completed", "response.incomplete", "response.failed"))
+        assert terminal(conn).type in ("response.completed", "response.incomplete")
 
 
 def test_unreachable_upstream_fails_the_response(tmp_path: Path):
@@ -165,7 +180,7 @@ def test_responses_upstream_loop_over_websocket_with_store_false(responses_front
     with client.responses.connect() as conn:
         conn.response.create(model="front", input="read src/a.py and src/b.py", tools=[READ_FILE], store=False)
         while True:
-            event = next(e for e in conn if e.type in ("response.completed", "error"))
+            event = terminal(conn)
             assert event.type == "response.completed", event
             calls = [o for o in event.response.output if o.type == "function_call"]
             if not calls:

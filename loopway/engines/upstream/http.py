@@ -1,6 +1,7 @@
 """The connection to an upstream server: pooled, retried before the first byte, errors mapped.
 
-- Connection errors are retried (with backoff) until the upstream answers: nothing was generated yet.
+- Transport errors before the response headers (refused connections, stale pooled connections) are
+  retried with backoff: nothing was generated yet.
 - An upstream 4xx is the client's error and becomes the matching ``ApiError`` (same status, the
   upstream's message), except 401/403: those mean loopway's own upstream credentials are wrong,
   which is a server error, not the client's.
@@ -36,13 +37,18 @@ class Upstream:
         for attempt in range(self.retries + 1):
             try:
                 response = await self.client.send(self.client.build_request("POST", path, json=body), stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+            except httpx.TimeoutException as exc:
+                if isinstance(exc, httpx.ConnectTimeout) and attempt < self.retries:
+                    continue
+                raise EngineError(f"The upstream timed out ({type(exc).__name__}).") from None
+            except httpx.TransportError as exc:
+                # Nothing was generated yet: a refused connection, or a pooled one the upstream had
+                # closed (llama-cpp-python drops it after a broken stream), is safe to retry.
                 if attempt == self.retries:
-                    raise EngineError(f"The upstream at {self.base_url} is unreachable: {exc}") from None
-                await asyncio.sleep(0.1 * 2**attempt)
+                    raise EngineError(f"The upstream at {self.base_url} is unreachable: "
+                                      f"{type(exc).__name__} {exc}") from None
+                await asyncio.sleep(0.05 * 2**attempt)
                 continue
-            except httpx.TimeoutException:
-                raise EngineError("The upstream timed out.") from None
             if response.status_code >= 400:
                 await response.aread()
                 await response.aclose()
