@@ -1,6 +1,6 @@
 """The client side: an async agent loop for any Responses server, over HTTP or WebSocket mode."""
 
-from loopway.client.loop import AgentLoop, AgentError, RunResult, TurnTrace
+from loopway.client.loop import AgentError, AgentLoop, RunResult, TurnTrace
 from loopway.client.tools import ToolRegistry
 from loopway.client.transports import (
     HttpChainedTransport,

@@ -26,7 +26,7 @@ from loopway.core.timing import StageLog, StageTimes
 from loopway.engines.base import Delta, Engine, EngineError, EngineRequest, Finish, find_model
 from loopway.protocol import ids
 from loopway.protocol import response as wire
-from loopway.protocol.errors import ApiError, invalid_request
+from loopway.protocol.errors import ApiError, invalid_request, model_not_found
 from loopway.protocol.events import TERMINAL_EVENTS, Event, encode_event
 from loopway.protocol.items import ENCODER as ITEMS_ENCODER
 from loopway.protocol.items import Compaction, FunctionCallOutput, Item, ItemReference, item_id, normalized
@@ -139,8 +139,7 @@ class TurnPipeline:
         with times.measure("validate"):
             info = find_model(self.engine, request.model)
             if info is None:
-                raise ApiError(400, f"The requested model '{request.model}' does not exist.", param="model",
-                               code="model_not_found")
+                raise model_not_found(request.model)
             new_items = [normalized(item) for item in request.input]
         with times.measure("render"):
             resolved = _resolve_references(new_items, parent)

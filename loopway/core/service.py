@@ -21,9 +21,9 @@ from loopway.core.timing import StageTimes
 from loopway.engines.base import Engine, describe, find_model
 from loopway.protocol import ids
 from loopway.protocol import response as wire
-from loopway.protocol.errors import ApiError, invalid_request, missing_parameter, response_not_found
+from loopway.protocol.errors import ApiError, invalid_request, missing_parameter, model_not_found, response_not_found
 from loopway.protocol.events import Event
-from loopway.protocol.items import Message, item_id, parse_input, to_builtins, normalized
+from loopway.protocol.items import Message, item_id, normalized, parse_input, to_builtins
 from loopway.protocol.request import CreateRequest, shape_check
 from loopway.protocol.response import Response, Usage
 from loopway.protocol.tools import EMPTY_TOOLS
@@ -146,8 +146,7 @@ class ResponsesService:
 
     async def count_input_tokens(self, request: CreateRequest) -> dict[str, Any]:
         if find_model(self.engine, request.model) is None:
-            raise ApiError(400, f"The requested model '{request.model}' does not exist.", param="model",
-                           code="model_not_found")
+            raise model_not_found(request.model)
         parent = await self.resolve(request, StageTimes())
         return {"object": "response.input_tokens", "input_tokens": self.pipeline.count_input_tokens(request, parent)}
 
@@ -156,8 +155,7 @@ class ResponsesService:
         if not body.model:
             raise missing_parameter("model")
         if find_model(self.engine, body.model) is None:
-            raise ApiError(400, f"The requested model '{body.model}' does not exist.", param="model",
-                           code="model_not_found")
+            raise model_not_found(body.model)
         items = parse_input(body.input) if body.input is not None else []
         if body.previous_response_id is not None:
             parent = await history.load_parent(self.log, body.previous_response_id)
@@ -169,7 +167,8 @@ class ResponsesService:
         before = len(renderer.header(body.instructions, EMPTY_TOOLS)) + len(renderer.items(context))
         compacted = compaction.compact(context)
         sealed = compaction.seal_items(self.pipeline.sealer, compacted)
-        visible = [normalized(msgspec.structs.replace(m)) for m in compacted if isinstance(m, Message) and m.role == "user"]
+        visible = [normalized(msgspec.structs.replace(m)) for m in compacted
+                   if isinstance(m, Message) and m.role == "user"]
         output = [to_builtins(item) for item in [*visible, sealed]]
         after = len(renderer.items(compacted))
         return {

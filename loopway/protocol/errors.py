@@ -55,6 +55,10 @@ def missing_parameter(param: str) -> ApiError:
     return ApiError(400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
 
 
+def model_not_found(model: str) -> ApiError:
+    return ApiError(400, f"The requested model '{model}' does not exist.", param="model", code="model_not_found")
+
+
 def previous_response_not_found(response_id: str) -> ApiError:
     return ApiError(
         400,

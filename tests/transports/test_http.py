@@ -10,7 +10,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import MODEL, READ_FILE, RUN_TESTS, Server, sse_events
+from tests.conftest import MODEL, READ_FILE, Server, sse_events
 from tests.openapi import validate, validate_event
 
 

@@ -19,7 +19,6 @@ from loopway.protocol.items import (
     InputFile,
     InputImage,
     InputText,
-    Item,
     Message,
     OutputText,
     Refusal,
