@@ -122,7 +122,8 @@ def parse_tools(raw: Any) -> ToolSet:
             other.add(kind)
             echo.append(tool)
         else:
-            raise invalid_value(f"{param}.type", kind, ["function", "namespace", *sorted(HOSTED_TOOL_TYPES | CLIENT_TOOL_TYPES)])
+            known = ["function", "namespace", *sorted(HOSTED_TOOL_TYPES | CLIENT_TOOL_TYPES)]
+            raise invalid_value(f"{param}.type", kind, known)
     names = [f.name for f in functions if f.namespace is None]
     if len(names) != len(set(names)):
         raise invalid_request("Tool names must be unique.", param="tools", code="duplicate_tool_name")

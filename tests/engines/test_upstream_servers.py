@@ -125,7 +125,8 @@ def test_chat_upstream_function_calling_loop(chat_front: Server, transport: str)
                              tool_choice="none", max_output_tokens=16, store=False,
                              input=[{"type": "function_call_output", "call_id": call.call_id, "output": "ok"}])
         second = terminal(conn)
-    assert second.type in ("response.completed", "response.incomplete") and not [o for o in second.response.output if o.type == "function_call"]
+    assert second.type in ("response.completed", "response.incomplete")
+    assert not [o for o in second.response.output if o.type == "function_call"]
 
 
 def test_chat_upstream_context_overflow_is_a_client_error_or_a_failed_response(chat_front: Server):
