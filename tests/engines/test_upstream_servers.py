@@ -206,3 +206,15 @@ def test_upstream_flags_are_checked_at_start(tmp_path: Path):
     assert done.returncode == 2 and "--upstream" in done.stderr
 
 
+
+
+def test_responses_upstream_text_and_streaming_over_http(responses_front: tuple[Server, Server]):
+    front, _ = responses_front
+    client = sdk(front)
+    response = client.responses.create(model="front", input="Say something about loops", max_output_tokens=40)
+    assert response.status == "incomplete" and response.output[0].type == "message" and response.output_text
+    with client.responses.stream(model="front", input="Please read src/x.py", tools=[READ_FILE]) as stream:
+        types = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert "response.function_call_arguments.delta" in types and types[-1] == "response.completed"
+    assert json.loads(final.output[0].arguments) == {"path": "src/x.py"}
