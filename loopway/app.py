@@ -40,7 +40,8 @@ def make_engine(settings: Settings) -> Engine:
             raise ConfigError(f"--upstream-api-key-env names {settings.upstream_api_key_env}, which is not set")
         upstream = UpstreamSettings(url=settings.upstream, models=parse_model_map(settings.upstream_model),
                                     api_key=key, context_window=settings.upstream_context_window,
-                                    timeout_s=settings.upstream_timeout_s, retries=settings.upstream_retries)
+                                    timeout_s=settings.upstream_timeout_s, retries=settings.upstream_retries,
+                                    chain=settings.upstream_chain)
         return ChatEngine(upstream) if settings.engine == "openai-chat" else ResponsesEngine(upstream)
     raise ConfigError(f"unknown engine {settings.engine!r} (available: sim, openai-chat, openai-responses)")
 

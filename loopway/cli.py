@@ -60,6 +60,7 @@ SERVE_FLAGS = [
     _Flag("upstream-context-window", int, _s.upstream_context_window, "the upstream model's context window"),
     _Flag("upstream-timeout-s", float, _s.upstream_timeout_s, "upstream read timeout"),
     _Flag("upstream-retries", int, _s.upstream_retries, "connection retries before the first token"),
+    _Flag("upstream-chain", _on_off, "off", "openai-responses: store turns upstream and chain them by id (on|off)"),
     _Flag("sim-models", _csv, ",".join(_sim.models), "model names the sim engine serves (comma-separated)"),
     _Flag("sim-context-window", int, _sim.context_window, "sim context window in tokens"),
     _Flag("sim-seed", int, _sim.seed, "sim seed: same seed and input, same output"),
@@ -89,6 +90,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         upstream_context_window=args.upstream_context_window,
         upstream_timeout_s=args.upstream_timeout_s,
         upstream_retries=args.upstream_retries,
+        upstream_chain=args.upstream_chain if isinstance(args.upstream_chain, bool) else _on_off(args.upstream_chain),
         sim=SimSettings(
             models=models,
             context_window=args.sim_context_window,

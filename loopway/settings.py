@@ -39,6 +39,7 @@ class Settings(msgspec.Struct, kw_only=True):
     upstream_context_window: int = 128_000
     upstream_timeout_s: float = 600.0
     upstream_retries: int = 2
+    upstream_chain: bool = False  # openai-responses: chain upstream ids instead of resending the input
     sim: SimSettings = msgspec.field(default_factory=SimSettings)
 
     def ws_hard_frame_bytes(self) -> int:

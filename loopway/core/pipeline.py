@@ -42,12 +42,13 @@ class Turn:
 
     def __init__(self, request: CreateRequest, response: Response, conversation: Conversation,
                  new_items: list[Item], known_prefix: int, compacted: Compaction | None,
-                 times: StageTimes) -> None:
+                 times: StageTimes, known_items: int = 0) -> None:
         self.request = request
         self.response = response
         self.conversation = conversation
         self.new_items = new_items
         self.known_prefix = known_prefix
+        self.known_items = known_items
         self.compacted = compacted
         self.times = times
         self.assembler = EventAssembler(response)
@@ -143,17 +144,17 @@ class TurnPipeline:
             new_items = [normalized(item) for item in request.input]
         with times.measure("render"):
             resolved = _resolve_references(new_items, parent)
-            conversation, known = self._context(request, parent, resolved)
+            conversation, known, known_items = self._context(request, parent, resolved)
             _check_tool_outputs(conversation, new_items)
             conversation = self._fit(request, conversation, info.context_window)
             compacted = None
             threshold = request.compact_threshold
             if request.compact_now or (threshold is not None and len(conversation.tokens) > threshold):
                 conversation, compacted = self._compact(request, conversation, resolved)
-                known = 0
+                known = known_items = 0
         response = new_response(request, ids.new_id(ids.RESPONSE))
         self.stage_log.add(response.id, times)
-        return Turn(request, response, conversation, new_items, known, compacted, times)
+        return Turn(request, response, conversation, new_items, known, compacted, times, known_items)
 
     def _compact(self, request: CreateRequest, conversation: Conversation,
                  new_items: list[Item]) -> tuple[Conversation, Compaction]:
@@ -165,18 +166,20 @@ class TurnPipeline:
         return Conversation.start(self.renderer, request.instructions, request.tools, context), sealed
 
     def _context(self, request: CreateRequest, parent: Parent | None,
-                 new_items: list[Item]) -> tuple[Conversation, int]:
-        """The conversation the engine will see, and how much of it was rendered before."""
+                 new_items: list[Item]) -> tuple[Conversation, int, int]:
+        """The conversation the engine will see, and how many of its tokens and items came before."""
         start = compaction.last_compaction(new_items)
         if start >= 0 or parent is None:  # a compaction in the input starts the context afresh
             items = compaction.effective_context(self.sealer, new_items)
-            return Conversation.start(self.renderer, request.instructions, request.tools, items), 0
+            return Conversation.start(self.renderer, request.instructions, request.tools, items), 0, 0
         if parent.conversation is not None:
             base = parent.conversation.rebase(self.renderer, request.instructions, request.tools)
             known = len(base.tokens) if base is parent.conversation else 0
-            return base.append(self.renderer, new_items), known
-        items = compaction.effective_context(self.sealer, [*(parent.items or []), *new_items])
-        return Conversation.start(self.renderer, request.instructions, request.tools, items), 0
+            return base.append(self.renderer, new_items), known, len(base.items)
+        previous = parent.items or []
+        items = compaction.effective_context(self.sealer, [*previous, *new_items])
+        known_items = len(previous) if compaction.last_compaction(previous) < 0 else 0
+        return Conversation.start(self.renderer, request.instructions, request.tools, items), 0, known_items
 
     def _fit(self, request: CreateRequest, conversation: Conversation, window: int) -> Conversation:
         if len(conversation.tokens) <= window:
@@ -200,7 +203,7 @@ class TurnPipeline:
 
     def count_input_tokens(self, request: CreateRequest, parent: Parent | None) -> int:
         """``POST /v1/responses/input_tokens``: the context as the engine would see it, counted."""
-        conversation, _ = self._context(request, parent, _resolve_references(list(request.input), parent))
+        conversation, _, _ = self._context(request, parent, _resolve_references(list(request.input), parent))
         return len(conversation.tokens)
 
     # The engine ------------------------------------------------------------------------------
@@ -285,6 +288,9 @@ class TurnPipeline:
             tokens=turn.conversation.tokens,
             known_prefix=turn.known_prefix,
             items=turn.conversation.items,
+            known_items=turn.known_items,
+            response_id=turn.id,
+            previous_response_id=request.previous_response_id,
             instructions=request.instructions,
             tools=request.tools,
             tool_choice=request.tool_choice,

@@ -61,3 +61,6 @@ class StageLog:
 
     def __len__(self) -> int:
         return len(self._times)
+
+    def ids(self) -> list[str]:
+        return list(self._times)

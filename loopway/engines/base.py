@@ -27,8 +27,11 @@ from loopway.protocol.tools import ToolChoice, ToolSet
 class EngineRequest(msgspec.Struct, kw_only=True):
     model: str
     tokens: TokenSequence
-    known_prefix: int
+    known_prefix: int  # tokens of ``tokens`` this conversation already sent to the engine
     items: Sequence[Item]
+    known_items: int = 0  # items of ``items`` that the previous response's context already had
+    response_id: str = ""
+    previous_response_id: str | None = None
     instructions: str | None
     tools: ToolSet
     tool_choice: ToolChoice

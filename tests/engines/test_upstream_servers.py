@@ -218,3 +218,33 @@ def test_responses_upstream_text_and_streaming_over_http(responses_front: tuple[
         final = stream.get_final_response()
     assert "response.function_call_arguments.delta" in types and types[-1] == "response.completed"
     assert json.loads(final.output[0].arguments) == {"path": "src/x.py"}
+
+
+def test_responses_upstream_chaining_sends_only_new_items(tmp_path: Path):
+    import asyncio
+
+    from loopway.bench.server import InProcessServer
+    from loopway.settings import Settings
+
+    with InProcessServer(Settings(port=0, store="memory", data_dir=str(tmp_path / "up"))) as upstream:
+        front = Server(tmp_path, "--engine", "openai-responses", "--upstream", upstream.url, "--upstream-model",
+                       "front=loopway-sim", "--upstream-chain", "on", "--store", "memory")
+        try:
+            client = sdk(front)
+            first = client.responses.create(model="front", input="read src/a.py and src/b.py", tools=[READ_FILE])
+            call = first.output[0]
+            second = client.responses.create(model="front", previous_response_id=first.id, tools=[READ_FILE],
+                                             input=[{"type": "function_call_output", "call_id": call.call_id,
+                                                     "output": "A"}])
+            assert json.loads(second.output[0].arguments) == {"path": "src/b.py"}  # the upstream had the context
+        finally:
+            front.stop()
+
+        async def upstream_records() -> list:
+            log = upstream.service.log
+            return [await log.get(i) for i in upstream.service.pipeline.stage_log.ids()]
+
+        records = asyncio.run_coroutine_threadsafe(upstream_records(), upstream.loop).result(timeout=10)
+    chained = [r for r in records if r.previous_response_id is not None]
+    assert len(records) == 2 and len(chained) == 1
+    assert [i["type"] for i in json.loads(chained[0].input_items)] == ["function_call_output"]

@@ -7,6 +7,7 @@ full context, rendered its own way. Public model names map to upstream names
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from loopway.core.render import encoding
 from loopway.engines.base import Delta, EngineError, EngineRequest, Finish, ModelInfo, TextDelta, ToolCallDelta
 from loopway.engines.upstream.chat import ChunkDecoder, body_of
 from loopway.engines.upstream.http import Upstream
+from loopway.protocol.errors import ApiError
 from loopway.protocol.items import to_builtins
 
 
@@ -27,6 +29,7 @@ class UpstreamSettings(msgspec.Struct, kw_only=True):
     context_window: int = 128_000
     timeout_s: float = 600.0
     retries: int = 2
+    chain: bool = False  # openai-responses: continue upstream responses by id instead of resending
 
 
 def parse_model_map(spec: str) -> dict[str, str]:
@@ -72,13 +75,39 @@ class ChatEngine(_UpstreamEngine):
 
 
 class ResponsesEngine(_UpstreamEngine):
-    """Passes each turn to an upstream Responses API with the full input and ``store=false``."""
+    """Passes each turn to an upstream Responses API.
+
+    By default with the full input and ``store=false``: the upstream keeps nothing. With ``chain``,
+    turns are stored upstream and a continuation sends only its new items with the upstream id of
+    its parent (remembered here, bounded); an upstream that lost the parent gets the full input.
+    """
+
+    MAX_REMEMBERED = 100_000
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        super().__init__(settings)
+        self._upstream_ids: OrderedDict[str, str] = OrderedDict()
 
     async def open(self, request: EngineRequest) -> AsyncIterator[Delta]:
-        body = responses_body(request, self.settings.models[request.model])
-        return self._deltas(await self.upstream.open("/responses", body))
+        model = self.settings.models[request.model]
+        parent = self._upstream_ids.get(request.previous_response_id or "")
+        if self.settings.chain and parent is not None and request.known_items:
+            try:
+                body = responses_body(request, model, since=request.known_items, previous=parent)
+                return self._deltas(await self.upstream.open("/responses", body), request)
+            except ApiError as exc:
+                if exc.code != "previous_response_not_found":
+                    raise  # otherwise the upstream forgot the parent: send everything below
+        body = responses_body(request, model, store=self.settings.chain)
+        return self._deltas(await self.upstream.open("/responses", body), request)
 
-    async def _deltas(self, response: httpx.Response) -> AsyncIterator[Delta]:
+    def _remember(self, response_id: str, upstream_id: str) -> None:
+        if self.settings.chain and response_id:
+            self._upstream_ids[response_id] = upstream_id
+            if len(self._upstream_ids) > self.MAX_REMEMBERED:
+                self._upstream_ids.popitem(last=False)
+
+    async def _deltas(self, response: httpx.Response, request: EngineRequest) -> AsyncIterator[Delta]:
         calls = False
         async for event in self.upstream.events(response):
             kind = event.get("type")
@@ -92,6 +121,7 @@ class ResponsesEngine(_UpstreamEngine):
             elif kind == "response.function_call_arguments.delta":
                 yield ToolCallDelta(index=event["output_index"], arguments=event.get("delta", ""))
             elif kind in ("response.completed", "response.incomplete"):
+                self._remember(request.response_id, event["response"]["id"])
                 yield finish_of(event["response"], calls)
                 return
             elif kind in ("response.failed", "error"):
@@ -100,17 +130,21 @@ class ResponsesEngine(_UpstreamEngine):
         raise EngineError("The upstream stream ended without a terminal event.")
 
 
-def responses_body(request: EngineRequest, upstream_model: str) -> dict[str, Any]:
+def responses_body(request: EngineRequest, upstream_model: str, *, since: int = 0, previous: str | None = None,
+                   store: bool = False) -> dict[str, Any]:
     items = []
-    for item in request.items:
+    for item in list(request.items)[since:]:
         raw = dict(to_builtins(item))
         raw.pop("id", None)  # loopway's ids mean nothing upstream, and store=false cannot resolve them
         if raw.get("type") in ("function_call", "function_call_output", "message"):
             raw.pop("status", None)
         items.append(raw)
-    body: dict[str, Any] = {"model": upstream_model, "input": items, "store": False, "stream": True,
+    body: dict[str, Any] = {"model": upstream_model, "input": items, "store": store or previous is not None,
+                            "stream": True,
                             "temperature": request.temperature, "top_p": request.top_p,
                             "parallel_tool_calls": request.parallel_tool_calls}
+    if previous is not None:
+        body["previous_response_id"] = previous
     if request.instructions:
         body["instructions"] = request.instructions
     if request.tools.functions:
