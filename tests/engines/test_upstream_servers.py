@@ -248,3 +248,34 @@ def test_responses_upstream_chaining_sends_only_new_items(tmp_path: Path):
     chained = [r for r in records if r.previous_response_id is not None]
     assert len(records) == 2 and len(chained) == 1
     assert [i["type"] for i in json.loads(chained[0].input_items)] == ["function_call_output"]
+
+
+def test_a_client_that_goes_away_cancels_the_upstream_request(tmp_path: Path):
+    import asyncio
+
+    from loopway.bench.server import InProcessServer
+    from loopway.engines.sim import SimSettings
+    from loopway.settings import Settings
+
+    async def tasks() -> int:
+        return len(asyncio.all_tasks())
+
+    settings = Settings(port=0, store="memory", data_dir=str(tmp_path / "up"), sim=SimSettings(decode_tokens_per_s=20))
+    with InProcessServer(settings) as upstream:
+        count = lambda: asyncio.run_coroutine_threadsafe(tasks(), upstream.loop).result(timeout=10)  # noqa: E731
+        idle = count()
+        front = Server(tmp_path, "--engine", "openai-responses", "--upstream",
+                       upstream.url, "--upstream-model", "front=loopway-sim", "--store", "memory")
+        try:
+            with httpx.stream("POST", f"{front.url}/responses", timeout=30,
+                              json={"model": "front", "input": "write a long story", "stream": True}) as response:
+                for line in response.iter_lines():
+                    if "response.output_text.delta" in line:
+                        break  # the upstream is generating (slowly); now walk away
+            assert count() > idle
+            deadline = time.monotonic() + 2  # the story alone would take over 3 s at 20 tokens/s
+            while count() > idle and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert count() == idle  # the upstream's generation was cancelled, not left to run out
+        finally:
+            front.stop()
