@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from loopway import __version__
+from loopway import __version__, logs
 from loopway.engines.sim import SimSettings
 from loopway.settings import Settings
 
@@ -54,6 +53,7 @@ SERVE_FLAGS = [
     _Flag("websocket", _on_off, "on", "WebSocket mode on /v1/responses (off: upgrades are answered 426)"),
     _Flag("ws-connection-max-age-s", float, _s.ws_connection_max_age_s, "WebSocket connection age limit"),
     _Flag("log-level", str, _s.log_level, "debug, info, warning or error"),
+    _Flag("log-format", str, _s.log_format, "text, or json (one object a line, with response ids)"),
     _Flag("upstream", str, _s.upstream, "the upstream server's /v1 URL (openai-chat, openai-responses)"),
     _Flag("upstream-model", str, _s.upstream_model, "served models: NAME or PUBLIC=UPSTREAM, comma-separated"),
     _Flag("upstream-api-key-env", str, _s.upstream_api_key_env, "environment variable holding the upstream key"),
@@ -84,6 +84,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         websocket=args.websocket if isinstance(args.websocket, bool) else _on_off(args.websocket),
         ws_connection_max_age_s=args.ws_connection_max_age_s,
         log_level=args.log_level,
+        log_format=args.log_format,
         upstream=args.upstream,
         upstream_model=args.upstream_model,
         upstream_api_key_env=args.upstream_api_key_env,
@@ -109,7 +110,7 @@ def serve(settings: Settings) -> int:
     from loopway.app import ConfigError, build_service, create_app
     from loopway.engines.sim.trace import TraceError
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     try:
         service = build_service(settings)
     except (ConfigError, TraceError, OSError) as exc:
@@ -121,7 +122,7 @@ def serve(settings: Settings) -> int:
     websocket = f"ws://{settings.host}:{settings.port}/v1/responses" if settings.websocket else "off"
     print(f"loopway: listening on http://{settings.host}:{settings.port}/v1 (WebSocket mode: {websocket})",
           flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
                 ws_max_size=settings.ws_hard_frame_bytes(), ws_per_message_deflate=True, timeout_graceful_shutdown=10)
     return 0
 

@@ -33,6 +33,7 @@ class Settings(msgspec.Struct, kw_only=True):
     ws_max_in_flight: int = 16
     ws_max_streams: int = 32
     log_level: str = "info"
+    log_format: str = "text"  # or "json"
     upstream: str = ""  # the upstream server's /v1 URL (engines openai-chat and openai-responses)
     upstream_model: str = ""  # "name" or "public=upstream", comma-separated
     upstream_api_key_env: str = ""  # the environment variable holding the upstream's key

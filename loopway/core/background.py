@@ -8,7 +8,7 @@ kept so ``GET ?stream=true&starting_after=N`` can replay and then follow it live
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from loopway.core.persistence import ResponseLog
 from loopway.core.pipeline import Turn, TurnPipeline
@@ -25,9 +25,11 @@ class _Run:
 
 
 class BackgroundRuns:
-    def __init__(self, pipeline: TurnPipeline, log: ResponseLog) -> None:
+    def __init__(self, pipeline: TurnPipeline, log: ResponseLog,
+                 on_finish: Callable[[Turn], None] = lambda turn: None) -> None:
         self.pipeline = pipeline
         self.log = log
+        self.on_finish = on_finish
         self._runs: dict[str, _Run] = {}
 
     async def start(self, turn: Turn) -> Response:
@@ -56,6 +58,7 @@ class BackgroundRuns:
             await asyncio.shield(self.log.put(self.pipeline.record(run.turn)))
         run.done = True
         self._runs.pop(run.turn.id, None)
+        self.on_finish(run.turn)
         async with run.changed:
             run.changed.notify_all()
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 
 from loopway.store.base import Store, StoredResponse
 
@@ -20,12 +22,13 @@ class ResponseLog:
         self.store = store
         self._pending: dict[str, StoredResponse] = {}
         self._writes: dict[str, asyncio.Task[None]] = {}
+        self.on_persisted: Callable[[float], None] = lambda seconds: None  # store write times, for metrics
 
     async def put(self, record: StoredResponse) -> None:
         """Write now and return once the store has it (durable for SQLite)."""
         self._pending[record.id] = record
         try:
-            await self.store.put(record)
+            await self._timed_put(record)
         finally:
             if self._pending.get(record.id) is record:
                 del self._pending[record.id]
@@ -40,7 +43,7 @@ class ResponseLog:
         if previous is not None:
             await asyncio.shield(previous)  # writes of one id land in order
         try:
-            await self.store.put(record)
+            await self._timed_put(record)
         except Exception:
             log.exception("persisting %s failed", record.id)
         finally:
@@ -48,6 +51,11 @@ class ResponseLog:
                 del self._pending[record.id]
             if self._writes.get(record.id) is asyncio.current_task():
                 del self._writes[record.id]
+
+    async def _timed_put(self, record: StoredResponse) -> None:
+        start = time.perf_counter()
+        await self.store.put(record)
+        self.on_persisted(time.perf_counter() - start)
 
     async def get(self, response_id: str) -> StoredResponse | None:
         pending = self._pending.get(response_id)

@@ -14,6 +14,7 @@ import msgspec
 from loopway.core import compaction, history
 from loopway.core.background import BackgroundRuns
 from loopway.core.history import Parent
+from loopway.core.metrics import Metrics
 from loopway.core.persistence import ResponseLog
 from loopway.core.pipeline import Turn, TurnPipeline
 from loopway.core.replay import rebuild_events
@@ -38,11 +39,15 @@ class CompactBody(msgspec.Struct, kw_only=True):
 
 
 class ResponsesService:
-    def __init__(self, engine: Engine, pipeline: TurnPipeline, log: ResponseLog) -> None:
+    def __init__(self, engine: Engine, pipeline: TurnPipeline, log: ResponseLog,
+                 metrics: Metrics | None = None) -> None:
         self.engine = engine
         self.pipeline = pipeline
         self.log = log
-        self.background = BackgroundRuns(pipeline, log)
+        self.metrics = metrics or Metrics()
+        log.on_persisted = self.metrics.persisted
+        self.background = BackgroundRuns(pipeline, log, on_finish=lambda turn: self.metrics.turn_finished(
+            turn, "background"))
         self.sessions: set[Any] = set()  # open WebSocket sessions, for tests, benchmarks and shutdown
 
     # Creating --------------------------------------------------------------------------------
@@ -65,17 +70,19 @@ class ResponsesService:
     def run(self, turn: Turn) -> AsyncIterator[Event]:
         return self.pipeline.run(turn)
 
-    async def persist(self, turn: Turn) -> None:
-        """Persist now (HTTP: before the terminal event reaches the client)."""
+    async def persist(self, turn: Turn, transport: str = "http") -> None:
+        """Persist now (HTTP: before the terminal event reaches the client), then count the turn."""
         if turn.request.store:
             with turn.times.measure("persist"):
                 await self.log.put(self.pipeline.record(turn))
+        self.metrics.turn_finished(turn, transport)
 
-    def persist_behind(self, turn: Turn) -> None:
+    def persist_behind(self, turn: Turn, transport: str = "ws") -> None:
         """Persist after the terminal event went out (WebSocket overlap); readable at once."""
         if turn.request.store:
             with turn.times.measure("persist"):
                 self.log.put_behind(self.pipeline.record(turn))
+        self.metrics.turn_finished(turn, transport)
 
     async def start_background(self, turn: Turn) -> Response:
         return await self.background.start(turn)

@@ -13,6 +13,7 @@ from starlette.responses import Response as HttpResponse
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
+from loopway.core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from loopway.core.pipeline import Turn, is_terminal
 from loopway.core.service import ResponsesService
 from loopway.core.timing import StageTimes
@@ -127,6 +128,9 @@ def routes(service: ResponsesService, settings: Settings) -> list[Route]:
     async def compact(request: Request) -> HttpResponse:
         return json_response(await service.compact(decode_json(await read_body(request, settings.max_body_bytes))))
 
+    async def metrics(request: Request) -> HttpResponse:
+        return HttpResponse(service.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
     async def models(request: Request) -> HttpResponse:
         return json_response(service.models())
 
@@ -143,6 +147,7 @@ def routes(service: ResponsesService, settings: Settings) -> list[Route]:
         Route("/v1/responses/{response_id}/input_items", input_items, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", model, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ]
 
 

@@ -79,6 +79,7 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()
         self._send_lock = asyncio.Lock()
         self._closing = False
+        self._lanes_seen: set[str | None] = set()
         self.api_key = _bearer(websocket.headers.get("authorization"))
 
     # The socket ------------------------------------------------------------------------------
@@ -143,6 +144,10 @@ class Session:
     async def send_error(self, err: ApiError, lane: str | None = None) -> None:
         await self.send(WsError.of(err), lane)
 
+    @property
+    def lanes_used(self) -> int:
+        return len(self._lanes_seen)
+
     # response.create -------------------------------------------------------------------------
 
     async def _on_create(self, raw: dict[str, Any], times: StageTimes) -> None:
@@ -161,6 +166,9 @@ class Session:
         except LaneLimitReached as exc:
             await self.send_error(ws_error(400, "websocket_stream_limit_reached", str(exc), "stream_id"), lane)
             return
+        if lane not in self._lanes_seen:
+            self._lanes_seen.add(lane)
+            self.service.metrics.lanes.inc()
         job = Job(request, times, self._take_steers(request.previous_response_id))
         if request.previous_response_id and self.cache.pin(request.previous_response_id):
             job.pinned = request.previous_response_id
@@ -210,6 +218,7 @@ class Session:
             return None
         with times.measure("resolve"):
             entry = self.cache.get(previous)
+            self.service.metrics.cache_lookup(entry is not None)
             if entry is not None:
                 return Parent(response=entry.response, conversation=entry.conversation)
             if request.store:  # the slow path: rebuild from the store
@@ -347,9 +356,12 @@ def routes(service: ResponsesService, settings: Settings) -> list[WebSocketRoute
         await websocket.accept()
         session = Session(service, settings, websocket)
         service.sessions.add(session)
+        service.metrics.connections.inc()
         try:
             await session.serve()
         finally:
             service.sessions.discard(session)
+            service.metrics.connections.dec()
+            service.metrics.lanes.dec(session.lanes_used)
 
     return [WebSocketRoute("/v1/responses", endpoint if settings.websocket else refuse)]
