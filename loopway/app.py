@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import signal
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
+from loopway.core.auth import KeyRing
 from loopway.core.persistence import ResponseLog
 from loopway.core.pipeline import TurnPipeline
 from loopway.core.sealing import Sealer
@@ -21,6 +25,7 @@ from loopway.store.base import Store
 from loopway.store.memory import MemoryStore
 from loopway.store.sqlite import SqliteStore
 from loopway.transports import http, ws
+from loopway.transports.auth import AuthMiddleware
 
 log = logging.getLogger("loopway")
 
@@ -61,12 +66,17 @@ def build_service(settings: Settings) -> ResponsesService:
     return ResponsesService(engine, pipeline, ResponseLog(make_store(settings)))
 
 
-def create_app(settings: Settings | None = None, service: ResponsesService | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, service: ResponsesService | None = None,
+               keys: KeyRing | None = None) -> Starlette:
     settings = settings or Settings()
     service = service or build_service(settings)
+    keys = keys or KeyRing(settings.api_keys or None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread: no signals
+            loop.add_signal_handler(signal.SIGHUP, keys.reload)
         try:
             yield
         finally:
@@ -75,7 +85,9 @@ def create_app(settings: Settings | None = None, service: ResponsesService | Non
             await service.engine.aclose()
 
     app = Starlette(routes=[*ws.routes(service, settings), *http.routes(service, settings)],
-                    exception_handlers=http.exception_handlers(), lifespan=lifespan)
+                    exception_handlers=http.exception_handlers(), lifespan=lifespan,
+                    middleware=[Middleware(AuthMiddleware, keys=keys)])
     app.state.service = service
     app.state.settings = settings
+    app.state.keys = keys
     return app

@@ -52,6 +52,8 @@ SERVE_FLAGS = [
     _Flag("max-frame-bytes", int, _s.max_frame_bytes, "largest WebSocket frame accepted"),
     _Flag("websocket", _on_off, "on", "WebSocket mode on /v1/responses (off: upgrades are answered 426)"),
     _Flag("ws-connection-max-age-s", float, _s.ws_connection_max_age_s, "WebSocket connection age limit"),
+    _Flag("api-keys", str, _s.api_keys, "a file of 'KEY TENANT' lines (reloaded on SIGHUP); without it the "
+                                        "server is open to anyone who can reach it"),
     _Flag("log-level", str, _s.log_level, "debug, info, warning or error"),
     _Flag("log-format", str, _s.log_format, "text, or json (one object a line, with response ids)"),
     _Flag("upstream", str, _s.upstream, "the upstream server's /v1 URL (openai-chat, openai-responses)"),
@@ -83,6 +85,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         max_frame_bytes=args.max_frame_bytes,
         websocket=args.websocket if isinstance(args.websocket, bool) else _on_off(args.websocket),
         ws_connection_max_age_s=args.ws_connection_max_age_s,
+        api_keys=args.api_keys,
         log_level=args.log_level,
         log_format=args.log_format,
         upstream=args.upstream,
@@ -108,17 +111,23 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     from loopway.app import ConfigError, build_service, create_app
+    from loopway.core.auth import KeyFileError, KeyRing
     from loopway.engines.sim.trace import TraceError
 
     logs.configure(settings.log_level, settings.log_format)
     try:
         service = build_service(settings)
-    except (ConfigError, TraceError, OSError) as exc:
+        keys = KeyRing(settings.api_keys or None)
+    except (ConfigError, TraceError, KeyFileError, OSError) as exc:
         print(f"loopway: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings, service)
+    app = create_app(settings, service, keys)
     print(f"loopway {__version__}: engine {settings.engine} (models: {', '.join(m.id for m in service.engine.models())})")
     print(f"loopway: store {service.log.store.describe()}")
+    if keys.open:
+        print("loopway: auth OFF: no --api-keys, so anyone who can reach this port can use it")
+    else:
+        print(f"loopway: auth on: keys from {settings.api_keys} (kill -HUP reloads them)")
     websocket = f"ws://{settings.host}:{settings.port}/v1/responses" if settings.websocket else "off"
     print(f"loopway: listening on http://{settings.host}:{settings.port}/v1 (WebSocket mode: {websocket})",
           flush=True)

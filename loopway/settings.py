@@ -32,6 +32,7 @@ class Settings(msgspec.Struct, kw_only=True):
     ws_connection_max_age_s: float = 3600.0
     ws_max_in_flight: int = 16
     ws_max_streams: int = 32
+    api_keys: str = ""  # a file of "KEY TENANT" lines; empty: the server is open
     log_level: str = "info"
     log_format: str = "text"  # or "json"
     upstream: str = ""  # the upstream server's /v1 URL (engines openai-chat and openai-responses)

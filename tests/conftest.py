@@ -42,7 +42,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()}")
             try:
-                httpx.get(f"{self.url}/models", timeout=1).raise_for_status()
+                httpx.get(f"{self.url.removesuffix('/v1')}/health", timeout=1).raise_for_status()
                 return
             except httpx.HTTPError:
                 time.sleep(0.05)

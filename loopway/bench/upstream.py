@@ -141,7 +141,7 @@ def loopway_process(upstream: str, model: str) -> Iterator[str]:
         try:
             for _ in range(300):
                 try:
-                    httpx.get(f"{url}/models", timeout=1).raise_for_status()
+                    httpx.get(url.removesuffix("/v1") + "/health", timeout=1).raise_for_status()
                     break
                 except httpx.HTTPError:
                     time.sleep(0.05)

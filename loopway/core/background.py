@@ -62,13 +62,17 @@ class BackgroundRuns:
         async with run.changed:
             run.changed.notify_all()
 
-    def running(self, response_id: str) -> Turn | None:
+    def _run_of(self, response_id: str, tenant: str) -> _Run | None:
         run = self._runs.get(response_id)
+        return run if run is not None and run.turn.tenant == tenant else None
+
+    def running(self, response_id: str, tenant: str) -> Turn | None:
+        run = self._run_of(response_id, tenant)
         return run.turn if run else None
 
-    async def cancel(self, response_id: str) -> Response | None:
+    async def cancel(self, response_id: str, tenant: str) -> Response | None:
         """Cancel a running background response; None if it is not running here."""
-        run = self._runs.get(response_id)
+        run = self._run_of(response_id, tenant)
         if run is None or run.task is None:
             return None
         run.turn.response.status = "cancelled"
@@ -79,8 +83,8 @@ class BackgroundRuns:
             pass
         return run.turn.response
 
-    async def follow(self, response_id: str, starting_after: int) -> AsyncIterator[Event] | None:
-        run = self._runs.get(response_id)
+    async def follow(self, response_id: str, starting_after: int, tenant: str) -> AsyncIterator[Event] | None:
+        run = self._run_of(response_id, tenant)
         if run is None:
             return None
         return self._follow(run, starting_after)
@@ -99,5 +103,5 @@ class BackgroundRuns:
                     await run.changed.wait()
 
     async def aclose(self) -> None:
-        for response_id in list(self._runs):
-            await self.cancel(response_id)
+        for response_id, run in list(self._runs.items()):
+            await self.cancel(response_id, run.turn.tenant)

@@ -36,12 +36,12 @@ class Parent(msgspec.Struct, kw_only=True):
         return self.items or []
 
 
-async def chain(log: ResponseLog, response_id: str) -> list[StoredResponse]:
-    """The records from the start of the conversation to ``response_id``, oldest first."""
+async def chain(log: ResponseLog, response_id: str, tenant: str) -> list[StoredResponse]:
+    """The tenant's records from the start of the conversation to ``response_id``, oldest first."""
     records: list[StoredResponse] = []
     next_id: str | None = response_id
     while next_id is not None:
-        record = await log.get(next_id)
+        record = await log.get(next_id, tenant)
         if record is None:
             if not records:
                 raise previous_response_not_found(response_id)
@@ -61,8 +61,8 @@ def _context(records: list[StoredResponse], include_last_output: bool) -> list[I
     return items
 
 
-async def load_parent(log: ResponseLog, response_id: str) -> Parent:
-    records = await chain(log, response_id)
+async def load_parent(log: ResponseLog, response_id: str, tenant: str) -> Parent:
+    records = await chain(log, response_id, tenant)
     response = wire.decode(records[-1].response)
     if response.status in ("queued", "in_progress"):
         raise ApiError(400, f"Previous response with id '{response_id}' is still in progress.",
@@ -72,5 +72,5 @@ async def load_parent(log: ResponseLog, response_id: str) -> Parent:
 
 async def input_items(log: ResponseLog, record: StoredResponse) -> list[Item]:
     """Everything the model was given as input for this response (its whole context)."""
-    records = await chain(log, record.id)
+    records = await chain(log, record.id, record.tenant)
     return _context(records, include_last_output=False)

@@ -57,13 +57,16 @@ class ResponseLog:
         await self.store.put(record)
         self.on_persisted(time.perf_counter() - start)
 
-    async def get(self, response_id: str) -> StoredResponse | None:
-        pending = self._pending.get(response_id)
-        if pending is not None:
-            return pending
-        return await self.store.get(response_id)
+    async def get(self, response_id: str, tenant: str | None = None) -> StoredResponse | None:
+        """The record, if it exists and (when ``tenant`` is given) belongs to that tenant."""
+        record = self._pending.get(response_id) or await self.store.get(response_id)
+        if record is None or (tenant is not None and record.tenant != tenant):
+            return None
+        return record
 
-    async def delete(self, response_id: str) -> bool:
+    async def delete(self, response_id: str, tenant: str | None = None) -> bool:
+        if tenant is not None and await self.get(response_id, tenant) is None:
+            return False
         write = self._writes.get(response_id)
         if write is not None:
             await asyncio.shield(write)

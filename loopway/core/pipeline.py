@@ -49,6 +49,7 @@ class Turn:
         self.new_items = new_items
         self.known_prefix = known_prefix
         self.known_items = known_items
+        self.tenant = ""
         self.compacted = compacted
         self.times = times
         self.assembler = EventAssembler(response)
@@ -135,7 +136,8 @@ class TurnPipeline:
 
     # Before the engine -----------------------------------------------------------------------
 
-    def prepare(self, request: CreateRequest, parent: Parent | None, times: StageTimes | None = None) -> Turn:
+    def prepare(self, request: CreateRequest, parent: Parent | None, times: StageTimes | None = None,
+                tenant: str = "") -> Turn:
         times = times or StageTimes()
         with times.measure("validate"):
             info = find_model(self.engine, request.model)
@@ -154,7 +156,9 @@ class TurnPipeline:
                 known = known_items = 0
         response = new_response(request, ids.new_id(ids.RESPONSE))
         self.stage_log.add(response.id, times)
-        return Turn(request, response, conversation, new_items, known, compacted, times, known_items)
+        turn = Turn(request, response, conversation, new_items, known, compacted, times, known_items)
+        turn.tenant = tenant
+        return turn
 
     def _compact(self, request: CreateRequest, conversation: Conversation,
                  new_items: list[Item]) -> tuple[Conversation, Compaction]:
@@ -317,6 +321,7 @@ class TurnPipeline:
             response=wire.encode(turn.response),
             input_items=ITEMS_ENCODER.encode(turn.new_items),
             events=b"[" + b",".join(encode_event(e) for e in turn.events) + b"]" if turn.events is not None else None,
+            tenant=turn.tenant,
         )
 
     def cancelled(self, turn: Turn) -> Response:

@@ -52,18 +52,18 @@ class ResponsesService:
 
     # Creating --------------------------------------------------------------------------------
 
-    async def resolve(self, request: CreateRequest, times: StageTimes) -> Parent | None:
+    async def resolve(self, request: CreateRequest, times: StageTimes, tenant: str) -> Parent | None:
         """The previous response from the store (the HTTP path; WebSocket tries its cache first)."""
         if request.previous_response_id is None:
             return None
         with times.measure("resolve"):
-            return await history.load_parent(self.log, request.previous_response_id)
+            return await history.load_parent(self.log, request.previous_response_id, tenant)
 
-    async def prepare(self, request: CreateRequest, times: StageTimes | None = None) -> Turn:
+    async def prepare(self, request: CreateRequest, times: StageTimes | None = None, tenant: str = "") -> Turn:
         """Everything before the first event: resolve, validate, render, and the engine's acceptance."""
         times = times or StageTimes()
-        parent = await self.resolve(request, times)
-        turn = self.pipeline.prepare(request, parent, times)
+        parent = await self.resolve(request, times, tenant)
+        turn = self.pipeline.prepare(request, parent, times, tenant)
         await self.pipeline.start(turn)
         return turn
 
@@ -89,47 +89,48 @@ class ResponsesService:
 
     # Reading ---------------------------------------------------------------------------------
 
-    async def record(self, response_id: str) -> StoredResponse:
-        record = await self.log.get(response_id)
+    async def record(self, response_id: str, tenant: str) -> StoredResponse:
+        record = await self.log.get(response_id, tenant)
         if record is None:
             raise response_not_found(response_id)
         return record
 
-    async def retrieve(self, response_id: str) -> Response:
-        running = self.background.running(response_id)
+    async def retrieve(self, response_id: str, tenant: str = "") -> Response:
+        running = self.background.running(response_id, tenant)
         if running is not None:
             return running.response
-        return wire.decode((await self.record(response_id)).response)
+        return wire.decode((await self.record(response_id, tenant)).response)
 
-    async def events(self, response_id: str, starting_after: int) -> AsyncIterator[Event]:
-        live = await self.background.follow(response_id, starting_after)
+    async def events(self, response_id: str, starting_after: int, tenant: str = "") -> AsyncIterator[Event]:
+        live = await self.background.follow(response_id, starting_after, tenant)
         if live is not None:
             return live
-        record = await self.record(response_id)
+        record = await self.record(response_id, tenant)
         if record.events is not None:
             events = msgspec.json.decode(record.events)
             return _raw_after(events, starting_after)
         return _after(rebuild_events(wire.decode(record.response)), starting_after)
 
-    async def delete(self, response_id: str) -> dict[str, Any]:
-        if self.background.running(response_id) is not None:
-            await self.background.cancel(response_id)
-        if not await self.log.delete(response_id):
+    async def delete(self, response_id: str, tenant: str = "") -> dict[str, Any]:
+        if self.background.running(response_id, tenant) is not None:
+            await self.background.cancel(response_id, tenant)
+        if not await self.log.delete(response_id, tenant):
             raise response_not_found(response_id)
         return {"id": response_id, "object": "response", "deleted": True}
 
-    async def cancel(self, response_id: str) -> Response:
-        cancelled = await self.background.cancel(response_id)
+    async def cancel(self, response_id: str, tenant: str = "") -> Response:
+        cancelled = await self.background.cancel(response_id, tenant)
         if cancelled is not None:
             return cancelled
-        response = wire.decode((await self.record(response_id)).response)
+        response = wire.decode((await self.record(response_id, tenant)).response)
         if not response.background:
             raise invalid_request("Only responses created with background=true can be cancelled.",
                                   param="response_id", code="not_cancellable")
         return response
 
-    async def input_items(self, response_id: str, *, limit: int, order: str, after: str | None) -> dict[str, Any]:
-        record = await self.record(response_id)
+    async def input_items(self, response_id: str, *, limit: int, order: str, after: str | None,
+                          tenant: str = "") -> dict[str, Any]:
+        record = await self.record(response_id, tenant)
         items = await history.input_items(self.log, record)
         if order == "desc":
             items.reverse()
@@ -151,13 +152,13 @@ class ResponsesService:
 
     # Counting and compacting -----------------------------------------------------------------
 
-    async def count_input_tokens(self, request: CreateRequest) -> dict[str, Any]:
+    async def count_input_tokens(self, request: CreateRequest, tenant: str = "") -> dict[str, Any]:
         if find_model(self.engine, request.model) is None:
             raise model_not_found(request.model)
-        parent = await self.resolve(request, StageTimes())
+        parent = await self.resolve(request, StageTimes(), tenant)
         return {"object": "response.input_tokens", "input_tokens": self.pipeline.count_input_tokens(request, parent)}
 
-    async def compact(self, raw: Any) -> dict[str, Any]:
+    async def compact(self, raw: Any, tenant: str = "") -> dict[str, Any]:
         body: CompactBody = shape_check(raw, CompactBody)
         if not body.model:
             raise missing_parameter("model")
@@ -165,7 +166,7 @@ class ResponsesService:
             raise model_not_found(body.model)
         items = parse_input(body.input) if body.input is not None else []
         if body.previous_response_id is not None:
-            parent = await history.load_parent(self.log, body.previous_response_id)
+            parent = await history.load_parent(self.log, body.previous_response_id, tenant)
             items = [*(parent.items or []), *items]
         if not items:
             raise missing_parameter("input")

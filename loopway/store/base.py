@@ -19,6 +19,7 @@ class StoredResponse(msgspec.Struct, kw_only=True):
     response: bytes  # the Response object's JSON
     input_items: bytes  # JSON array of this response's own input items
     events: bytes | None = None  # JSON array of its events (background responses, for replay)
+    tenant: str = ""  # whose response this is: other tenants never see it
 
 
 class StoreUnavailable(Exception):

@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS responses (
     previous_response_id TEXT,
     response BLOB NOT NULL,
     input_items BLOB NOT NULL,
-    events BLOB
+    events BLOB,
+    tenant TEXT NOT NULL DEFAULT ''
 );
 """
 
@@ -50,21 +51,23 @@ class SqliteStore:
     def _put(self, r: StoredResponse) -> None:
         assert self._db is not None
         self._db.execute(
-            "INSERT OR REPLACE INTO responses (id, created_at, previous_response_id, response, input_items, events)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (r.id, r.created_at, r.previous_response_id, r.response, r.input_items, r.events),
+            "INSERT OR REPLACE INTO responses (id, created_at, previous_response_id, response, input_items, events,"
+            " tenant) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (r.id, r.created_at, r.previous_response_id, r.response, r.input_items, r.events, r.tenant),
         )
 
     def _get(self, response_id: str) -> StoredResponse | None:
         assert self._db is not None
         row = self._db.execute(
-            "SELECT id, created_at, previous_response_id, response, input_items, events FROM responses WHERE id = ?",
+            "SELECT id, created_at, previous_response_id, response, input_items, events, tenant FROM responses"
+            " WHERE id = ?",
             (response_id,),
         ).fetchone()
         if row is None:
             return None
         return StoredResponse(id=row[0], created_at=row[1], previous_response_id=row[2], response=bytes(row[3]),
-                              input_items=bytes(row[4]), events=bytes(row[5]) if row[5] is not None else None)
+                              input_items=bytes(row[4]), events=bytes(row[5]) if row[5] is not None else None,
+                              tenant=row[6])
 
     def _delete(self, response_id: str) -> bool:
         assert self._db is not None

@@ -71,17 +71,22 @@ def _int_query(request: Request, name: str, default: int, low: int, high: int) -
     return value
 
 
+def tenant_of(request: Request) -> str:
+    """Set by the auth middleware; the open tenant when auth is off."""
+    return getattr(request.state, "tenant", "")
+
+
 def routes(service: ResponsesService, settings: Settings) -> list[Route]:
     async def create(request: Request) -> HttpResponse:
         times = StageTimes()
         body = await read_body(request, settings.max_body_bytes)
         with times.measure("validate"):
             create_request = validate_create(shape_check(decode_json(body), CreateBody))
-        turn = await service.prepare(create_request, times)
+        turn = await service.prepare(create_request, times, tenant_of(request))
         if create_request.background:
             queued = await service.start_background(turn)
             if create_request.stream:
-                events = await service.events(turn.id, -1)
+                events = await service.events(turn.id, -1, turn.tenant)
                 return StreamingResponse(frames(events), media_type="text/event-stream", headers=HEADERS)
             return json_response(queued)
         if create_request.stream:
@@ -95,15 +100,15 @@ def routes(service: ResponsesService, settings: Settings) -> list[Route]:
         response_id = request.path_params["response_id"]
         if request.query_params.get("stream") == "true":
             starting_after = _int_query(request, "starting_after", -1, -1, 1 << 62)
-            events = await service.events(response_id, starting_after)
+            events = await service.events(response_id, starting_after, tenant_of(request))
             return StreamingResponse(frames(events), media_type="text/event-stream", headers=HEADERS)
-        return json_response(await service.retrieve(response_id))
+        return json_response(await service.retrieve(response_id, tenant_of(request)))
 
     async def delete(request: Request) -> HttpResponse:
-        return json_response(await service.delete(request.path_params["response_id"]))
+        return json_response(await service.delete(request.path_params["response_id"], tenant_of(request)))
 
     async def cancel(request: Request) -> HttpResponse:
-        return json_response(await service.cancel(request.path_params["response_id"]))
+        return json_response(await service.cancel(request.path_params["response_id"], tenant_of(request)))
 
     async def input_items(request: Request) -> HttpResponse:
         order = request.query_params.get("order", "desc")
@@ -114,6 +119,7 @@ def routes(service: ResponsesService, settings: Settings) -> list[Route]:
             limit=_int_query(request, "limit", 20, 1, 100),
             order=order,
             after=request.query_params.get("after"),
+            tenant=tenant_of(request),
         )
         return json_response(page)
 
@@ -123,10 +129,15 @@ def routes(service: ResponsesService, settings: Settings) -> list[Route]:
             raw = {**raw, "stream": None, "background": None}
             if raw.get("input") is None and raw.get("previous_response_id") is None:
                 raw["input"] = []
-        return json_response(await service.count_input_tokens(validate_create(shape_check(raw, CreateBody))))
+        create_request = validate_create(shape_check(raw, CreateBody))
+        return json_response(await service.count_input_tokens(create_request, tenant_of(request)))
 
     async def compact(request: Request) -> HttpResponse:
-        return json_response(await service.compact(decode_json(await read_body(request, settings.max_body_bytes))))
+        raw = decode_json(await read_body(request, settings.max_body_bytes))
+        return json_response(await service.compact(raw, tenant_of(request)))
+
+    async def health(request: Request) -> HttpResponse:
+        return json_response({"status": "ok"})
 
     async def metrics(request: Request) -> HttpResponse:
         return HttpResponse(service.metrics.render(), media_type=METRICS_CONTENT_TYPE)
@@ -148,6 +159,7 @@ def routes(service: ResponsesService, settings: Settings) -> list[Route]:
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", model, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
     ]
 
 

@@ -80,7 +80,7 @@ class Session:
         self._send_lock = asyncio.Lock()
         self._closing = False
         self._lanes_seen: set[str | None] = set()
-        self.api_key = _bearer(websocket.headers.get("authorization"))
+        self.tenant: str = websocket.scope.get("state", {}).get("tenant", "")  # set by the auth middleware
 
     # The socket ------------------------------------------------------------------------------
 
@@ -204,7 +204,7 @@ class Session:
             request = msgspec.structs.replace(request, input=[*job.prefix, *request.input])
         try:
             parent = await self._parent(request, job.times)
-            turn = self.service.pipeline.prepare(request, parent, job.times)
+            turn = self.service.pipeline.prepare(request, parent, job.times, self.tenant)
             await self.service.pipeline.start(turn)
             return turn
         except ApiError as err:
@@ -222,7 +222,7 @@ class Session:
             if entry is not None:
                 return Parent(response=entry.response, conversation=entry.conversation)
             if request.store:  # the slow path: rebuild from the store
-                return await history.load_parent(self.service.log, previous)
+                return await history.load_parent(self.service.log, previous, self.tenant)
         raise previous_response_not_found(previous)
 
     def _evict_if_same_lane(self, previous: str | None, lane: str | None) -> None:
@@ -339,12 +339,6 @@ class Session:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self.cache.clear()
         self.steers.clear()
-
-
-def _bearer(header: str | None) -> str | None:
-    if header and header.lower().startswith("bearer "):
-        return header[7:].strip() or None
-    return None
 
 
 def routes(service: ResponsesService, settings: Settings) -> list[WebSocketRoute]:

@@ -1,0 +1,45 @@
+"""Authentication at the edge: an ASGI middleware for HTTP requests and WebSocket upgrades.
+
+A request without a valid key gets 401 in OpenAI's shape before any route runs; a WebSocket
+upgrade gets the same 401 as its handshake response, before the socket is accepted. The tenant is
+left in ``scope["state"]["tenant"]`` for the routes.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from loopway.core.auth import KeyRing
+from loopway.protocol.errors import ApiError
+
+PUBLIC = ("/metrics", "/health")
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in PUBLIC:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        raw = headers.get(b"authorization")
+        try:
+            tenant = self.keys.tenant(raw.decode("latin-1") if raw else None)
+        except ApiError as err:
+            await _refuse(scope, send, err)
+            return
+        scope.setdefault("state", {})["tenant"] = tenant
+        await self.app(scope, receive, send)
+
+
+async def _refuse(scope: Scope, send: Send, err: ApiError) -> None:
+    body = msgspec.json.encode(err.body())
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"www-authenticate", b"Bearer")]
+    prefix = "websocket.http.response" if scope["type"] == "websocket" else "http.response"
+    await send({"type": f"{prefix}.start", "status": err.status, "headers": headers})
+    await send({"type": f"{prefix}.body", "body": body})
