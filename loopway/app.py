@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from loopway.core.auth import KeyRing
+from loopway.core.limits import ConnectionLimiter, RateLimiter
 from loopway.core.persistence import ResponseLog
 from loopway.core.pipeline import TurnPipeline
 from loopway.core.sealing import Sealer
@@ -71,6 +72,8 @@ def create_app(settings: Settings | None = None, service: ResponsesService | Non
     settings = settings or Settings()
     service = service or build_service(settings)
     keys = keys or KeyRing(settings.api_keys or None)
+    service.limiter = RateLimiter(settings.rate_limit_rpm)
+    service.connections = ConnectionLimiter(settings.max_connections_per_tenant)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -86,7 +89,7 @@ def create_app(settings: Settings | None = None, service: ResponsesService | Non
 
     app = Starlette(routes=[*ws.routes(service, settings), *http.routes(service, settings)],
                     exception_handlers=http.exception_handlers(), lifespan=lifespan,
-                    middleware=[Middleware(AuthMiddleware, keys=keys)])
+                    middleware=[Middleware(AuthMiddleware, keys=keys, limiter=service.limiter)])
     app.state.service = service
     app.state.settings = settings
     app.state.keys = keys

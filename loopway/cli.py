@@ -54,6 +54,11 @@ SERVE_FLAGS = [
     _Flag("ws-connection-max-age-s", float, _s.ws_connection_max_age_s, "WebSocket connection age limit"),
     _Flag("api-keys", str, _s.api_keys, "a file of 'KEY TENANT' lines (reloaded on SIGHUP); without it the "
                                         "server is open to anyone who can reach it"),
+    _Flag("rate-limit-rpm", int, _s.rate_limit_rpm, "requests per minute per tenant (0: off); 429 + retry-after"),
+    _Flag("max-connections-per-tenant", int, _s.max_connections_per_tenant,
+          "open WebSocket connections per tenant (0: unlimited)"),
+    _Flag("ws-idle-timeout-s", float, _s.ws_idle_timeout_s, "close WebSocket connections idle this long"),
+    _Flag("ws-ping-interval-s", float, _s.ws_ping_interval_s, "WebSocket keepalive ping interval (0: off)"),
     _Flag("log-level", str, _s.log_level, "debug, info, warning or error"),
     _Flag("log-format", str, _s.log_format, "text, or json (one object a line, with response ids)"),
     _Flag("upstream", str, _s.upstream, "the upstream server's /v1 URL (openai-chat, openai-responses)"),
@@ -86,6 +91,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         websocket=args.websocket if isinstance(args.websocket, bool) else _on_off(args.websocket),
         ws_connection_max_age_s=args.ws_connection_max_age_s,
         api_keys=args.api_keys,
+        rate_limit_rpm=args.rate_limit_rpm,
+        max_connections_per_tenant=args.max_connections_per_tenant,
+        ws_idle_timeout_s=args.ws_idle_timeout_s,
+        ws_ping_interval_s=args.ws_ping_interval_s,
         log_level=args.log_level,
         log_format=args.log_format,
         upstream=args.upstream,
@@ -132,7 +141,8 @@ def serve(settings: Settings) -> int:
     print(f"loopway: listening on http://{settings.host}:{settings.port}/v1 (WebSocket mode: {websocket})",
           flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
-                ws_max_size=settings.ws_hard_frame_bytes(), ws_per_message_deflate=True, timeout_graceful_shutdown=10)
+                ws_max_size=settings.ws_hard_frame_bytes(), ws_per_message_deflate=True, timeout_graceful_shutdown=10,
+                ws_ping_interval=settings.ws_ping_interval_s or None, ws_ping_timeout=settings.ws_ping_interval_s or None)
     return 0
 
 

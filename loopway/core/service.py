@@ -14,6 +14,7 @@ import msgspec
 from loopway.core import compaction, history
 from loopway.core.background import BackgroundRuns
 from loopway.core.history import Parent
+from loopway.core.limits import ConnectionLimiter, RateLimiter
 from loopway.core.metrics import Metrics
 from loopway.core.persistence import ResponseLog
 from loopway.core.pipeline import Turn, TurnPipeline
@@ -49,6 +50,8 @@ class ResponsesService:
         self.background = BackgroundRuns(pipeline, log, on_finish=lambda turn: self.metrics.turn_finished(
             turn, "background"))
         self.sessions: set[Any] = set()  # open WebSocket sessions, for tests, benchmarks and shutdown
+        self.limiter = RateLimiter(0)
+        self.connections = ConnectionLimiter(0)
 
     # Creating --------------------------------------------------------------------------------
 

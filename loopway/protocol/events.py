@@ -125,7 +125,8 @@ class WsError(Event, tag="error", kw_only=True):
 
     @classmethod
     def of(cls, err: ApiError, stream_id: str | None = None) -> WsError:
-        return cls(status=err.status, error=err.payload(), stream_id=stream_id if stream_id else UNSET)
+        payload = err.payload() | ({"headers": err.headers} if err.headers else {})
+        return cls(status=err.status, error=payload, stream_id=stream_id if stream_id else UNSET)
 
 
 class SteerRef(msgspec.Struct):

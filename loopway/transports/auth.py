@@ -11,15 +11,17 @@ import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loopway.core.auth import KeyRing
+from loopway.core.limits import RateLimiter
 from loopway.protocol.errors import ApiError
 
 PUBLIC = ("/metrics", "/health")
 
 
 class AuthMiddleware:
-    def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyRing, limiter: RateLimiter | None = None) -> None:
         self.app = app
         self.keys = keys
+        self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or scope["path"] in PUBLIC:
@@ -29,6 +31,8 @@ class AuthMiddleware:
         raw = headers.get(b"authorization")
         try:
             tenant = self.keys.tenant(raw.decode("latin-1") if raw else None)
+            if self.limiter is not None and scope["type"] == "http":  # the socket counts response.create
+                self.limiter.check(tenant)
         except ApiError as err:
             await _refuse(scope, send, err)
             return
@@ -38,8 +42,10 @@ class AuthMiddleware:
 
 async def _refuse(scope: Scope, send: Send, err: ApiError) -> None:
     body = msgspec.json.encode(err.body())
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"www-authenticate", b"Bearer")]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in err.headers.items()]
+    if err.status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
     prefix = "websocket.http.response" if scope["type"] == "websocket" else "http.response"
     await send({"type": f"{prefix}.start", "status": err.status, "headers": headers})
     await send({"type": f"{prefix}.body", "body": body})

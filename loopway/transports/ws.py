@@ -88,7 +88,10 @@ class Session:
         watchdog = asyncio.create_task(self._age_limit())
         try:
             while True:
-                message = await self.websocket.receive()
+                message = await self._receive()
+                if message is None:  # idle past the limit with nothing in flight
+                    await self.websocket.close(CLOSE_GOING_AWAY, "idle timeout")
+                    return
                 if message["type"] == "websocket.disconnect":
                     return
                 await self._on_message(message)
@@ -97,6 +100,15 @@ class Session:
         finally:
             watchdog.cancel()
             await self._shutdown()
+
+    async def _receive(self) -> dict[str, Any] | None:
+        """The next frame; None once the connection has been idle (nothing in flight) past the limit."""
+        while True:
+            try:
+                return await asyncio.wait_for(self.websocket.receive(), self.settings.ws_idle_timeout_s)
+            except TimeoutError:
+                if not (self.lanes.in_flight or self.lanes.queued()):
+                    return None
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         text = message.get("text")
@@ -157,6 +169,7 @@ class Session:
             await self._connection_limit(lane)
             return
         try:
+            self.service.limiter.check(self.tenant)
             with times.measure("validate"):
                 request = validate_create(shape_check({**raw, "type": None}, CreateBody), websocket=True)
             self.lanes.admit(lane)
@@ -347,7 +360,19 @@ def routes(service: ResponsesService, settings: Settings) -> list[WebSocketRoute
         await websocket.send_denial_response(JSONResponse(err.body(), status_code=426))
 
     async def endpoint(websocket: WebSocket) -> None:
-        await websocket.accept()
+        tenant = websocket.scope.get("state", {}).get("tenant", "")
+        try:
+            service.connections.acquire(tenant)
+        except ApiError as err:
+            await websocket.send_denial_response(JSONResponse(err.body(), status_code=err.status, headers=err.headers))
+            return
+        try:
+            await websocket.accept()
+            await _serve(websocket)
+        finally:
+            service.connections.release(tenant)
+
+    async def _serve(websocket: WebSocket) -> None:
         session = Session(service, settings, websocket)
         service.sessions.add(session)
         service.metrics.connections.inc()

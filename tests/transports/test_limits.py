@@ -1,0 +1,77 @@
+"""Limits at the wire: 429 with retry-after per tenant, connection caps, idle timeouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from tests.conftest import MODEL, Server
+
+ALICE, BOB = "sk-alice-0123456789abcdef", "sk-bob-0123456789abcdef"
+
+
+def keys_file(tmp: Path) -> str:
+    path = tmp / "keys.txt"
+    path.write_text(f"{ALICE} alice\n{BOB} bob\n")
+    return str(path)
+
+
+def test_requests_per_minute_per_tenant(tmp_path: Path):
+    server = Server(tmp_path, "--api-keys", keys_file(tmp_path), "--rate-limit-rpm", "3", "--store", "memory")
+    try:
+        alice = OpenAI(base_url=server.url, api_key=ALICE, max_retries=0)
+        for _ in range(3):
+            alice.responses.create(model=MODEL, input="hi", store=False)
+        with pytest.raises(openai.RateLimitError) as info:
+            alice.responses.create(model=MODEL, input="hi", store=False)
+        assert info.value.code == "rate_limit_exceeded" and int(info.value.response.headers["retry-after"]) >= 1
+        assert OpenAI(base_url=server.url, api_key=BOB, max_retries=0).responses.create(
+            model=MODEL, input="hi", store=False).status == "completed"
+        with connect(server.url.replace("http", "ws", 1) + "/responses",
+                     additional_headers={"Authorization": f"Bearer {BOB}"}) as ws:
+            for _ in range(2):
+                ws.send(json.dumps({"type": "response.create", "model": MODEL, "input": "x", "store": False}))
+                while json.loads(ws.recv(timeout=10))["type"] != "response.completed":
+                    pass
+            ws.send(json.dumps({"type": "response.create", "model": MODEL, "input": "x", "store": False}))
+            error = json.loads(ws.recv(timeout=10))
+            assert error["status"] == 429 and error["error"]["code"] == "rate_limit_exceeded"
+            assert int(error["error"]["headers"]["retry-after"]) >= 1
+    finally:
+        server.stop()
+
+
+def test_websocket_connections_per_tenant(tmp_path: Path):
+    server = Server(tmp_path, "--api-keys", keys_file(tmp_path), "--max-connections-per-tenant", "1",
+                    "--store", "memory")
+    url = server.url.replace("http", "ws", 1) + "/responses"
+    try:
+        with connect(url, additional_headers={"Authorization": f"Bearer {ALICE}"}):
+            with pytest.raises(InvalidStatus) as info:
+                connect(url, additional_headers={"Authorization": f"Bearer {ALICE}"})
+            assert info.value.response.status_code == 429
+            with connect(url, additional_headers={"Authorization": f"Bearer {BOB}"}):
+                pass
+        with connect(url, additional_headers={"Authorization": f"Bearer {ALICE}"}):  # released on close
+            pass
+    finally:
+        server.stop()
+
+
+def test_idle_connections_are_closed(tmp_path: Path):
+    server = Server(tmp_path, "--ws-idle-timeout-s", "0.3", "--store", "memory")
+    try:
+        with connect(server.url.replace("http", "ws", 1) + "/responses") as ws:
+            with pytest.raises(ConnectionClosed) as info:
+                ws.recv(timeout=5)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+        assert httpx.get(server.url.removesuffix("/v1") + "/health").status_code == 200
+    finally:
+        server.stop()
