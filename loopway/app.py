@@ -7,8 +7,10 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
@@ -94,3 +96,21 @@ def create_app(settings: Settings | None = None, service: ResponsesService | Non
     app.state.settings = settings
     app.state.keys = keys
     return app
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with a drain first: stop accepting, let in-flight responses finish, then shut down.
+
+    uvicorn alone would close open WebSockets at once (1012) and cut their responses short.
+    """
+
+    def __init__(self, config: uvicorn.Config, service: ResponsesService, drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self.service = service
+        self.drain_timeout_s = drain_timeout_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()  # no new connections while the old ones finish
+        await self.service.drain(self.drain_timeout_s)
+        await super().shutdown(sockets)

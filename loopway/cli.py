@@ -59,6 +59,7 @@ SERVE_FLAGS = [
           "open WebSocket connections per tenant (0: unlimited)"),
     _Flag("ws-idle-timeout-s", float, _s.ws_idle_timeout_s, "close WebSocket connections idle this long"),
     _Flag("ws-ping-interval-s", float, _s.ws_ping_interval_s, "WebSocket keepalive ping interval (0: off)"),
+    _Flag("drain-timeout-s", float, _s.drain_timeout_s, "on SIGTERM, how long in-flight responses may take"),
     _Flag("log-level", str, _s.log_level, "debug, info, warning or error"),
     _Flag("log-format", str, _s.log_format, "text, or json (one object a line, with response ids)"),
     _Flag("upstream", str, _s.upstream, "the upstream server's /v1 URL (openai-chat, openai-responses)"),
@@ -95,6 +96,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         max_connections_per_tenant=args.max_connections_per_tenant,
         ws_idle_timeout_s=args.ws_idle_timeout_s,
         ws_ping_interval_s=args.ws_ping_interval_s,
+        drain_timeout_s=args.drain_timeout_s,
         log_level=args.log_level,
         log_format=args.log_format,
         upstream=args.upstream,
@@ -119,7 +121,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def serve(settings: Settings) -> int:
     import uvicorn
 
-    from loopway.app import ConfigError, build_service, create_app
+    from loopway.app import ConfigError, DrainingServer, build_service, create_app
     from loopway.core.auth import KeyFileError, KeyRing
     from loopway.engines.sim.trace import TraceError
 
@@ -140,9 +142,12 @@ def serve(settings: Settings) -> int:
     websocket = f"ws://{settings.host}:{settings.port}/v1/responses" if settings.websocket else "off"
     print(f"loopway: listening on http://{settings.host}:{settings.port}/v1 (WebSocket mode: {websocket})",
           flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
-                ws_max_size=settings.ws_hard_frame_bytes(), ws_per_message_deflate=True, timeout_graceful_shutdown=10,
-                ws_ping_interval=settings.ws_ping_interval_s or None, ws_ping_timeout=settings.ws_ping_interval_s or None)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
+                            ws_max_size=settings.ws_hard_frame_bytes(), ws_per_message_deflate=True,
+                            timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+                            ws_ping_interval=settings.ws_ping_interval_s or None,
+                            ws_ping_timeout=settings.ws_ping_interval_s or None)
+    DrainingServer(config, service, settings.drain_timeout_s).run()
     return 0
 
 

@@ -5,6 +5,7 @@ HTTP routes and the WebSocket session call these methods and only frame what com
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -50,6 +51,7 @@ class ResponsesService:
         self.background = BackgroundRuns(pipeline, log, on_finish=lambda turn: self.metrics.turn_finished(
             turn, "background"))
         self.sessions: set[Any] = set()  # open WebSocket sessions, for tests, benchmarks and shutdown
+        self.draining = False  # set on SIGTERM: finish what is in flight, start nothing new
         self.limiter = RateLimiter(0)
         self.connections = ConnectionLimiter(0)
 
@@ -200,6 +202,13 @@ class ResponsesService:
         if info is None:
             raise ApiError(404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
         return describe(info)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Let every WebSocket session finish its in-flight responses (up to ``timeout_s``), then close it."""
+        self.draining = True
+        sessions = list(self.sessions)
+        if sessions:
+            await asyncio.wait([asyncio.create_task(s.drain(timeout_s)) for s in sessions], timeout=timeout_s + 1)
 
     async def aclose(self) -> None:
         await self.background.aclose()

@@ -7,8 +7,9 @@ new items; a miss falls back to the store only when the request has ``store=true
 ``response.completed`` is sent before persistence, which runs behind (read-your-writes holds).
 
 Close codes: 1000 when the client closes; 1001 ("going away") when the connection reaches its
-age limit, after a ``websocket_connection_limit_reached`` error, and at server shutdown (SDKs
-reconnect on 1001; the new connection starts with an empty cache).
+age limit (after a ``websocket_connection_limit_reached`` error) or sits idle too long; 1012
+("service restart") when the server shuts down, after its in-flight responses finished. SDKs
+reconnect on 1001 and 1012; the new connection starts with an empty cache.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ log = logging.getLogger("loopway.ws")
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
+CLOSE_SERVICE_RESTART = 1012
 MAX_PENDING_STEERS = 8
 
 _DECODER = msgspec.json.Decoder()
@@ -165,6 +167,10 @@ class Session:
     async def _on_create(self, raw: dict[str, Any], times: StageTimes) -> None:
         lane = raw.get("stream_id")
         lane = lane if isinstance(lane, str) and STREAM_ID.match(lane) else None
+        if self.service.draining:
+            await self.send_error(ApiError(503, "The server is restarting; reconnect to continue.", type="server_error",
+                                           code="server_shutting_down"), lane)
+            return
         if self.expired:
             await self._connection_limit(lane)
             return
@@ -343,6 +349,15 @@ class Session:
                                        "Create a new websocket connection to continue."), lane)
         if self.websocket.application_state == WebSocketState.CONNECTED:
             await self.websocket.close(CLOSE_GOING_AWAY)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Server shutdown: let in-flight responses finish, then close with 1012 so SDKs reconnect."""
+        deadline = time.monotonic() + timeout_s
+        while (self.lanes.in_flight or self.lanes.queued()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self.websocket.application_state == WebSocketState.CONNECTED:
+            async with self._send_lock:
+                await self.websocket.close(CLOSE_SERVICE_RESTART, "server restarting")
 
     async def _shutdown(self) -> None:
         self._closing = True
