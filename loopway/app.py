@@ -26,6 +26,7 @@ from loopway.engines.upstream.engines import ChatEngine, ResponsesEngine, Upstre
 from loopway.settings import Settings
 from loopway.store.base import Store
 from loopway.store.memory import MemoryStore
+from loopway.store.redis import RedisStore
 from loopway.store.sqlite import SqliteStore
 from loopway.transports import http, ws
 from loopway.transports.auth import AuthMiddleware
@@ -60,7 +61,9 @@ def make_store(settings: Settings) -> Store:
         return MemoryStore()
     if url.startswith("sqlite:"):
         return SqliteStore(url.removeprefix("sqlite:"))
-    raise ConfigError(f"unknown store {url!r} (use 'memory' or 'sqlite:PATH')")
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisStore(url)
+    raise ConfigError(f"unknown store {url!r} (use 'memory', 'sqlite:PATH' or 'redis://HOST:PORT/DB')")
 
 
 def build_service(settings: Settings) -> ResponsesService:

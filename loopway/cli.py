@@ -45,7 +45,8 @@ SERVE_FLAGS = [
     _Flag("host", str, _s.host, "address to listen on"),
     _Flag("port", int, _s.port, "port to listen on"),
     _Flag("engine", str, _s.engine, "inference engine: sim, openai-chat or openai-responses"),
-    _Flag("store", str, _s.store, "response store: memory, or sqlite:PATH (default: SQLite in the data dir)"),
+    _Flag("store", str, _s.store, "response store: memory, sqlite:PATH or redis://HOST:PORT/DB "
+                                  "(default: SQLite in the data dir)"),
     _Flag("data-dir", str, _s.data_dir, "where the SQLite store and the sealing key live (default: "
                                         "$XDG_DATA_HOME/loopway or ~/.local/share/loopway)"),
     _Flag("max-body-bytes", int, _s.max_body_bytes, "largest HTTP request body accepted (413 beyond)"),

@@ -12,9 +12,16 @@ import logging
 import time
 from collections.abc import Callable
 
-from loopway.store.base import Store, StoredResponse
+from loopway.protocol.errors import ApiError
+from loopway.store.base import Store, StoredResponse, StoreUnavailable
 
 log = logging.getLogger("loopway.persistence")
+
+
+def store_unavailable(exc: Exception) -> ApiError:
+    log.warning("store unavailable: %s", exc)
+    return ApiError(503, "The response store is unavailable right now; retry shortly, or use store=false.",
+                    type="server_error", code="store_unavailable", headers={"retry-after": "1"})
 
 
 class ResponseLog:
@@ -29,9 +36,18 @@ class ResponseLog:
         self._pending[record.id] = record
         try:
             await self._timed_put(record)
+        except StoreUnavailable as exc:
+            raise store_unavailable(exc) from None
         finally:
             if self._pending.get(record.id) is record:
                 del self._pending[record.id]
+
+    async def check(self) -> None:
+        """Refuse work that needs the store while it is down (503), before any of it is done."""
+        try:
+            await self.store.ping()
+        except StoreUnavailable as exc:
+            raise store_unavailable(exc) from None
 
     def put_behind(self, record: StoredResponse) -> None:
         """Write in the background; reads see the record immediately."""
@@ -59,7 +75,10 @@ class ResponseLog:
 
     async def get(self, response_id: str, tenant: str | None = None) -> StoredResponse | None:
         """The record, if it exists and (when ``tenant`` is given) belongs to that tenant."""
-        record = self._pending.get(response_id) or await self.store.get(response_id)
+        try:
+            record = self._pending.get(response_id) or await self.store.get(response_id)
+        except StoreUnavailable as exc:
+            raise store_unavailable(exc) from None
         if record is None or (tenant is not None and record.tenant != tenant):
             return None
         return record
@@ -71,7 +90,10 @@ class ResponseLog:
         if write is not None:
             await asyncio.shield(write)
         self._pending.pop(response_id, None)
-        return await self.store.delete(response_id)
+        try:
+            return await self.store.delete(response_id)
+        except StoreUnavailable as exc:
+            raise store_unavailable(exc) from None
 
     def pending_writes(self) -> int:
         return len(self._writes)

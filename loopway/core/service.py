@@ -67,6 +67,8 @@ class ResponsesService:
     async def prepare(self, request: CreateRequest, times: StageTimes | None = None, tenant: str = "") -> Turn:
         """Everything before the first event: resolve, validate, render, and the engine's acceptance."""
         times = times or StageTimes()
+        if request.store:
+            await self.log.check()  # store=true needs the store: say so now, not after generating
         parent = await self.resolve(request, times, tenant)
         turn = self.pipeline.prepare(request, parent, times, tenant)
         await self.pipeline.start(turn)

@@ -18,6 +18,9 @@ class MemoryStore:
     async def delete(self, response_id: str) -> bool:
         return self._records.pop(response_id, None) is not None
 
+    async def ping(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         self._records.clear()
 

@@ -82,6 +82,9 @@ class SqliteStore:
     async def delete(self, response_id: str) -> bool:
         return await self._run(self._delete, response_id)
 
+    async def ping(self) -> None:
+        return None  # an embedded file: if it is gone, the write itself says so
+
     async def aclose(self) -> None:
         def close() -> None:
             if self._db is not None:

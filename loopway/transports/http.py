@@ -19,6 +19,7 @@ from loopway.core.service import ResponsesService
 from loopway.core.timing import StageTimes
 from loopway.protocol import response as wire
 from loopway.protocol.errors import ApiError, invalid_request, invalid_value, server_error
+from loopway.protocol.events import StreamError
 from loopway.protocol.request import CreateBody, decode_json, shape_check, validate_create
 from loopway.settings import Settings
 from loopway.transports.sse import HEADERS, frame_any, frames
@@ -52,7 +53,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def _stream_turn(service: ResponsesService, turn: Turn) -> AsyncIterator[bytes]:
     async for event in service.run(turn):
         if is_terminal(event):
-            await service.persist(turn)  # durable before the client hears "completed"
+            try:
+                await service.persist(turn)  # durable before the client hears "completed"
+            except ApiError as err:  # the store went away mid-response: say so instead of "completed"
+                yield frame_any(turn.assembler.stamp(StreamError(code=err.code, message=err.message, param=err.param)))
+                return
         yield frame_any(event)
 
 

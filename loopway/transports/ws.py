@@ -222,6 +222,8 @@ class Session:
         if job.prefix:
             request = msgspec.structs.replace(request, input=[*job.prefix, *request.input])
         try:
+            if request.store:
+                await self.service.log.check()
             parent = await self._parent(request, job.times)
             turn = self.service.pipeline.prepare(request, parent, job.times, self.tenant)
             await self.service.pipeline.start(turn)

@@ -1,0 +1,75 @@
+"""A store several replicas share: Redis (``--store redis://HOST:PORT/DB``).
+
+Each response is one hash (``loopway:response:{id}``) with a TTL (30 days, as OpenAI keeps stored
+responses). Redis being down is ``StoreUnavailable`` (a 503 for requests that need the store);
+redis-py reconnects on the next command, so recovery needs nothing from anyone. Durability across
+``kill -9`` is Redis's own: run it with ``appendonly yes`` (and ``appendfsync always`` for every
+acknowledged write).
+"""
+
+from __future__ import annotations
+
+import re
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from loopway.store.base import StoredResponse, StoreUnavailable
+
+TTL_S = 30 * 24 * 3600
+_FIELDS = ("created_at", "previous_response_id", "response", "input_items", "events", "tenant")
+
+
+class RedisStore:
+    def __init__(self, url: str, *, ttl_s: int = TTL_S, timeout_s: float = 2.0) -> None:
+        self.url = url
+        self.ttl_s = ttl_s
+        self._redis = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                        retry_on_timeout=False, health_check_interval=30)
+
+    @staticmethod
+    def _key(response_id: str) -> str:
+        return f"loopway:response:{response_id}"
+
+    async def put(self, record: StoredResponse) -> None:
+        mapping = {"created_at": record.created_at, "previous_response_id": record.previous_response_id or "",
+                   "response": record.response, "input_items": record.input_items, "events": record.events or b"",
+                   "tenant": record.tenant, "has_events": int(record.events is not None)}
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self._key(record.id), mapping=mapping)
+                pipe.expire(self._key(record.id), self.ttl_s)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+
+    async def get(self, response_id: str) -> StoredResponse | None:
+        try:
+            raw = await self._redis.hgetall(self._key(response_id))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+        if not raw:
+            return None
+        return StoredResponse(
+            id=response_id, created_at=int(raw[b"created_at"]),
+            previous_response_id=raw[b"previous_response_id"].decode() or None,
+            response=raw[b"response"], input_items=raw[b"input_items"],
+            events=raw[b"events"] if raw.get(b"has_events") == b"1" else None, tenant=raw[b"tenant"].decode())
+
+    async def delete(self, response_id: str) -> bool:
+        try:
+            return bool(await self._redis.delete(self._key(response_id)))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+
+    async def ping(self) -> None:
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from None
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+    def describe(self) -> str:
+        return re.sub(r"//[^@/]*@", "//***@", self.url)  # never print a password
