@@ -94,8 +94,9 @@ def routes(service: ResponsesService, settings: Settings) -> list[Route]:
                 events = await service.events(turn.id, -1, turn.tenant)
                 return StreamingResponse(frames(events), media_type="text/event-stream", headers=HEADERS)
             return json_response(queued)
-        if create_request.stream:
-            return StreamingResponse(_stream_turn(service, turn), media_type="text/event-stream", headers=HEADERS)
+        if create_request.stream:  # Server-Timing can only carry what happened before the first byte
+            return StreamingResponse(_stream_turn(service, turn), media_type="text/event-stream",
+                                     headers={**HEADERS, "Server-Timing": times.header(("validate", "resolve", "render"))})
         async for event in service.run(turn):
             if is_terminal(event):
                 await service.persist(turn)

@@ -75,3 +75,12 @@ def test_json_logs_carry_response_ids_and_never_the_key(tmp_path: Path):
     assert response["id"] in {line["response_id"] for line in finished}
     assert all(set(line["stages_ms"]) >= {"validate", "render", "ttft"} for line in finished)
     assert secret not in output
+
+
+def test_server_timing_on_json_and_sse(server: Server):
+    plain = httpx.post(f"{server.url}/responses", json={"model": MODEL, "input": "hi"})
+    stages = dict(part.strip().split(";dur=") for part in plain.headers["server-timing"].split(","))
+    assert set(stages) == {"validate", "resolve", "render", "queue", "ttft", "decode", "persist"}
+    assert float(stages["ttft"]) > 0
+    streamed = httpx.post(f"{server.url}/responses", json={"model": MODEL, "input": "hi", "stream": True})
+    assert streamed.headers["server-timing"].startswith("validate;dur=")
