@@ -62,6 +62,8 @@ SERVE_FLAGS = [
     _Flag("ws-max-streams", int, _s.ws_max_streams, "distinct named stream_id lanes per WebSocket connection"),
     _Flag("ws-idle-timeout-s", float, _s.ws_idle_timeout_s, "close WebSocket connections idle this long"),
     _Flag("ws-ping-interval-s", float, _s.ws_ping_interval_s, "WebSocket keepalive ping interval (0: off)"),
+    _Flag("ws-durable-store", _on_off, "off", "store=true over WebSocket: persist before response.completed, "
+                                               "giving up the overlap for kill -9 durability (on|off)"),
     _Flag("drain-timeout-s", float, _s.drain_timeout_s, "on SIGTERM, how long in-flight responses may take"),
     _Flag("log-level", str, _s.log_level, "debug, info, warning or error"),
     _Flag("log-format", str, _s.log_format, "text, or json (one object a line, with response ids)"),
@@ -102,6 +104,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         ws_max_streams=args.ws_max_streams,
         ws_ping_interval_s=args.ws_ping_interval_s,
         drain_timeout_s=args.drain_timeout_s,
+        ws_durable_store=args.ws_durable_store if isinstance(args.ws_durable_store, bool)
+        else _on_off(args.ws_durable_store),
         log_level=args.log_level,
         log_format=args.log_format,
         upstream=args.upstream,

@@ -38,6 +38,7 @@ class Settings(msgspec.Struct, kw_only=True):
     ws_idle_timeout_s: float = 900.0  # close a connection with nothing in flight and no frame for this long
     ws_ping_interval_s: float = 20.0  # keepalive pings; a peer that misses the pong is dropped
     drain_timeout_s: float = 30.0  # on SIGTERM, how long in-flight responses may take to finish
+    ws_durable_store: bool = False  # store=true over WebSocket: persist before response.completed (no overlap)
     log_level: str = "info"
     log_format: str = "text"  # or "json"
     upstream: str = ""  # the upstream server's /v1 URL (engines openai-chat and openai-responses)

@@ -257,6 +257,9 @@ class Session:
             async for event in self.service.run(turn):
                 if is_terminal(event):
                     self._remember(lane, turn)
+                    if self.settings.ws_durable_store and turn.request.store:
+                        await self._persist_first(turn, event, lane)
+                        continue
                     await self.send(event, lane)
                     self.service.persist_behind(turn)  # after the client has its answer
                 else:
@@ -264,6 +267,15 @@ class Session:
         finally:
             self.active.pop(turn.id, None)
         await self._after_turn(lane, job, turn)
+
+    async def _persist_first(self, turn: Turn, event: Event, lane: str | None) -> None:
+        """``--ws-durable-store``: the store has the response before the client hears it completed."""
+        try:
+            await self.service.persist(turn, "ws")
+        except ApiError as err:
+            await self.send_error(err, lane)
+            return
+        await self.send(event, lane)
 
     def _remember(self, lane: str | None, turn: Turn) -> None:
         if turn.response.status == "failed" or turn.after is None:

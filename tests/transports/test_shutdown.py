@@ -69,3 +69,23 @@ def test_kill_9_loses_no_acknowledged_response(tmp_path: Path):
             assert r.status_code == 200 and r.json()["status"] == "completed"
     finally:
         again.stop()
+
+
+def test_kill_9_over_websocket_with_durable_store(tmp_path: Path):
+    server = Server(tmp_path, "--sim-decode-tps", "100000", "--ws-durable-store", "on")
+    acknowledged = []
+    with connect(server.url.replace("http", "ws", 1) + "/responses") as ws:
+        for i in range(10):
+            ws.send(json.dumps({"type": "response.create", "model": MODEL, "input": f"n{i}", "store": True}))
+            while (event := json.loads(ws.recv(timeout=10)))["type"] != "response.completed":
+                pass
+            acknowledged.append(event["response"]["id"])
+        server.process.kill()  # right after the last "completed"
+    server.process.wait()
+    server.log.close()
+    again = Server(tmp_path, "--sim-decode-tps", "100000")
+    try:
+        for response_id in acknowledged:
+            assert httpx.get(f"{again.url}/responses/{response_id}").status_code == 200
+    finally:
+        again.stop()
