@@ -11,7 +11,11 @@ its replica anyway). The sim engine decodes at 1,000 tokens/s. Per turn the clie
   prefill rate + output tokens ÷ decode rate), which adds the socket, the client and timer jitter;
 - the largest gap between consecutive events while the answer streams.
 
-N doubles until the p99 overhead passes 5 ms or the p99 gap passes 50 ms. Memory per session is
+N doubles until the p99 overhead passes 5 ms or the p99 gap passes 50 ms.
+
+Deltas coalesce adaptively at the source: the engine emits every token that is due when it wakes,
+so an idle server sends one token per delta and a loaded one (late timers) sends several, without
+ever holding text back. ``tokens/delta`` shows how much that happens at each load. Memory per session is
 the servers' resident memory growth over idle, divided by N, while the sessions are connected.
 """
 
@@ -73,7 +77,8 @@ def replicas(count: int) -> Iterator[list[tuple[str, int, Path]]]:
                 p.wait(timeout=15)
 
 
-async def session(url: str, turns: int, ready: asyncio.Barrier, out: list[tuple[float, float]]) -> None:
+async def session(url: str, turns: int, ready: asyncio.Barrier, out: list[tuple[float, float]],
+                  deltas: list[tuple[int, int]]) -> None:
     async with connect(url.replace("http", "ws", 1) + "/v1/responses", max_size=None) as ws:
         await ready.wait()
         previous = None
@@ -84,18 +89,20 @@ async def session(url: str, turns: int, ready: asyncio.Barrier, out: list[tuple[
                 body["previous_response_id"] = previous
             sent = time.perf_counter()
             await ws.send(json.dumps(body))
-            last, gap = None, 0.0
+            last, gap, count = None, 0.0, 0
             while True:
                 event = json.loads(await ws.recv())
                 now = time.perf_counter()
                 if event["type"] == "response.output_text.delta":
                     gap = max(gap, now - last) if last is not None else gap
                     last = now
+                    count += 1
                 if event["type"] in ("response.completed", "response.incomplete"):
                     usage = event["response"]["usage"]
                     uncached = usage["input_tokens"] - usage["input_tokens_details"]["cached_tokens"]
                     engine = BASE_S + uncached / PREFILL_TPS + usage["output_tokens"] / DECODE_TPS
                     out.append((now - sent - engine, gap))
+                    deltas.append((count, usage["output_tokens"]))
                     previous = event["response"]["id"]
                     break
                 if event["type"] in ("error", "response.failed"):
@@ -120,10 +127,11 @@ def server_overheads(servers: list[tuple[str, int, Path]], seen: set[str]) -> li
 
 async def level(servers: list[tuple[str, int, Path]], sessions: int, turns: int, seen: set[str]) -> dict[str, float]:
     samples: list[tuple[float, float]] = []
+    deltas: list[tuple[int, int]] = []
     ready = asyncio.Barrier(sessions + 1)
     server_overheads(servers, seen)  # forget earlier levels
     idle = sum(rss_mb(pid) for _, pid, _ in servers)
-    tasks = [asyncio.create_task(session(servers[i % len(servers)][0], turns, ready, samples))
+    tasks = [asyncio.create_task(session(servers[i % len(servers)][0], turns, ready, samples, deltas))
              for i in range(sessions)]
     await ready.wait()
     loaded = sum(rss_mb(pid) for _, pid, _ in servers)
@@ -135,7 +143,8 @@ async def level(servers: list[tuple[str, int, Path]], sessions: int, turns: int,
     p99 = lambda xs: xs[min(len(xs) - 1, int(0.99 * len(xs)))]  # noqa: E731
     return {"sessions": sessions, "overhead_p50_ms": statistics.median(server), "overhead_p99_ms": p99(server),
             "client_overhead_p50_ms": statistics.median(client), "client_overhead_p99_ms": p99(client),
-            "gap_p99_ms": p99(gaps), "mb_per_session": max(0.0, loaded - idle) / sessions}
+            "gap_p99_ms": p99(gaps), "mb_per_session": max(0.0, loaded - idle) / sessions,
+            "tokens_per_delta": sum(t for _, t in deltas) / max(1, sum(c for c, _ in deltas))}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -161,12 +170,12 @@ def run(args: argparse.Namespace) -> int:
     passing = [r for r in rows if r["overhead_p99_ms"] <= 5 and r["gap_p99_ms"] <= 50]
     table = Table(title=f"Soak: {args.replicas} replica(s), sim at {DECODE_TPS:.0f} tokens/s, store=false")
     for column in ("sessions", "server overhead p50 ms", "p99 ms", "client-seen p50 ms", "p99 ms",
-                   "event gap p99 ms", "MB/session"):
+                   "event gap p99 ms", "MB/session", "tokens/delta"):
         table.add_column(column, justify="right")
     for r in rows:
         table.add_row(f"{r['sessions']:.0f}", f"{r['overhead_p50_ms']:.2f}", f"{r['overhead_p99_ms']:.2f}",
                       f"{r['client_overhead_p50_ms']:.2f}", f"{r['client_overhead_p99_ms']:.2f}",
-                      f"{r['gap_p99_ms']:.1f}", f"{r['mb_per_session']:.2f}")
+                      f"{r['gap_p99_ms']:.1f}", f"{r['mb_per_session']:.2f}", f"{r['tokens_per_delta']:.2f}")
     console = Console() if Console().is_terminal else Console(width=120)
     console.print(table)
     best = passing[-1]["sessions"] if passing else 0
