@@ -7,11 +7,25 @@ import socket
 import threading
 import time
 
+import httpx
 import uvicorn
 
 from loopway.app import build_service, create_app
 from loopway.core.service import ResponsesService
 from loopway.settings import Settings
+
+
+def wait_healthy(base_url: str, timeout_s: float = 30.0) -> None:
+    """Wait until a server (``http://host:port``, no ``/v1``) answers ``/health``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            httpx.get(f"{base_url.rstrip('/')}/health", timeout=1).raise_for_status()
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{base_url} did not become healthy in {timeout_s:g} s") from None
+            time.sleep(0.05)
 
 
 def free_port() -> int:

@@ -33,12 +33,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 from rich.console import Console
 from rich.table import Table
 from websockets.asyncio.client import connect
 
-from loopway.bench.server import free_port
+from loopway.bench.server import free_port, wait_healthy
 
 BASE_S, PREFILL_TPS, DECODE_TPS = 0.02, 20_000.0, 1_000.0
 
@@ -64,12 +63,7 @@ def replicas(count: int) -> Iterator[list[tuple[str, int, Path]]]:
             urls.append(f"http://127.0.0.1:{port}")
         try:
             for url in urls:
-                for _ in range(300):
-                    try:
-                        httpx.get(f"{url}/health", timeout=1).raise_for_status()
-                        break
-                    except httpx.HTTPError:
-                        time.sleep(0.05)
+                wait_healthy(url)
             yield [(url, p.pid, log) for url, p, log in zip(urls, processes, logs)]
         finally:
             for p in processes:

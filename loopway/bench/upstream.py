@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from websockets.asyncio.client import connect
 
-from loopway.bench.server import free_port
+from loopway.bench.server import free_port, wait_healthy
 
 _SENTENCE = "The handler validates the request, renders the new items and streams the answer back. "
 
@@ -139,12 +139,7 @@ def loopway_process(upstream: str, model: str) -> Iterator[str]:
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}/v1"
         try:
-            for _ in range(300):
-                try:
-                    httpx.get(url.removesuffix("/v1") + "/health", timeout=1).raise_for_status()
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.05)
+            wait_healthy(url.removesuffix("/v1"))
             yield url
         finally:
             process.terminate()

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from loopway.bench.server import wait_healthy
 from tests.conftest import MODEL, READ_FILE, RedisServer, Server, free_port
 
 NGINX_CONF = """
@@ -70,12 +71,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Ser
     nginx = subprocess.Popen([nginx_binary(), "-c", str(conf), "-p", str(tmp)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
-    for _ in range(200):
-        try:
-            httpx.get(url.removesuffix("/v1") + "/health", timeout=1).raise_for_status()
-            break
-        except httpx.HTTPError:
-            time.sleep(0.05)
+    wait_healthy(url.removesuffix("/v1"))
     yield url, a, b
     nginx.terminate()
     nginx.wait(timeout=10)
