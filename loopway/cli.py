@@ -60,6 +60,8 @@ SERVE_FLAGS = [
           "open WebSocket connections per tenant (0: unlimited)"),
     _Flag("ws-max-in-flight", int, _s.ws_max_in_flight, "responses in flight per WebSocket connection (more queue)"),
     _Flag("ws-max-streams", int, _s.ws_max_streams, "distinct named stream_id lanes per WebSocket connection"),
+    _Flag("handshake-timeout-s", float, _s.handshake_timeout_s,
+          "close connections that have not sent a complete request head (or upgrade) by then"),
     _Flag("ws-idle-timeout-s", float, _s.ws_idle_timeout_s, "close WebSocket connections idle this long"),
     _Flag("ws-ping-interval-s", float, _s.ws_ping_interval_s, "WebSocket keepalive ping interval (0: off)"),
     _Flag("ws-durable-store", _on_off, "off", "store=true over WebSocket: persist before response.completed, "
@@ -100,6 +102,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         rate_limit_rpm=args.rate_limit_rpm,
         max_connections_per_tenant=args.max_connections_per_tenant,
         ws_idle_timeout_s=args.ws_idle_timeout_s,
+        handshake_timeout_s=args.handshake_timeout_s,
         ws_max_in_flight=args.ws_max_in_flight,
         ws_max_streams=args.ws_max_streams,
         ws_ping_interval_s=args.ws_ping_interval_s,
@@ -133,6 +136,7 @@ def serve(settings: Settings) -> int:
     from loopway.app import ConfigError, DrainingServer, build_service, create_app
     from loopway.core.auth import KeyFileError, KeyRing
     from loopway.engines.sim.trace import TraceError
+    from loopway.transports.handshake import guarded_protocol
 
     logs.configure(settings.log_level, settings.log_format)
     try:
@@ -155,7 +159,8 @@ def serve(settings: Settings) -> int:
                             ws_max_size=settings.ws_hard_frame_bytes(), ws_per_message_deflate=True,
                             timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
                             ws_ping_interval=settings.ws_ping_interval_s or None,
-                            ws_ping_timeout=settings.ws_ping_interval_s or None)
+                            ws_ping_timeout=settings.ws_ping_interval_s or None,
+                            http=guarded_protocol(settings.handshake_timeout_s))
     DrainingServer(config, service, settings.drain_timeout_s).run()
     return 0
 

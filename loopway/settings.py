@@ -35,6 +35,7 @@ class Settings(msgspec.Struct, kw_only=True):
     api_keys: str = ""  # a file of "KEY TENANT" lines; empty: the server is open
     rate_limit_rpm: int = 0  # requests per minute per tenant (HTTP requests and response.create); 0: off
     max_connections_per_tenant: int = 0  # open WebSocket connections per tenant; 0: unlimited
+    handshake_timeout_s: float = 10.0  # a connection must send its first request head (or upgrade) in time
     ws_idle_timeout_s: float = 900.0  # close a connection with nothing in flight and no frame for this long
     ws_ping_interval_s: float = 20.0  # keepalive pings; a peer that misses the pong is dropped
     drain_timeout_s: float = 30.0  # on SIGTERM, how long in-flight responses may take to finish

@@ -75,3 +75,22 @@ def test_idle_connections_are_closed(tmp_path: Path):
         assert httpx.get(server.url.removesuffix("/v1") + "/health").status_code == 200
     finally:
         server.stop()
+
+
+def test_connections_that_never_finish_their_handshake_are_closed(tmp_path: Path):
+    import socket
+    import time
+
+    server = Server(tmp_path, "--handshake-timeout-s", "0.5", "--store", "memory")
+    try:
+        silent = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        slow = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        slow.sendall(b"GET /v1/responses HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
+        start = time.monotonic()
+        assert silent.recv(100) == b"" and slow.recv(100) == b""  # closed by the server
+        assert time.monotonic() - start < 3
+        silent.close()
+        slow.close()
+        assert httpx.get(server.url.removesuffix("/v1") + "/health").status_code == 200  # others unaffected
+    finally:
+        server.stop()

@@ -138,3 +138,24 @@ def test_redis_outage_keeps_store_false_sessions_and_refuses_store_true_then_rec
     finally:
         server.stop()
         redis.stop()
+
+
+def test_kill_9_of_loopway_and_redis_loses_no_acknowledged_response(tmp_path: Path):
+    redis = RedisServer(tmp_path / "redis")
+    server = Server(tmp_path, "--store", redis.url, "--sim-decode-tps", "100000")
+    with httpx.Client(timeout=30) as http:
+        acknowledged = [http.post(f"{server.url}/responses", json={"model": MODEL, "input": f"n{i}"}).json()["id"]
+                        for i in range(10)]
+    server.process.kill()
+    redis.process.kill()  # both at once, no shutdown: only Redis's append-only file remains
+    server.process.wait()
+    redis.process.wait()
+    server.log.close()
+    redis = RedisServer(tmp_path / "redis", port=redis.port)
+    again = Server(tmp_path, "--store", redis.url)
+    try:
+        for response_id in acknowledged:
+            assert httpx.get(f"{again.url}/responses/{response_id}").status_code == 200
+    finally:
+        again.stop()
+        redis.stop()
