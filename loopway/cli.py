@@ -87,7 +87,7 @@ SERVE_FLAGS = [
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    models = args.sim_models if isinstance(args.sim_models, list) else _csv(args.sim_models)
+    # argparse applies each flag's type to string defaults too, so every value here is already typed.
     return Settings(
         host=args.host,
         port=args.port,
@@ -96,7 +96,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         data_dir=args.data_dir,
         max_body_bytes=args.max_body_bytes,
         max_frame_bytes=args.max_frame_bytes,
-        websocket=args.websocket if isinstance(args.websocket, bool) else _on_off(args.websocket),
+        websocket=args.websocket,
         ws_connection_max_age_s=args.ws_connection_max_age_s,
         api_keys=args.api_keys,
         rate_limit_rpm=args.rate_limit_rpm,
@@ -107,8 +107,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         ws_max_streams=args.ws_max_streams,
         ws_ping_interval_s=args.ws_ping_interval_s,
         drain_timeout_s=args.drain_timeout_s,
-        ws_durable_store=args.ws_durable_store if isinstance(args.ws_durable_store, bool)
-        else _on_off(args.ws_durable_store),
+        ws_durable_store=args.ws_durable_store,
         log_level=args.log_level,
         log_format=args.log_format,
         upstream=args.upstream,
@@ -117,9 +116,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         upstream_context_window=args.upstream_context_window,
         upstream_timeout_s=args.upstream_timeout_s,
         upstream_retries=args.upstream_retries,
-        upstream_chain=args.upstream_chain if isinstance(args.upstream_chain, bool) else _on_off(args.upstream_chain),
+        upstream_chain=args.upstream_chain,
         sim=SimSettings(
-            models=models,
+            models=args.sim_models,
             context_window=args.sim_context_window,
             seed=args.sim_seed,
             base_latency_ms=args.sim_base_latency_ms,

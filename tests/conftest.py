@@ -16,11 +16,7 @@ import httpx
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from loopway.bench.server import free_port  # noqa: F401 (tests import it from here)
 
 
 class Server:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from loopway.protocol.errors import ApiError
 from loopway.store.base import Store, StoredResponse, StoreUnavailable
@@ -18,10 +19,15 @@ from loopway.store.base import Store, StoredResponse, StoreUnavailable
 log = logging.getLogger("loopway.persistence")
 
 
-def store_unavailable(exc: Exception) -> ApiError:
-    log.warning("store unavailable: %s", exc)
-    return ApiError(503, "The response store is unavailable right now; retry shortly, or use store=false.",
-                    type="server_error", code="store_unavailable", headers={"retry-after": "1"})
+@contextmanager
+def _answering_503() -> Iterator[None]:
+    """A store that cannot be reached is the client's 503, with a hint to retry."""
+    try:
+        yield
+    except StoreUnavailable as exc:
+        log.warning("store unavailable: %s", exc)
+        raise ApiError(503, "The response store is unavailable right now; retry shortly, or use store=false.",
+                       type="server_error", code="store_unavailable", headers={"retry-after": "1"}) from None
 
 
 class ResponseLog:
@@ -35,19 +41,16 @@ class ResponseLog:
         """Write now and return once the store has it (durable for SQLite)."""
         self._pending[record.id] = record
         try:
-            await self._timed_put(record)
-        except StoreUnavailable as exc:
-            raise store_unavailable(exc) from None
+            with _answering_503():
+                await self._timed_put(record)
         finally:
             if self._pending.get(record.id) is record:
                 del self._pending[record.id]
 
     async def check(self) -> None:
         """Refuse work that needs the store while it is down (503), before any of it is done."""
-        try:
+        with _answering_503():
             await self.store.ping()
-        except StoreUnavailable as exc:
-            raise store_unavailable(exc) from None
 
     def put_behind(self, record: StoredResponse) -> None:
         """Write in the background; reads see the record immediately."""
@@ -75,10 +78,8 @@ class ResponseLog:
 
     async def get(self, response_id: str, tenant: str | None = None) -> StoredResponse | None:
         """The record, if it exists and (when ``tenant`` is given) belongs to that tenant."""
-        try:
+        with _answering_503():
             record = self._pending.get(response_id) or await self.store.get(response_id)
-        except StoreUnavailable as exc:
-            raise store_unavailable(exc) from None
         if record is None or (tenant is not None and record.tenant != tenant):
             return None
         return record
@@ -90,10 +91,8 @@ class ResponseLog:
         if write is not None:
             await asyncio.shield(write)
         self._pending.pop(response_id, None)
-        try:
+        with _answering_503():
             return await self.store.delete(response_id)
-        except StoreUnavailable as exc:
-            raise store_unavailable(exc) from None
 
     def pending_writes(self) -> int:
         return len(self._writes)

@@ -144,7 +144,7 @@ def _range(name: str, value: float | None, low: float, high: float) -> None:
             400,
             f"Invalid '{name}': {value} is out of range; expected a value between {low} and {high}.",
             param=name,
-            code="invalid_value" if name != "max_output_tokens" else "integer_below_min_value",
+            code="invalid_value",
         )
 
 

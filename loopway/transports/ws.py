@@ -177,7 +177,7 @@ class Session:
         try:
             self.service.limiter.check(self.tenant)
             with times.measure("validate"):
-                request = validate_create(shape_check({**raw, "type": None}, CreateBody), websocket=True)
+                request = validate_create(shape_check(raw, CreateBody), websocket=True)
             self.lanes.admit(lane)
         except ApiError as err:
             await self.send_error(err, lane)
