@@ -47,10 +47,15 @@ def make_engine(settings: Settings) -> Engine:
         key = os.environ.get(settings.upstream_api_key_env) if settings.upstream_api_key_env else None
         if settings.upstream_api_key_env and key is None:
             raise ConfigError(f"--upstream-api-key-env names {settings.upstream_api_key_env}, which is not set")
-        upstream = UpstreamSettings(url=settings.upstream, models=parse_model_map(settings.upstream_model),
-                                    api_key=key, context_window=settings.upstream_context_window,
-                                    timeout_s=settings.upstream_timeout_s, retries=settings.upstream_retries,
-                                    chain=settings.upstream_chain)
+        upstream = UpstreamSettings(
+            url=settings.upstream,
+            models=parse_model_map(settings.upstream_model),
+            api_key=key,
+            context_window=settings.upstream_context_window,
+            timeout_s=settings.upstream_timeout_s,
+            retries=settings.upstream_retries,
+            chain=settings.upstream_chain,
+        )
         return ChatEngine(upstream) if settings.engine == "openai-chat" else ResponsesEngine(upstream)
     raise ConfigError(f"unknown engine {settings.engine!r} (available: sim, openai-chat, openai-responses)")
 
@@ -72,8 +77,9 @@ def build_service(settings: Settings) -> ResponsesService:
     return ResponsesService(engine, pipeline, ResponseLog(make_store(settings)))
 
 
-def create_app(settings: Settings | None = None, service: ResponsesService | None = None,
-               keys: KeyRing | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None, service: ResponsesService | None = None, keys: KeyRing | None = None
+) -> Starlette:
     settings = settings or Settings()
     service = service or build_service(settings)
     keys = keys or KeyRing(settings.api_keys or None)
@@ -92,9 +98,12 @@ def create_app(settings: Settings | None = None, service: ResponsesService | Non
             await service.log.store.aclose()
             await service.engine.aclose()
 
-    app = Starlette(routes=[*ws.routes(service, settings), *http.routes(service, settings)],
-                    exception_handlers=http.exception_handlers(), lifespan=lifespan,
-                    middleware=[Middleware(AuthMiddleware, keys=keys, limiter=service.limiter)])
+    app = Starlette(
+        routes=[*ws.routes(service, settings), *http.routes(service, settings)],
+        exception_handlers=http.exception_handlers(),
+        lifespan=lifespan,
+        middleware=[Middleware(AuthMiddleware, keys=keys, limiter=service.limiter)],
+    )
     app.state.service = service
     app.state.settings = settings
     app.state.keys = keys

@@ -24,8 +24,9 @@ class _Flag:
     def add(self, parser: argparse.ArgumentParser) -> None:
         raw = os.environ.get(self.env)
         default = self.kind(raw) if raw is not None else self.default
-        parser.add_argument(f"--{self.name}", type=self.kind, default=default,
-                            help=f"{self.help} [env {self.env}; default {self.default!r}]")
+        parser.add_argument(
+            f"--{self.name}", type=self.kind, default=default, help=f"{self.help} [env {self.env}; default {self.default!r}]"
+        )
 
 
 def _on_off(value: str) -> bool:
@@ -45,27 +46,52 @@ SERVE_FLAGS = [
     _Flag("host", str, _s.host, "address to listen on"),
     _Flag("port", int, _s.port, "port to listen on"),
     _Flag("engine", str, _s.engine, "inference engine: sim, openai-chat or openai-responses"),
-    _Flag("store", str, _s.store, "response store: memory, sqlite:PATH or redis://HOST:PORT/DB "
-                                  "(default: SQLite in the data dir)"),
-    _Flag("data-dir", str, _s.data_dir, "where the SQLite store and the sealing key live (default: "
-                                        "$XDG_DATA_HOME/loopway or ~/.local/share/loopway)"),
+    _Flag(
+        "store",
+        str,
+        _s.store,
+        "response store: memory, sqlite:PATH or redis://HOST:PORT/DB (default: SQLite in the data dir)",
+    ),
+    _Flag(
+        "data-dir",
+        str,
+        _s.data_dir,
+        "where the SQLite store and the sealing key live (default: $XDG_DATA_HOME/loopway or ~/.local/share/loopway)",
+    ),
     _Flag("max-body-bytes", int, _s.max_body_bytes, "largest HTTP request body accepted (413 beyond)"),
     _Flag("max-frame-bytes", int, _s.max_frame_bytes, "largest WebSocket frame accepted"),
     _Flag("websocket", _on_off, "on", "WebSocket mode on /v1/responses (off: upgrades are answered 426)"),
     _Flag("ws-connection-max-age-s", float, _s.ws_connection_max_age_s, "WebSocket connection age limit"),
-    _Flag("api-keys", str, _s.api_keys, "a file of 'KEY TENANT' lines (reloaded on SIGHUP); without it the "
-                                        "server is open to anyone who can reach it"),
+    _Flag(
+        "api-keys",
+        str,
+        _s.api_keys,
+        "a file of 'KEY TENANT' lines (reloaded on SIGHUP); without it the server is open to anyone who can reach it",
+    ),
     _Flag("rate-limit-rpm", int, _s.rate_limit_rpm, "requests per minute per tenant (0: off); 429 + retry-after"),
-    _Flag("max-connections-per-tenant", int, _s.max_connections_per_tenant,
-          "open WebSocket connections per tenant (0: unlimited)"),
+    _Flag(
+        "max-connections-per-tenant",
+        int,
+        _s.max_connections_per_tenant,
+        "open WebSocket connections per tenant (0: unlimited)",
+    ),
     _Flag("ws-max-in-flight", int, _s.ws_max_in_flight, "responses in flight per WebSocket connection (more queue)"),
     _Flag("ws-max-streams", int, _s.ws_max_streams, "distinct named stream_id lanes per WebSocket connection"),
-    _Flag("handshake-timeout-s", float, _s.handshake_timeout_s,
-          "close connections that have not sent a complete request head (or upgrade) by then"),
+    _Flag(
+        "handshake-timeout-s",
+        float,
+        _s.handshake_timeout_s,
+        "close connections that have not sent a complete request head (or upgrade) by then",
+    ),
     _Flag("ws-idle-timeout-s", float, _s.ws_idle_timeout_s, "close WebSocket connections idle this long"),
     _Flag("ws-ping-interval-s", float, _s.ws_ping_interval_s, "WebSocket keepalive ping interval (0: off)"),
-    _Flag("ws-durable-store", _on_off, "off", "store=true over WebSocket: persist before response.completed, "
-                                               "giving up the overlap for kill -9 durability (on|off)"),
+    _Flag(
+        "ws-durable-store",
+        _on_off,
+        "off",
+        "store=true over WebSocket: persist before response.completed, "
+        "giving up the overlap for kill -9 durability (on|off)",
+    ),
     _Flag("drain-timeout-s", float, _s.drain_timeout_s, "on SIGTERM, how long in-flight responses may take"),
     _Flag("log-level", str, _s.log_level, "debug, info, warning or error"),
     _Flag("log-format", str, _s.log_format, "text, or json (one object a line, with response ids)"),
@@ -152,14 +178,20 @@ def serve(settings: Settings) -> int:
     else:
         print(f"loopway: auth on: keys from {settings.api_keys} (kill -HUP reloads them)")
     websocket = f"ws://{settings.host}:{settings.port}/v1/responses" if settings.websocket else "off"
-    print(f"loopway: listening on http://{settings.host}:{settings.port}/v1 (WebSocket mode: {websocket})",
-          flush=True)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
-                            ws_max_size=settings.ws_hard_frame_bytes(), ws_per_message_deflate=True,
-                            timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
-                            ws_ping_interval=settings.ws_ping_interval_s or None,
-                            ws_ping_timeout=settings.ws_ping_interval_s or None,
-                            http=guarded_protocol(settings.handshake_timeout_s))
+    print(f"loopway: listening on http://{settings.host}:{settings.port}/v1 (WebSocket mode: {websocket})", flush=True)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,
+        ws_max_size=settings.ws_hard_frame_bytes(),
+        ws_per_message_deflate=True,
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        ws_ping_interval=settings.ws_ping_interval_s or None,
+        ws_ping_timeout=settings.ws_ping_interval_s or None,
+        http=guarded_protocol(settings.handshake_timeout_s),
+    )
     DrainingServer(config, service, settings.drain_timeout_s).run()
     return 0
 

@@ -26,11 +26,23 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.log_path = tmp / f"server-{self.port}.log"
-        command = [sys.executable, "-m", "loopway", "serve", "--port", str(self.port), "--data-dir", str(tmp / "data"),
-                   "--log-level", "warning", *args]
+        command = [
+            sys.executable,
+            "-m",
+            "loopway",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(tmp / "data"),
+            "--log-level",
+            "warning",
+            *args,
+        ]
         self.log = self.log_path.open("wb")
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, **(env or {})})
+        self.process = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
         self._wait()
 
     def _wait(self) -> None:
@@ -82,16 +94,24 @@ READ_FILE = {
     "type": "function",
     "name": "read_file",
     "description": "Read a file of the repository",
-    "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"],
-                   "additionalProperties": False},
+    "parameters": {
+        "type": "object",
+        "properties": {"path": {"type": "string"}},
+        "required": ["path"],
+        "additionalProperties": False,
+    },
     "strict": True,
 }
 RUN_TESTS = {
     "type": "function",
     "name": "run_tests",
     "description": "Run the test suite",
-    "parameters": {"type": "object", "properties": {"target": {"type": "string"}}, "required": ["target"],
-                   "additionalProperties": False},
+    "parameters": {
+        "type": "object",
+        "properties": {"target": {"type": "string"}},
+        "required": ["target"],
+        "additionalProperties": False,
+    },
     "strict": True,
 }
 
@@ -104,8 +124,8 @@ def sse_events(text: str) -> list[dict]:
             continue
         lines = block.split("\n")
         assert lines[0].startswith("event: ") and lines[1].startswith("data: ") and len(lines) == 2, block
-        data = json.loads(lines[1][len("data: "):])
-        assert data["type"] == lines[0][len("event: "):]
+        data = json.loads(lines[1][len("data: ") :])
+        assert data["type"] == lines[0][len("event: ") :]
         events.append(data)
     return events
 
@@ -122,9 +142,25 @@ class RedisServer:
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         tmp.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(tmp),
-                                         "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(tmp),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while True:
             try:

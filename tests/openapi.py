@@ -80,19 +80,35 @@ def _without_steered_reason(event: dict[str, Any]) -> dict[str, Any]:
 
 
 # Steering events are not in openai-openapi.yaml; their shapes follow spec/responses-api.md §1.3.
-_STEER_REF = {"type": "object", "required": ["id", "previous_response_id"],
-              "properties": {"id": {"type": "string"}, "previous_response_id": {"type": "string"}}}
+_STEER_REF = {
+    "type": "object",
+    "required": ["id", "previous_response_id"],
+    "properties": {"id": {"type": "string"}, "previous_response_id": {"type": "string"}},
+}
 STEER_SCHEMAS: dict[str, dict[str, Any]] = {
-    "response.steer.accepted": {"type": "object", "required": ["type", "sequence_number", "steer"],
-                                "properties": {"sequence_number": {"type": "integer"}, "steer": _STEER_REF}},
-    "response.steer.pending": {"type": "object",
-                               "required": ["type", "sequence_number", "steer", "reason", "required_input"],
-                               "properties": {"sequence_number": {"type": "integer"}, "steer": _STEER_REF,
-                                              "reason": {"const": "waiting_for_required_input"},
-                                              "required_input": {"type": "array"}}},
-    "response.steer.failed": {"type": "object", "required": ["type", "sequence_number", "steer", "error"],
-                              "properties": {"sequence_number": {"type": "integer"},
-                                             "error": {"type": "object", "required": ["type", "code", "message"]}}},
+    "response.steer.accepted": {
+        "type": "object",
+        "required": ["type", "sequence_number", "steer"],
+        "properties": {"sequence_number": {"type": "integer"}, "steer": _STEER_REF},
+    },
+    "response.steer.pending": {
+        "type": "object",
+        "required": ["type", "sequence_number", "steer", "reason", "required_input"],
+        "properties": {
+            "sequence_number": {"type": "integer"},
+            "steer": _STEER_REF,
+            "reason": {"const": "waiting_for_required_input"},
+            "required_input": {"type": "array"},
+        },
+    },
+    "response.steer.failed": {
+        "type": "object",
+        "required": ["type", "sequence_number", "steer", "error"],
+        "properties": {
+            "sequence_number": {"type": "integer"},
+            "error": {"type": "object", "required": ["type", "code", "message"]},
+        },
+    },
 }
 
 

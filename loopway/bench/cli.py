@@ -16,12 +16,16 @@ from loopway.bench.runner import MODES, ModeResult, run_mode
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workload", default="coding-40",
-                        help=f"a shipped workload ({', '.join(workload.SHIPPED)}) or a trace file")
+    parser.add_argument(
+        "--workload", default="coding-40", help=f"a shipped workload ({', '.join(workload.SHIPPED)}) or a trace file"
+    )
     parser.add_argument("--link", default="wan", choices=sorted(PROFILES), help="emulated link between client and server")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: " + ", ".join(MODES))
-    parser.add_argument("--url", help="an external server's /v1 URL (it must replay the workload's trace); "
-                                      "default: a fresh in-process server per mode")
+    parser.add_argument(
+        "--url",
+        help="an external server's /v1 URL (it must replay the workload's trace); "
+        "default: a fresh in-process server per mode",
+    )
     parser.add_argument("--json", dest="json_path", help="write the results as JSON here")
     parser.add_argument("--plot", dest="plot_path", help="write a PNG plot here")
     sub = parser.add_subparsers(dest="bench")
@@ -71,6 +75,7 @@ async def _run_all(name: str, link: str, modes: list[str], url: str | None) -> d
         with Progress() as progress:
             for mode in modes:
                 task = progress.add_task(f"{mode:>15}", total=len(trace["turns"]))
-                results[mode] = await run_mode(mode, trace, str(trace_path), PROFILES[link], url=url,
-                                               on_turn=lambda task=task: progress.advance(task))
+                results[mode] = await run_mode(
+                    mode, trace, str(trace_path), PROFILES[link], url=url, on_turn=lambda task=task: progress.advance(task)
+                )
     return results

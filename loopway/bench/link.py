@@ -63,8 +63,9 @@ class LinkDirection:
 class LinkProxy:
     """A TCP proxy on 127.0.0.1 that forwards to ``target`` through an emulated link."""
 
-    def __init__(self, profile: LinkProfile, target_host: str, target_port: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, profile: LinkProfile, target_host: str, target_port: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.profile = profile
         self.target = (target_host, target_port)
         self.up = LinkDirection(profile.one_way_delay_s, profile.up_bits_per_s)
@@ -94,8 +95,7 @@ class LinkProxy:
         except OSError:
             client_writer.close()
             return
-        for task in (self._pump(client_reader, server_writer, self.up),
-                     self._pump(server_reader, client_writer, self.down)):
+        for task in (self._pump(client_reader, server_writer, self.up), self._pump(server_reader, client_writer, self.down)):
             t = asyncio.create_task(task)
             self._tasks.add(t)
             t.add_done_callback(self._tasks.discard)

@@ -31,8 +31,10 @@ from loopway.settings import Settings
 MODEL = "loopway-sim"
 LENGTHS = (1_000, 10_000, 50_000, 100_000, 200_000)
 MODES = ("http-stateless", "http-chained", "ws")
-_TEXT = ("def handler(request):\n    value = compute(request.payload, retries=3)\n"
-         "    return Response(value, status=200)  # keep the fast path fast\n")
+_TEXT = (
+    "def handler(request):\n    value = compute(request.payload, retries=3)\n"
+    "    return Response(value, status=200)  # keep the fast path fast\n"
+)
 
 
 def history(tokens: int) -> list[dict[str, Any]]:
@@ -54,9 +56,20 @@ def history(tokens: int) -> list[dict[str, Any]]:
     return items
 
 
-TOOLS = [{"type": "function", "name": "read_file", "description": "Read a file",
-          "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"],
-                         "additionalProperties": False}, "strict": True}]
+TOOLS = [
+    {
+        "type": "function",
+        "name": "read_file",
+        "description": "Read a file",
+        "parameters": {
+            "type": "object",
+            "properties": {"path": {"type": "string"}},
+            "required": ["path"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    }
+]
 
 
 def _body(**fields: Any) -> dict[str, Any]:
@@ -96,8 +109,9 @@ def bench_ws(server: InProcessServer, items: list[dict[str, Any]], reps: int) ->
         previous = _ws_turn(ws, _body(type="response.create", input=items, store=False))
         samples = []
         for i in range(reps):
-            previous = _ws_turn(ws, _body(type="response.create", input=[_user(i)], previous_response_id=previous,
-                                          store=False))
+            previous = _ws_turn(
+                ws, _body(type="response.create", input=[_user(i)], previous_response_id=previous, store=False)
+            )
             times = log.get(previous)
             assert times is not None
             samples.append(times.pre + times.persist)
@@ -119,8 +133,7 @@ def _user(i: int) -> dict[str, Any]:
 
 
 def measure(lengths: tuple[int, ...], reps: int, data_dir: str) -> dict[str, dict[int, list[float]]]:
-    sim = SimSettings(context_window=1_000_000, base_latency_ms=0, prefill_tokens_per_s=1e12,
-                      decode_tokens_per_s=1e9)
+    sim = SimSettings(context_window=1_000_000, base_latency_ms=0, prefill_tokens_per_s=1e12, decode_tokens_per_s=1e9)
     settings = Settings(port=0, data_dir=data_dir, sim=sim, max_body_bytes=256 << 20, max_frame_bytes=256 << 20)
     results: dict[str, dict[int, list[float]]] = {mode: {} for mode in MODES}
     with InProcessServer(settings) as server, httpx.Client(base_url=server.url, timeout=120) as http:
@@ -143,9 +156,14 @@ def report(results: dict[str, dict[int, list[float]]]) -> dict[str, Any]:
         table.add_column(mode, justify="right")
     summary: dict[str, Any] = {"unit": "ms", "modes": {}}
     for mode in MODES:
-        summary["modes"][mode] = {str(n): {"median": statistics.median(results[mode][n]),
-                                           "p90": sorted(results[mode][n])[int(0.9 * (len(results[mode][n]) - 1))],
-                                           "samples": results[mode][n]} for n in lengths}
+        summary["modes"][mode] = {
+            str(n): {
+                "median": statistics.median(results[mode][n]),
+                "p90": sorted(results[mode][n])[int(0.9 * (len(results[mode][n]) - 1))],
+                "samples": results[mode][n],
+            }
+            for n in lengths
+        }
     for n in lengths:
         table.add_row(f"{n:,}", *(f"{summary['modes'][m][str(n)]['median']:.3f}" for m in MODES))
     first, last = str(lengths[0]), str(lengths[-1])

@@ -11,8 +11,7 @@ from rich.table import Table
 
 from loopway.bench.runner import ModeResult
 
-COMPONENTS = (("to_first_event_s", "network + server"), ("model_s", "model"), ("tool_s", "tools"),
-              ("client_s", "client"))
+COMPONENTS = (("to_first_event_s", "network + server"), ("model_s", "model"), ("tool_s", "tools"), ("client_s", "client"))
 
 
 def document(workload: str, link: str, results: dict[str, ModeResult]) -> dict[str, Any]:
@@ -21,15 +20,36 @@ def document(workload: str, link: str, results: dict[str, ModeResult]) -> dict[s
 
 def table(workload: str, link: str, results: dict[str, ModeResult]) -> Table:
     out = Table(title=f"loopway bench: {workload} over {link}")
-    for column in ("mode", "turns", "e2e s", "floor s", "overhead s", "e2e/floor", "up MB", "down MB",
-                   "server pre ms", "server post ms", "ws speedup"):
+    for column in (
+        "mode",
+        "turns",
+        "e2e s",
+        "floor s",
+        "overhead s",
+        "e2e/floor",
+        "up MB",
+        "down MB",
+        "server pre ms",
+        "server post ms",
+        "ws speedup",
+    ):
         out.add_column(column, justify="left" if column == "mode" else "right")
     ws = results.get("ws")
     for mode, r in results.items():
         speedup = f"{r.e2e_s / ws.e2e_s:.2f}x" if ws and mode != "ws" else ""
-        out.add_row(mode, str(r.turns), f"{r.e2e_s:.2f}", f"{r.floor_s:.2f}", f"{r.overhead_s:.2f}",
-                    f"{r.e2e_s / r.floor_s:.3f}", f"{r.bytes_up / 1e6:.2f}", f"{r.bytes_down / 1e6:.2f}",
-                    _ms(r.server_pre_ms_median), _ms(r.server_post_ms_median), speedup)
+        out.add_row(
+            mode,
+            str(r.turns),
+            f"{r.e2e_s:.2f}",
+            f"{r.floor_s:.2f}",
+            f"{r.overhead_s:.2f}",
+            f"{r.e2e_s / r.floor_s:.3f}",
+            f"{r.bytes_up / 1e6:.2f}",
+            f"{r.bytes_down / 1e6:.2f}",
+            _ms(r.server_pre_ms_median),
+            _ms(r.server_post_ms_median),
+            speedup,
+        )
     return out
 
 
@@ -45,8 +65,7 @@ def plot(path: str | Path, workload: str, link: str, results: dict[str, ModeResu
 
     modes = list(results)
     mosaic = [[*modes, "e2e"], ["server"] * (len(modes) + 1)]
-    fig, axes = plt.subplot_mosaic(mosaic, figsize=(5 * (len(modes) + 1), 8.5),
-                                   gridspec_kw={"height_ratios": [3, 2]})
+    fig, axes = plt.subplot_mosaic(mosaic, figsize=(5 * (len(modes) + 1), 8.5), gridspec_kw={"height_ratios": [3, 2]})
     top = max(max(t.total_s for t in r.per_turn) for r in results.values()) * 1.05
     for mode in modes:
         ax, turns = axes[mode], results[mode].per_turn
@@ -63,8 +82,7 @@ def plot(path: str | Path, workload: str, link: str, results: dict[str, ModeResu
     axes[modes[0]].legend(loc="upper left", fontsize="small")
     summary = axes["e2e"]
     summary.bar(modes, [results[m].e2e_s for m in modes], color="tab:blue", label="end to end")
-    summary.scatter(modes, [results[m].floor_s for m in modes], color="black", marker="_", s=600, label="floor",
-                    zorder=3)
+    summary.scatter(modes, [results[m].floor_s for m in modes], color="black", marker="_", s=600, label="floor", zorder=3)
     summary.set_title("end to end per mode")
     summary.set_ylabel("seconds")
     summary.legend(fontsize="small")
@@ -72,8 +90,13 @@ def plot(path: str | Path, workload: str, link: str, results: dict[str, ModeResu
     server = axes["server"]
     for mode in modes:
         turns = [t for t in results[mode].per_turn if t.server_pre_ms is not None]
-        server.plot([t.context_tokens for t in turns], [t.server_pre_ms + (t.server_post_ms or 0) for t in turns],
-                    marker="o", markersize=3, label=mode)
+        server.plot(
+            [t.context_tokens for t in turns],
+            [t.server_pre_ms + (t.server_post_ms or 0) for t in turns],
+            marker="o",
+            markersize=3,
+            label=mode,
+        )
     server.set_xlabel("context tokens")
     server.set_ylabel("server pre + post ms (engine excluded)")
     server.set_yscale("log")

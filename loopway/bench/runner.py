@@ -36,8 +36,9 @@ class ReplayTools:
         self.calls = 0
         self.registry = ToolRegistry()
         for tool in workload["tools"]:
-            self.registry.register(self._replay, name=tool["name"], description=tool.get("description", ""),
-                                   parameters=tool["parameters"])
+            self.registry.register(
+                self._replay, name=tool["name"], description=tool.get("description", ""), parameters=tool["parameters"]
+            )
 
     async def _replay(self, **_: Any) -> str:
         result = self.results[self.calls % len(self.results)]
@@ -91,10 +92,14 @@ def floor_of(records: list[TurnRecord], workload: dict[str, Any], profile: LinkP
     tools = sum(tool_floor(workload)[: len(records)])
     round_trips = len(records) * profile.round_trip_s
     setup = len(msgspec.json.encode([workload["instructions"], workload["tools"]]))  # sent once at least
-    transfer = profile.transfer_s(setup + sum(r.new_input_bytes for r in records),
-                                  sum(r.output_bytes for r in records))
-    return {"engine_s": engine, "tool_s": tools, "round_trips_s": round_trips, "transfer_s": transfer,
-            "floor_s": engine + tools + round_trips + transfer}
+    transfer = profile.transfer_s(setup + sum(r.new_input_bytes for r in records), sum(r.output_bytes for r in records))
+    return {
+        "engine_s": engine,
+        "tool_s": tools,
+        "round_trips_s": round_trips,
+        "transfer_s": transfer,
+        "floor_s": engine + tools + round_trips + transfer,
+    }
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -102,9 +107,16 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
-async def run_mode(mode: str, workload: dict[str, Any], trace_path: str, profile: LinkProfile, *,
-                   url: str | None = None, sim: SimSettings | None = None,
-                   on_turn: Callable[[], None] | None = None) -> ModeResult:
+async def run_mode(
+    mode: str,
+    workload: dict[str, Any],
+    trace_path: str,
+    profile: LinkProfile,
+    *,
+    url: str | None = None,
+    sim: SimSettings | None = None,
+    on_turn: Callable[[], None] | None = None,
+) -> ModeResult:
     with tempfile.TemporaryDirectory(prefix="loopway-bench-") as data_dir:
         server = None
         if url is None:
@@ -123,8 +135,15 @@ async def run_mode(mode: str, workload: dict[str, Any], trace_path: str, profile
                 await asyncio.to_thread(server.__exit__, None, None, None)
 
 
-async def _run_through_link(mode: str, workload: dict[str, Any], profile: LinkProfile, host: str, port: int,
-                            server: InProcessServer | None, on_turn: Callable[[], None] | None) -> ModeResult:
+async def _run_through_link(
+    mode: str,
+    workload: dict[str, Any],
+    profile: LinkProfile,
+    host: str,
+    port: int,
+    server: InProcessServer | None,
+    on_turn: Callable[[], None] | None,
+) -> ModeResult:
     proxy = await LinkProxy(profile, host, port).start()
     transport = make_transport(mode, f"http://127.0.0.1:{proxy.port}/v1", "sk-bench", store=mode == "http-chained")
     counters: list[tuple[int, int]] = [(0, 0)]
@@ -134,8 +153,13 @@ async def _run_through_link(mode: str, workload: dict[str, Any], profile: LinkPr
         if on_turn is not None:
             on_turn()
 
-    loop = AgentLoop(transport, ReplayTools(workload).registry, model=workload["model"],
-                     instructions=workload["instructions"], on_turn=turn_done)
+    loop = AgentLoop(
+        transport,
+        ReplayTools(workload).registry,
+        model=workload["model"],
+        instructions=workload["instructions"],
+        on_turn=turn_done,
+    )
     try:
         result = await loop.run(workload["task"])
         await asyncio.sleep(0.05)  # let write-behind persistence land before reading its timings
@@ -146,21 +170,39 @@ async def _run_through_link(mode: str, workload: dict[str, Any], profile: LinkPr
     records = [_record(trace, log, counters[i], counters[i + 1]) for i, trace in enumerate(result.turns)]
     floor = floor_of(records, workload, profile)
     return ModeResult(
-        e2e_s=result.elapsed_s, floor_s=floor["floor_s"], overhead_s=result.elapsed_s - floor["floor_s"],
-        turns=len(records), bytes_up=proxy.up.bytes, bytes_down=proxy.down.bytes,
+        e2e_s=result.elapsed_s,
+        floor_s=floor["floor_s"],
+        overhead_s=result.elapsed_s - floor["floor_s"],
+        turns=len(records),
+        bytes_up=proxy.up.bytes,
+        bytes_down=proxy.down.bytes,
         server_pre_ms_median=_median([r.server_pre_ms for r in records]),
         server_post_ms_median=_median([r.server_post_ms for r in records]),
-        engine_s=floor["engine_s"], tool_s=floor["tool_s"], round_trips_s=floor["round_trips_s"],
-        transfer_s=floor["transfer_s"], per_turn=records)
+        engine_s=floor["engine_s"],
+        tool_s=floor["tool_s"],
+        round_trips_s=floor["round_trips_s"],
+        transfer_s=floor["transfer_s"],
+        per_turn=records,
+    )
 
 
 def _record(trace: TurnTrace, log: StageLog, before: tuple[int, int], after: tuple[int, int]) -> TurnRecord:
     times = log.get(trace.response_id)
     return TurnRecord(
-        turn=trace.turn, context_tokens=trace.input_tokens, cached_tokens=trace.cached_tokens, calls=trace.calls,
-        total_s=trace.total_s, to_first_event_s=trace.to_first_event_s, model_s=trace.model_s,
-        tool_s=trace.tool_s, client_s=trace.client_s,
+        turn=trace.turn,
+        context_tokens=trace.input_tokens,
+        cached_tokens=trace.cached_tokens,
+        calls=trace.calls,
+        total_s=trace.total_s,
+        to_first_event_s=trace.to_first_event_s,
+        model_s=trace.model_s,
+        tool_s=trace.tool_s,
+        client_s=trace.client_s,
         engine_s=(times.ttft + times.decode) / 1000 if times else None,
-        server_pre_ms=times.pre if times else None, server_post_ms=times.persist if times else None,
-        bytes_up=after[0] - before[0], bytes_down=after[1] - before[1],
-        new_input_bytes=trace.new_input_bytes, output_bytes=trace.output_bytes)
+        server_pre_ms=times.pre if times else None,
+        server_post_ms=times.persist if times else None,
+        bytes_up=after[0] - before[0],
+        bytes_down=after[1] - before[1],
+        new_input_bytes=trace.new_input_bytes,
+        output_bytes=trace.output_bytes,
+    )

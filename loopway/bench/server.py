@@ -41,8 +41,13 @@ class InProcessServer:
         settings.port = settings.port or free_port()
         self.settings = settings
         self.service: ResponsesService = build_service(settings)
-        config = uvicorn.Config(create_app(settings, self.service), host=settings.host, port=settings.port,
-                                log_level="warning", ws_max_size=settings.ws_hard_frame_bytes())
+        config = uvicorn.Config(
+            create_app(settings, self.service),
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            ws_max_size=settings.ws_hard_frame_bytes(),
+        )
         self._server = uvicorn.Server(config)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, daemon=True)

@@ -54,12 +54,34 @@ def replicas(count: int) -> Iterator[list[tuple[str, int, Path]]]:
         for i in range(count):
             port = free_port()
             logs.append(Path(tmp) / f"{i}.log")
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "loopway", "serve", "--port", str(port), "--store", "memory", "--data-dir",
-                 f"{tmp}/{i}", "--log-level", "info", "--log-format", "json",
-                 "--sim-base-latency-ms", str(BASE_S * 1000),
-                 "--sim-prefill-tps", str(PREFILL_TPS), "--sim-decode-tps", str(DECODE_TPS)],
-                stdout=subprocess.DEVNULL, stderr=logs[-1].open("wb")))
+            processes.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "loopway",
+                        "serve",
+                        "--port",
+                        str(port),
+                        "--store",
+                        "memory",
+                        "--data-dir",
+                        f"{tmp}/{i}",
+                        "--log-level",
+                        "info",
+                        "--log-format",
+                        "json",
+                        "--sim-base-latency-ms",
+                        str(BASE_S * 1000),
+                        "--sim-prefill-tps",
+                        str(PREFILL_TPS),
+                        "--sim-decode-tps",
+                        str(DECODE_TPS),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=logs[-1].open("wb"),
+                )
+            )
             urls.append(f"http://127.0.0.1:{port}")
         try:
             for url in urls:
@@ -71,14 +93,20 @@ def replicas(count: int) -> Iterator[list[tuple[str, int, Path]]]:
                 p.wait(timeout=15)
 
 
-async def session(url: str, turns: int, ready: asyncio.Barrier, out: list[tuple[float, float]],
-                  deltas: list[tuple[int, int]]) -> None:
+async def session(
+    url: str, turns: int, ready: asyncio.Barrier, out: list[tuple[float, float]], deltas: list[tuple[int, int]]
+) -> None:
     async with connect(url.replace("http", "ws", 1) + "/v1/responses", max_size=None) as ws:
         await ready.wait()
         previous = None
         for turn in range(turns):
-            body = {"type": "response.create", "model": "loopway-sim", "store": False, "max_output_tokens": 200,
-                    "input": f"Turn {turn}: tell me what changed in the module and why it matters."}
+            body = {
+                "type": "response.create",
+                "model": "loopway-sim",
+                "store": False,
+                "max_output_tokens": 200,
+                "input": f"Turn {turn}: tell me what changed in the module and why it matters.",
+            }
             if previous:
                 body["previous_response_id"] = previous
             sent = time.perf_counter()
@@ -125,8 +153,9 @@ async def level(servers: list[tuple[str, int, Path]], sessions: int, turns: int,
     ready = asyncio.Barrier(sessions + 1)
     server_overheads(servers, seen)  # forget earlier levels
     idle = sum(rss_mb(pid) for _, pid, _ in servers)
-    tasks = [asyncio.create_task(session(servers[i % len(servers)][0], turns, ready, samples, deltas))
-             for i in range(sessions)]
+    tasks = [
+        asyncio.create_task(session(servers[i % len(servers)][0], turns, ready, samples, deltas)) for i in range(sessions)
+    ]
     await ready.wait()
     loaded = sum(rss_mb(pid) for _, pid, _ in servers)
     await asyncio.gather(*tasks)
@@ -135,10 +164,16 @@ async def level(servers: list[tuple[str, int, Path]], sessions: int, turns: int,
     gaps = sorted(g * 1000 for _, g in samples[sessions:])
     server = sorted(server_overheads(servers, seen))
     p99 = lambda xs: xs[min(len(xs) - 1, int(0.99 * len(xs)))]  # noqa: E731
-    return {"sessions": sessions, "overhead_p50_ms": statistics.median(server), "overhead_p99_ms": p99(server),
-            "client_overhead_p50_ms": statistics.median(client), "client_overhead_p99_ms": p99(client),
-            "gap_p99_ms": p99(gaps), "mb_per_session": max(0.0, loaded - idle) / sessions,
-            "tokens_per_delta": sum(t for _, t in deltas) / max(1, sum(c for c, _ in deltas))}
+    return {
+        "sessions": sessions,
+        "overhead_p50_ms": statistics.median(server),
+        "overhead_p99_ms": p99(server),
+        "client_overhead_p50_ms": statistics.median(client),
+        "client_overhead_p99_ms": p99(client),
+        "gap_p99_ms": p99(gaps),
+        "mb_per_session": max(0.0, loaded - idle) / sessions,
+        "tokens_per_delta": sum(t for _, t in deltas) / max(1, sum(c for c, _ in deltas)),
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -163,18 +198,34 @@ def run(args: argparse.Namespace) -> int:
             n *= 2
     passing = [r for r in rows if r["overhead_p99_ms"] <= 5 and r["gap_p99_ms"] <= 50]
     table = Table(title=f"Soak: {args.replicas} replica(s), sim at {DECODE_TPS:.0f} tokens/s, store=false")
-    for column in ("sessions", "server overhead p50 ms", "p99 ms", "client-seen p50 ms", "p99 ms",
-                   "event gap p99 ms", "MB/session", "tokens/delta"):
+    for column in (
+        "sessions",
+        "server overhead p50 ms",
+        "p99 ms",
+        "client-seen p50 ms",
+        "p99 ms",
+        "event gap p99 ms",
+        "MB/session",
+        "tokens/delta",
+    ):
         table.add_column(column, justify="right")
     for r in rows:
-        table.add_row(f"{r['sessions']:.0f}", f"{r['overhead_p50_ms']:.2f}", f"{r['overhead_p99_ms']:.2f}",
-                      f"{r['client_overhead_p50_ms']:.2f}", f"{r['client_overhead_p99_ms']:.2f}",
-                      f"{r['gap_p99_ms']:.1f}", f"{r['mb_per_session']:.2f}", f"{r['tokens_per_delta']:.2f}")
+        table.add_row(
+            f"{r['sessions']:.0f}",
+            f"{r['overhead_p50_ms']:.2f}",
+            f"{r['overhead_p99_ms']:.2f}",
+            f"{r['client_overhead_p50_ms']:.2f}",
+            f"{r['client_overhead_p99_ms']:.2f}",
+            f"{r['gap_p99_ms']:.1f}",
+            f"{r['mb_per_session']:.2f}",
+            f"{r['tokens_per_delta']:.2f}",
+        )
     console = Console() if Console().is_terminal else Console(width=120)
     console.print(table)
     best = passing[-1]["sessions"] if passing else 0
     console.print(f"sessions within both limits: {best:.0f}")
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps({"replicas": args.replicas, "max_sessions": best, "levels": rows},
-                                                   indent=1))
+        Path(args.json_path).write_text(
+            json.dumps({"replicas": args.replicas, "max_sessions": best, "levels": rows}, indent=1)
+        )
     return 0

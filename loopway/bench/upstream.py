@@ -49,11 +49,18 @@ async def direct(http: httpx.AsyncClient, url: str, model: str, messages: list[d
     return time.perf_counter() - start
 
 
-async def over_http(http: httpx.AsyncClient, url: str, key: str | None, model: str, items: list[dict[str, Any]],
-                    max_tokens: int) -> float:
+async def over_http(
+    http: httpx.AsyncClient, url: str, key: str | None, model: str, items: list[dict[str, Any]], max_tokens: int
+) -> float:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    body = {"model": model, "input": items, "stream": True, "store": False, "max_output_tokens": max_tokens,
-            "temperature": 0}
+    body = {
+        "model": model,
+        "input": items,
+        "stream": True,
+        "store": False,
+        "max_output_tokens": max_tokens,
+        "temperature": 0,
+    }
     start = time.perf_counter()
     async with http.stream("POST", f"{url}/responses", json=body, headers=headers) as response:
         response.raise_for_status()
@@ -66,8 +73,14 @@ async def over_http(http: httpx.AsyncClient, url: str, key: str | None, model: s
 
 
 async def over_ws(ws: Any, model: str, items: list[dict[str, Any]], max_tokens: int) -> float:
-    body = {"type": "response.create", "model": model, "input": items, "store": False,
-            "max_output_tokens": max_tokens, "temperature": 0}
+    body = {
+        "type": "response.create",
+        "model": model,
+        "input": items,
+        "store": False,
+        "max_output_tokens": max_tokens,
+        "temperature": 0,
+    }
     start = time.perf_counter()
     await ws.send(json.dumps(body))
     while True:
@@ -78,14 +91,26 @@ async def over_ws(ws: Any, model: str, items: list[dict[str, Any]], max_tokens: 
             raise RuntimeError(json.dumps(event)[:300])
 
 
-async def measure(upstream: str, model: str, litellm: str | None, litellm_key: str | None, turns: int,
-                  reps: int, tokens_per_message: int, max_tokens: int, loopway_url: str) -> dict[str, list[float]]:
+async def measure(
+    upstream: str,
+    model: str,
+    litellm: str | None,
+    litellm_key: str | None,
+    turns: int,
+    reps: int,
+    tokens_per_message: int,
+    max_tokens: int,
+    loopway_url: str,
+) -> dict[str, list[float]]:
     samples: dict[str, list[list[float]]] = {m: [] for m in _modes(litellm)}
     async with httpx.AsyncClient(timeout=120) as http:
         sockets = {"loopway-ws": await connect(loopway_url.replace("http", "ws", 1) + "/responses", max_size=None)}
         if litellm:
-            sockets["litellm-ws"] = await connect(litellm.replace("http", "ws", 1) + "/responses", max_size=None,
-                                                  additional_headers={"Authorization": f"Bearer {litellm_key}"})
+            sockets["litellm-ws"] = await connect(
+                litellm.replace("http", "ws", 1) + "/responses",
+                max_size=None,
+                additional_headers={"Authorization": f"Bearer {litellm_key}"},
+            )
         try:
             for turn in range(turns):
                 messages = conversation(turn, tokens_per_message)
@@ -100,7 +125,7 @@ async def measure(upstream: str, model: str, litellm: str | None, litellm_key: s
                 await calls["direct"]()  # warm the upstream's prompt cache: every mode then finds it warm
                 order = list(samples)
                 for rep in range(reps):
-                    for mode in order[rep % len(order):] + order[: rep % len(order)]:  # rotate: no mode always first
+                    for mode in order[rep % len(order) :] + order[: rep % len(order)]:  # rotate: no mode always first
                         per_mode[mode].append(await calls[mode]())
                 for mode, values in per_mode.items():
                     samples[mode].append(values)
@@ -108,8 +133,11 @@ async def measure(upstream: str, model: str, litellm: str | None, litellm_key: s
             for ws in sockets.values():
                 await ws.close()
     direct_turns = [statistics.median(v) for v in samples["direct"]]
-    return {mode: [statistics.median(v) - d for v, d in zip(turns_, direct_turns)]
-            for mode, turns_ in samples.items() if mode != "direct"} | {"direct": direct_turns}
+    return {
+        mode: [statistics.median(v) - d for v, d in zip(turns_, direct_turns)]
+        for mode, turns_ in samples.items()
+        if mode != "direct"
+    } | {"direct": direct_turns}
 
 
 def _modes(litellm: str | None) -> list[str]:
@@ -133,10 +161,30 @@ def loopway_process(upstream: str, model: str) -> Iterator[str]:
     """loopway as its own process, like the proxy it is compared with (no shared GIL with the client)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="loopway-bench-") as data_dir:
-        process = subprocess.Popen([sys.executable, "-m", "loopway", "serve", "--port", str(port), "--store", "memory",
-                                    "--data-dir", data_dir, "--engine", "openai-chat", "--upstream", upstream,
-                                    "--upstream-model", model, "--log-level", "warning"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "loopway",
+                "serve",
+                "--port",
+                str(port),
+                "--store",
+                "memory",
+                "--data-dir",
+                data_dir,
+                "--engine",
+                "openai-chat",
+                "--upstream",
+                upstream,
+                "--upstream-model",
+                model,
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         url = f"http://127.0.0.1:{port}/v1"
         try:
             wait_healthy(url.removesuffix("/v1"))
@@ -148,20 +196,41 @@ def loopway_process(upstream: str, model: str) -> Iterator[str]:
 
 def run(args: argparse.Namespace) -> int:
     with loopway_process(args.upstream, args.model) as url:
-        results = asyncio.run(measure(args.upstream, args.model, args.litellm_url, args.litellm_key, args.turns,
-                                      args.reps, args.tokens_per_message, args.max_tokens, url))
-    table = Table(title=f"Overhead per turn over calling {args.model} directly (median ms; the direct call itself "
-                        f"{statistics.median(results['direct']) * 1000:.1f} ms)")
+        results = asyncio.run(
+            measure(
+                args.upstream,
+                args.model,
+                args.litellm_url,
+                args.litellm_key,
+                args.turns,
+                args.reps,
+                args.tokens_per_message,
+                args.max_tokens,
+                url,
+            )
+        )
+    table = Table(
+        title=f"Overhead per turn over calling {args.model} directly (median ms; the direct call itself "
+        f"{statistics.median(results['direct']) * 1000:.1f} ms)"
+    )
     for column in ("mode", "median ms", "p90 ms", "first turn ms", "last turn ms"):
         table.add_column(column, justify="left" if column == "mode" else "right")
     summary: dict[str, Any] = {"upstream_model": args.model, "turns": args.turns, "modes": {}}
     for mode, overheads in results.items():
         ms = [o * 1000 for o in overheads]
-        summary["modes"][mode] = {"per_turn_ms": ms, "median_ms": statistics.median(ms),
-                                  "p90_ms": sorted(ms)[int(0.9 * (len(ms) - 1))]}
+        summary["modes"][mode] = {
+            "per_turn_ms": ms,
+            "median_ms": statistics.median(ms),
+            "p90_ms": sorted(ms)[int(0.9 * (len(ms) - 1))],
+        }
         if mode != "direct":
-            table.add_row(mode, f"{statistics.median(ms):.2f}", f"{summary['modes'][mode]['p90_ms']:.2f}",
-                          f"{ms[0]:.2f}", f"{ms[-1]:.2f}")
+            table.add_row(
+                mode,
+                f"{statistics.median(ms):.2f}",
+                f"{summary['modes'][mode]['p90_ms']:.2f}",
+                f"{ms[0]:.2f}",
+                f"{ms[-1]:.2f}",
+            )
     console = Console() if Console().is_terminal else Console(width=140)
     console.print(table)
     if args.json_path:

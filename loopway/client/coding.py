@@ -67,8 +67,15 @@ class Workspace:
     def run_command(self, command: str) -> str:
         """Run a shell command in the work directory; returns its exit code and output."""
         try:
-            done = subprocess.run(command, shell=True, cwd=self.root, capture_output=True, text=True,
-                                  timeout=self.command_timeout_s, stdin=subprocess.DEVNULL)
+            done = subprocess.run(
+                command,
+                shell=True,
+                cwd=self.root,
+                capture_output=True,
+                text=True,
+                timeout=self.command_timeout_s,
+                stdin=subprocess.DEVNULL,
+            )
         except subprocess.TimeoutExpired as exc:
             output = (exc.stdout or "") if isinstance(exc.stdout, str) else ""
             return _capped(f"timed out after {self.command_timeout_s:g} s\n{output}")

@@ -67,9 +67,17 @@ def _as_input(item: dict[str, Any]) -> dict[str, Any]:
 
 
 class AgentLoop:
-    def __init__(self, transport: Transport, tools: ToolRegistry, *, model: str, instructions: str | None = None,
-                 max_turns: int = 100, extra: dict[str, Any] | None = None,
-                 on_turn: Callable[[TurnTrace], None] | None = None) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        tools: ToolRegistry,
+        *,
+        model: str,
+        instructions: str | None = None,
+        max_turns: int = 100,
+        extra: dict[str, Any] | None = None,
+        on_turn: Callable[[TurnTrace], None] | None = None,
+    ) -> None:
         self.transport = transport
         self.tools = tools
         self.model = model
@@ -85,9 +93,15 @@ class AgentLoop:
         traces: list[TurnTrace] = []
         response: dict[str, Any] = {}
         for turn in range(self.max_turns):
-            request = TurnRequest(model=self.model, instructions=self.instructions,
-                                  tools=self.tools.definitions(), history=items, new_items=new_items,
-                                  previous_response_id=previous, extra=self.extra)
+            request = TurnRequest(
+                model=self.model,
+                instructions=self.instructions,
+                tools=self.tools.definitions(),
+                history=items,
+                new_items=new_items,
+                previous_response_id=previous,
+                extra=self.extra,
+            )
             response, outputs, trace = await self._turn(turn, request, start)
             traces.append(trace)
             if self.on_turn is not None:
@@ -98,11 +112,17 @@ class AgentLoop:
                 break
         else:
             raise AgentError(f"no final answer after {self.max_turns} turns")
-        return RunResult(output_text=_text_of(response), response_id=response.get("id"), turns=traces, items=items,
-                         elapsed_s=time.perf_counter() - start)
+        return RunResult(
+            output_text=_text_of(response),
+            response_id=response.get("id"),
+            turns=traces,
+            items=items,
+            elapsed_s=time.perf_counter() - start,
+        )
 
-    async def _turn(self, turn: int, request: TurnRequest,
-                    start: float) -> tuple[dict[str, Any], list[dict[str, Any]], TurnTrace]:
+    async def _turn(
+        self, turn: int, request: TurnRequest, start: float
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], TurnTrace]:
         began = time.perf_counter()
         calls: list[tuple[dict[str, Any], asyncio.Task[tuple[str, float]]]] = []
         try:
@@ -114,24 +134,35 @@ class AgentLoop:
             for _, task in calls:
                 task.cancel()
         tools_done = time.perf_counter()
-        outputs = [{"type": "function_call_output", "call_id": item["call_id"], "output": output}
-                   for (item, _), (output, _) in zip(calls, results)]
+        outputs = [
+            {"type": "function_call_output", "call_id": item["call_id"], "output": output}
+            for (item, _), (output, _) in zip(calls, results)
+        ]
         usage = response.get("usage") or {}
         finished = time.perf_counter()
         trace = TurnTrace(
-            turn=turn, response_id=response["id"], status=response["status"], calls=len(calls),
+            turn=turn,
+            response_id=response["id"],
+            status=response["status"],
+            calls=len(calls),
             input_tokens=usage.get("input_tokens", 0),
             cached_tokens=(usage.get("input_tokens_details") or {}).get("cached_tokens", 0),
-            output_tokens=usage.get("output_tokens", 0), started=began - start,
-            to_first_event_s=created - began, model_s=done - created, tool_s=tools_done - done,
-            client_s=finished - tools_done, tool_run_s=sum(seconds for _, seconds in results),
-            total_s=finished - began, new_input_bytes=len(json.dumps(request.new_items)),
-            output_bytes=len(json.dumps(response.get("output", []))))
+            output_tokens=usage.get("output_tokens", 0),
+            started=began - start,
+            to_first_event_s=created - began,
+            model_s=done - created,
+            tool_s=tools_done - done,
+            client_s=finished - tools_done,
+            tool_run_s=sum(seconds for _, seconds in results),
+            total_s=finished - began,
+            new_input_bytes=len(json.dumps(request.new_items)),
+            output_bytes=len(json.dumps(response.get("output", []))),
+        )
         return response, outputs, trace
 
-    async def _stream(self, request: TurnRequest,
-                      calls: list[tuple[dict[str, Any], asyncio.Task[tuple[str, float]]]]
-                      ) -> tuple[dict[str, Any], float, float]:
+    async def _stream(
+        self, request: TurnRequest, calls: list[tuple[dict[str, Any], asyncio.Task[tuple[str, float]]]]
+    ) -> tuple[dict[str, Any], float, float]:
         """Read one response, starting each function call's tool the moment the call is complete."""
         created: float | None = None
         async with contextlib.aclosing(self.transport.stream(request)) as events:

@@ -49,21 +49,33 @@ def schema_from_signature(fn: Callable[..., Any]) -> dict[str, Any]:
 
 
 class Tool:
-    def __init__(self, fn: Callable[..., Any], name: str, description: str, parameters: dict[str, Any],
-                 strict: bool) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], name: str, description: str, parameters: dict[str, Any], strict: bool
+    ) -> None:
         self.fn, self.name, self.description, self.parameters, self.strict = fn, name, description, parameters, strict
 
     def definition(self) -> dict[str, Any]:
-        return {"type": "function", "name": self.name, "description": self.description,
-                "parameters": self.parameters, "strict": self.strict}
+        return {
+            "type": "function",
+            "name": self.name,
+            "description": self.description,
+            "parameters": self.parameters,
+            "strict": self.strict,
+        }
 
 
 class ToolRegistry:
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
 
-    def register(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,
-                 description: str | None = None, parameters: dict[str, Any] | None = None) -> Any:
+    def register(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> Any:
         """Register ``fn`` (usable as ``@registry.register`` or ``@registry.register(name=...)``)."""
 
         def add(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -84,8 +84,9 @@ class _HttpTransport:
 
     def __init__(self, base_url: str, api_key: str | None = None, client: httpx.AsyncClient | None = None) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = client or httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers,
-                                                  timeout=httpx.Timeout(300, connect=30))
+        self.client = client or httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=httpx.Timeout(300, connect=30)
+        )
 
     async def stream(self, turn: TurnRequest) -> AsyncIterator[dict[str, Any]]:
         body = turn.body(full=self.full_history, store=self.store) | {"stream": True}
@@ -125,8 +126,7 @@ class WebSocketTransport:
 
     name = "ws"
 
-    def __init__(self, base_url: str, api_key: str | None = None, *, store: bool = False,
-                 max_attempts: int = 4) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None, *, store: bool = False, max_attempts: int = 4) -> None:
         self.base_url = base_url.rstrip("/")
         self.url = self.base_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + "/responses"
         self.api_key = api_key
@@ -142,8 +142,14 @@ class WebSocketTransport:
             return self._ws
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         try:
-            self._ws = await connect(self.url, additional_headers=headers, max_size=None, compression="deflate",
-                                     open_timeout=30, ping_interval=None)
+            self._ws = await connect(
+                self.url,
+                additional_headers=headers,
+                max_size=None,
+                compression="deflate",
+                open_timeout=30,
+                ping_interval=None,
+            )
         except InvalidStatus as exc:
             if exc.response.status_code in (404, 426):  # no WebSocket mode here: HTTP from now on
                 cls = HttpChainedTransport if self.store else HttpStatelessTransport

@@ -68,8 +68,10 @@ class EventAssembler:
     def queued(self) -> list[Event]:
         """A background response's first events: created and queued, both with status queued."""
         self.response.status = "queued"
-        return [self._stamp(ResponseCreated(response=self._snapshot())),
-                self._stamp(ResponseQueued(response=self._snapshot()))]
+        return [
+            self._stamp(ResponseCreated(response=self._snapshot())),
+            self._stamp(ResponseQueued(response=self._snapshot())),
+        ]
 
     def opening(self) -> list[Event]:
         """``response.created`` then ``response.in_progress`` (a queued response already had created)."""
@@ -112,8 +114,7 @@ class EventAssembler:
         truncated = finish.reason in ("length", "content_filter")
         events = self._close(status="incomplete" if truncated else "completed")
         response = self.response
-        response.usage = Usage.of(finish.input_tokens, finish.cached_tokens, finish.output_tokens,
-                                  finish.reasoning_tokens)
+        response.usage = Usage.of(finish.input_tokens, finish.cached_tokens, finish.output_tokens, finish.reasoning_tokens)
         if truncated:
             response.status = "incomplete"
             reason = "max_output_tokens" if finish.reason == "length" else "content_filter"
@@ -160,11 +161,13 @@ class EventAssembler:
             self.response.output.append(item)
             current = self._open = _OpenText(item, index)
             events.append(self._stamp(OutputItemAdded(output_index=index, item=msgspec.structs.replace(item, content=[]))))
-            events.append(self._stamp(ContentPartAdded(item_id=item.id, output_index=index, content_index=0,
-                                                       part=OutputText(text=""))))
+            events.append(
+                self._stamp(ContentPartAdded(item_id=item.id, output_index=index, content_index=0, part=OutputText(text="")))
+            )
         current.chunks.append(text)
-        events.append(self._stamp(OutputTextDelta(item_id=current.item.id, output_index=current.index,
-                                                  content_index=0, delta=text)))
+        events.append(
+            self._stamp(OutputTextDelta(item_id=current.item.id, output_index=current.index, content_index=0, delta=text))
+        )
         return events
 
     def _call(self, delta: ToolCallDelta) -> list[Event]:
@@ -173,15 +176,23 @@ class EventAssembler:
         if not isinstance(current, _OpenCall) or current.engine_index != delta.index:
             events += self._close()
             index = len(self.response.output)
-            item = FunctionCall(id=ids.new_id(ids.FUNCTION_CALL), call_id=delta.call_id or ids.new_id(ids.CALL),
-                                name=delta.name or "", arguments="", status="in_progress")
+            item = FunctionCall(
+                id=ids.new_id(ids.FUNCTION_CALL),
+                call_id=delta.call_id or ids.new_id(ids.CALL),
+                name=delta.name or "",
+                arguments="",
+                status="in_progress",
+            )
             self.response.output.append(item)
             current = self._open = _OpenCall(item, index, delta.index)
             events.append(self._stamp(OutputItemAdded(output_index=index, item=msgspec.structs.replace(item))))
         if delta.arguments:
             current.chunks.append(delta.arguments)
-            events.append(self._stamp(FunctionCallArgumentsDelta(item_id=current.item.id, output_index=current.index,
-                                                                 delta=delta.arguments)))
+            events.append(
+                self._stamp(
+                    FunctionCallArgumentsDelta(item_id=current.item.id, output_index=current.index, delta=delta.arguments)
+                )
+            )
         return events
 
     def _close(self, status: str = "completed") -> list[Event]:
@@ -202,7 +213,10 @@ class EventAssembler:
         item.arguments = "".join(current.chunks)
         item.status = status
         return [
-            self._stamp(FunctionCallArgumentsDone(item_id=item.id, output_index=current.index, name=item.name,
-                                                  arguments=item.arguments)),
+            self._stamp(
+                FunctionCallArgumentsDone(
+                    item_id=item.id, output_index=current.index, name=item.name, arguments=item.arguments
+                )
+            ),
             self._stamp(OutputItemDone(output_index=current.index, item=msgspec.structs.replace(item))),
         ]

@@ -72,9 +72,12 @@ class KeyRing:
         if self.open:
             return OPEN_TENANT
         if not authorization or not authorization.lower().startswith("bearer "):
-            raise ApiError(401, "You didn't provide an API key. You need to provide your API key in an "
-                                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-                           code="missing_api_key")
+            raise ApiError(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                code="missing_api_key",
+            )
         key = authorization[7:].strip()
         tenant = self._tenants.get(_digest(key))
         if tenant is None:

@@ -25,8 +25,9 @@ class _Run:
 
 
 class BackgroundRuns:
-    def __init__(self, pipeline: TurnPipeline, log: ResponseLog,
-                 on_finish: Callable[[Turn], None] = lambda turn: None) -> None:
+    def __init__(
+        self, pipeline: TurnPipeline, log: ResponseLog, on_finish: Callable[[Turn], None] = lambda turn: None
+    ) -> None:
         self.pipeline = pipeline
         self.log = log
         self.on_finish = on_finish

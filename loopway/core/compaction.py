@@ -50,8 +50,11 @@ def _shortened(message: Message) -> Message:
     if len(text) <= KEEP_USER_CHARS:
         return message
     half = KEEP_USER_CHARS // 2
-    return Message(role="user", content=f"{text[:half]}\n[... {len(text) - 2 * half} characters compacted ...]\n"
-                                        f"{text[-half:]}", id=message.id)
+    return Message(
+        role="user",
+        content=f"{text[:half]}\n[... {len(text) - 2 * half} characters compacted ...]\n{text[-half:]}",
+        id=message.id,
+    )
 
 
 def compact(items: Sequence[Item]) -> list[Item]:

@@ -32,8 +32,14 @@ def _index_calls(calls: dict[str, int], items: Sequence[Item], offset: int) -> d
 class Conversation:
     __slots__ = ("key", "items", "tokens", "header_length", "_calls")
 
-    def __init__(self, key: bytes, items: AppendOnly[Item], tokens: TokenSequence, header_length: int,
-                 calls: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        key: bytes,
+        items: AppendOnly[Item],
+        tokens: TokenSequence,
+        header_length: int,
+        calls: dict[str, int] | None = None,
+    ) -> None:
         self.key = key
         self.items = items
         self.tokens = tokens
@@ -47,8 +53,7 @@ class Conversation:
         return index is not None and index < len(self.items)
 
     @classmethod
-    def start(cls, renderer: Renderer, instructions: str | None, tools: ToolSet,
-              items: Sequence[Item] = ()) -> Conversation:
+    def start(cls, renderer: Renderer, instructions: str | None, tools: ToolSet, items: Sequence[Item] = ()) -> Conversation:
         header = renderer.header(instructions, tools)
         tokens = TokenSequence.of(header + renderer.items(list(items)))
         return cls(header_key(instructions, tools), AppendOnly(list(items)), tokens, len(header))
@@ -62,8 +67,7 @@ class Conversation:
         else:  # a fork copied the buffer: index the copied prefix for this branch alone
             calls = _index_calls({}, self.items.to_list(), 0)
         _index_calls(calls, items, len(self.items))
-        return Conversation(self.key, extended, self.tokens.extend(renderer.items(list(items))),
-                            self.header_length, calls)
+        return Conversation(self.key, extended, self.tokens.extend(renderer.items(list(items))), self.header_length, calls)
 
     def rebase(self, renderer: Renderer, instructions: str | None, tools: ToolSet) -> Conversation:
         """The same items under a new header: reused when the header is unchanged, else re-rendered."""

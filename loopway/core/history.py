@@ -65,8 +65,12 @@ async def load_parent(log: ResponseLog, response_id: str, tenant: str) -> Parent
     records = await chain(log, response_id, tenant)
     response = wire.decode(records[-1].response)
     if response.status in ("queued", "in_progress"):
-        raise ApiError(400, f"Previous response with id '{response_id}' is still in progress.",
-                       param="previous_response_id", code="previous_response_in_progress")
+        raise ApiError(
+            400,
+            f"Previous response with id '{response_id}' is still in progress.",
+            param="previous_response_id",
+            code="previous_response_in_progress",
+        )
     return Parent(response=response, items=_context(records, include_last_output=True))
 
 

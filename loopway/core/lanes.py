@@ -22,8 +22,10 @@ DEFAULT_LANE: str | None = None
 
 class LaneLimitReached(Exception):
     def __init__(self, limit: int) -> None:
-        super().__init__(f"This WebSocket connection has reached its maximum number of distinct stream IDs ({limit}). "
-                         "Reuse an existing stream_id or open a new connection.")
+        super().__init__(
+            f"This WebSocket connection has reached its maximum number of distinct stream IDs ({limit}). "
+            "Reuse an existing stream_id or open a new connection."
+        )
         self.limit = limit
 
 

@@ -30,8 +30,13 @@ class RateLimiter:
         if tokens < 1:
             wait = math.ceil((1 - tokens) * 60 / self.rpm)
             self._buckets[tenant] = (tokens, now)
-            raise ApiError(429, f"Rate limit reached: {self.rpm} requests per minute. Try again in {wait}s.",
-                           type="requests", code="rate_limit_exceeded", headers={"retry-after": str(wait)})
+            raise ApiError(
+                429,
+                f"Rate limit reached: {self.rpm} requests per minute. Try again in {wait}s.",
+                type="requests",
+                code="rate_limit_exceeded",
+                headers={"retry-after": str(wait)},
+            )
         self._buckets[tenant] = (tokens - 1, now)
 
 
@@ -44,9 +49,13 @@ class ConnectionLimiter:
 
     def acquire(self, tenant: str) -> None:
         if self.per_tenant and self._open[tenant] >= self.per_tenant:
-            raise ApiError(429, f"Too many open WebSocket connections for this key (at most {self.per_tenant}). "
-                                "Close one or wait.", type="requests", code="websocket_connections_exceeded",
-                           headers={"retry-after": "1"})
+            raise ApiError(
+                429,
+                f"Too many open WebSocket connections for this key (at most {self.per_tenant}). Close one or wait.",
+                type="requests",
+                code="websocket_connections_exceeded",
+                headers={"retry-after": "1"},
+            )
         self._open[tenant] += 1
 
     def release(self, tenant: str) -> None:

@@ -25,15 +25,27 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.stage = Histogram("loopway_stage_seconds", "Time per turn stage (persist: the store write itself).",
-                               ["stage"], buckets=_BUCKETS, registry=self.registry)
-        self.responses = Counter("loopway_responses", "Finished responses by status and transport.",
-                                 ["status", "transport"], registry=self.registry)
-        self.cache = Counter("loopway_connection_cache", "WebSocket continuations by connection-cache result.",
-                             ["result"], registry=self.registry)
+        self.stage = Histogram(
+            "loopway_stage_seconds",
+            "Time per turn stage (persist: the store write itself).",
+            ["stage"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.responses = Counter(
+            "loopway_responses",
+            "Finished responses by status and transport.",
+            ["status", "transport"],
+            registry=self.registry,
+        )
+        self.cache = Counter(
+            "loopway_connection_cache",
+            "WebSocket continuations by connection-cache result.",
+            ["result"],
+            registry=self.registry,
+        )
         self.connections = Gauge("loopway_open_connections", "Open WebSocket connections.", registry=self.registry)
-        self.lanes = Gauge("loopway_open_lanes", "Lanes in use on open WebSocket connections.",
-                           registry=self.registry)
+        self.lanes = Gauge("loopway_open_lanes", "Lanes in use on open WebSocket connections.", registry=self.registry)
 
     def turn_finished(self, turn: Turn, transport: str) -> None:
         times = turn.times
@@ -42,12 +54,24 @@ class Metrics:
                 self.stage.labels(stage).observe(getattr(times, stage) / 1000)
         status = turn.response.status
         self.responses.labels(status, transport).inc()
-        log.info("response %s %s", turn.id, status, extra={
-            "response_id": turn.id, "status": status, "transport": transport, "model": turn.request.model,
-            "previous_response_id": turn.request.previous_response_id, "stored": turn.request.store,
-            "stages_ms": {stage: round(getattr(times, stage), 3) for stage in STAGES},
-            "usage": {"input_tokens": turn.response.usage.input_tokens,
-                      "output_tokens": turn.response.usage.output_tokens}})
+        log.info(
+            "response %s %s",
+            turn.id,
+            status,
+            extra={
+                "response_id": turn.id,
+                "status": status,
+                "transport": transport,
+                "model": turn.request.model,
+                "previous_response_id": turn.request.previous_response_id,
+                "stored": turn.request.store,
+                "stages_ms": {stage: round(getattr(times, stage), 3) for stage in STAGES},
+                "usage": {
+                    "input_tokens": turn.response.usage.input_tokens,
+                    "output_tokens": turn.response.usage.output_tokens,
+                },
+            },
+        )
 
     def persisted(self, seconds: float) -> None:
         self.stage.labels("persist").observe(seconds)

@@ -26,8 +26,13 @@ def _answering_503() -> Iterator[None]:
         yield
     except StoreUnavailable as exc:
         log.warning("store unavailable: %s", exc)
-        raise ApiError(503, "The response store is unavailable right now; retry shortly, or use store=false.",
-                       type="server_error", code="store_unavailable", headers={"retry-after": "1"}) from None
+        raise ApiError(
+            503,
+            "The response store is unavailable right now; retry shortly, or use store=false.",
+            type="server_error",
+            code="store_unavailable",
+            headers={"retry-after": "1"},
+        ) from None
 
 
 class ResponseLog:

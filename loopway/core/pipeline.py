@@ -40,9 +40,17 @@ log = logging.getLogger("loopway.pipeline")
 class Turn:
     """One response in the making: its request, context, live response object and timings."""
 
-    def __init__(self, request: CreateRequest, response: Response, conversation: Conversation,
-                 new_items: list[Item], known_prefix: int, compacted: Compaction | None,
-                 times: StageTimes, known_items: int = 0) -> None:
+    def __init__(
+        self,
+        request: CreateRequest,
+        response: Response,
+        conversation: Conversation,
+        new_items: list[Item],
+        known_prefix: int,
+        compacted: Compaction | None,
+        times: StageTimes,
+        known_items: int = 0,
+    ) -> None:
         self.request = request
         self.response = response
         self.conversation = conversation
@@ -106,8 +114,9 @@ def _resolve_references(items: list[Item], parent: Parent | None) -> list[Item]:
         if isinstance(item, ItemReference):
             target = known.get(item.id)
             if target is None:
-                raise invalid_request(f"Item with id '{item.id}' not found.", param=f"input[{index}].id",
-                                      code="item_not_found")
+                raise invalid_request(
+                    f"Item with id '{item.id}' not found.", param=f"input[{index}].id", code="item_not_found"
+                )
             item = target
         resolved.append(item)
     return resolved
@@ -123,8 +132,11 @@ def _check_tool_outputs(conversation: Conversation, new_items: list[Item]) -> No
     start = compaction.last_compaction(new_items) + 1  # what precedes a compaction is not in the context
     for index, item in enumerate(new_items[start:], start):
         if isinstance(item, FunctionCallOutput) and not conversation.has_call(item.call_id):
-            raise invalid_request(f"No tool call found for function call output with call_id {item.call_id}.",
-                                  param=f"input[{index}]", code="tool_call_not_found")
+            raise invalid_request(
+                f"No tool call found for function call output with call_id {item.call_id}.",
+                param=f"input[{index}]",
+                code="tool_call_not_found",
+            )
 
 
 class TurnPipeline:
@@ -136,8 +148,9 @@ class TurnPipeline:
 
     # Before the engine -----------------------------------------------------------------------
 
-    def prepare(self, request: CreateRequest, parent: Parent | None, times: StageTimes | None = None,
-                tenant: str = "") -> Turn:
+    def prepare(
+        self, request: CreateRequest, parent: Parent | None, times: StageTimes | None = None, tenant: str = ""
+    ) -> Turn:
         times = times or StageTimes()
         with times.measure("validate"):
             info = find_model(self.engine, request.model)
@@ -160,17 +173,19 @@ class TurnPipeline:
         turn.tenant = tenant
         return turn
 
-    def _compact(self, request: CreateRequest, conversation: Conversation,
-                 new_items: list[Item]) -> tuple[Conversation, Compaction]:
+    def _compact(
+        self, request: CreateRequest, conversation: Conversation, new_items: list[Item]
+    ) -> tuple[Conversation, Compaction]:
         """Compact what came before this turn's input; the sealed item carries the whole new context."""
         items = conversation.items.to_list()
         prior = items[: max(0, len(items) - len(new_items))]
-        context = [*compaction.compact(prior), *items[len(prior):]]
+        context = [*compaction.compact(prior), *items[len(prior) :]]
         sealed = compaction.seal_items(self.sealer, context)
         return Conversation.start(self.renderer, request.instructions, request.tools, context), sealed
 
-    def _context(self, request: CreateRequest, parent: Parent | None,
-                 new_items: list[Item]) -> tuple[Conversation, int, int]:
+    def _context(
+        self, request: CreateRequest, parent: Parent | None, new_items: list[Item]
+    ) -> tuple[Conversation, int, int]:
         """The conversation the engine will see, and how many of its tokens and items came before."""
         start = compaction.last_compaction(new_items)
         if start >= 0 or parent is None:  # a compaction in the input starts the context afresh
@@ -202,8 +217,12 @@ class TurnPipeline:
             candidate = Conversation.start(self.renderer, request.instructions, request.tools, items)
             if len(candidate.tokens) <= window:
                 return candidate
-        raise ApiError(400, "The latest input item alone exceeds the context window of this model.",
-                       param="input", code="context_length_exceeded")
+        raise ApiError(
+            400,
+            "The latest input item alone exceeds the context window of this model.",
+            param="input",
+            code="context_length_exceeded",
+        )
 
     def count_input_tokens(self, request: CreateRequest, parent: Parent | None) -> int:
         """``POST /v1/responses/input_tokens``: the context as the engine would see it, counted."""
@@ -228,8 +247,9 @@ class TurnPipeline:
         a = turn.assembler
         if not turn.request.generate:  # warm-up: state is prepared, the model is not asked
             yield a.opening()[0]
-            for event in self._terminal(turn, a.finish(Finish(reason="stop", input_tokens=0, cached_tokens=0,
-                                                              output_tokens=0))):
+            for event in self._terminal(
+                turn, a.finish(Finish(reason="stop", input_tokens=0, cached_tokens=0, output_tokens=0))
+            ):
                 yield event
             return
         await self.start(turn)

@@ -49,8 +49,7 @@ def _item_events(index: int, item: object) -> list[Event]:
         return [
             OutputItemAdded(output_index=index, item=opened),
             FunctionCallArgumentsDelta(item_id=item.id or "", output_index=index, delta=item.arguments),
-            FunctionCallArgumentsDone(item_id=item.id or "", output_index=index, name=item.name,
-                                      arguments=item.arguments),
+            FunctionCallArgumentsDone(item_id=item.id or "", output_index=index, name=item.name, arguments=item.arguments),
             OutputItemDone(output_index=index, item=item),
         ]
     return [OutputItemAdded(output_index=index, item=item), OutputItemDone(output_index=index, item=item)]
@@ -58,8 +57,9 @@ def _item_events(index: int, item: object) -> list[Event]:
 
 def rebuild_events(response: Response) -> list[Event]:
     final = response
-    opening = msgspec.structs.replace(response, status="in_progress", output=[], usage=Usage(), completed_at=None,
-                                      error=None, incomplete_details=None)
+    opening = msgspec.structs.replace(
+        response, status="in_progress", output=[], usage=Usage(), completed_at=None, error=None, incomplete_details=None
+    )
     numbering = EventAssembler(opening)
     events = numbering.opening()
     for index, item in enumerate(final.output):

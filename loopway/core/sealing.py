@@ -36,6 +36,9 @@ class Sealer:
         mac, body = raw[:_MAC_SIZE], raw[_MAC_SIZE:]
         expected = hmac.new(self._secret, body, hashlib.sha256).digest()
         if len(mac) != _MAC_SIZE or not hmac.compare_digest(mac, expected) or not body.startswith(_VERSION):
-            raise invalid_request("The encrypted content could not be verified: it was not issued by this server "
-                                  "or was modified.", param=param, code="invalid_encrypted_content")
-        return zlib.decompress(body[len(_VERSION):])
+            raise invalid_request(
+                "The encrypted content could not be verified: it was not issued by this server or was modified.",
+                param=param,
+                code="invalid_encrypted_content",
+            )
+        return zlib.decompress(body[len(_VERSION) :])

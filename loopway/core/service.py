@@ -41,15 +41,15 @@ class CompactBody(msgspec.Struct, kw_only=True):
 
 
 class ResponsesService:
-    def __init__(self, engine: Engine, pipeline: TurnPipeline, log: ResponseLog,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(self, engine: Engine, pipeline: TurnPipeline, log: ResponseLog, metrics: Metrics | None = None) -> None:
         self.engine = engine
         self.pipeline = pipeline
         self.log = log
         self.metrics = metrics or Metrics()
         log.on_persisted = self.metrics.persisted
-        self.background = BackgroundRuns(pipeline, log, on_finish=lambda turn: self.metrics.turn_finished(
-            turn, "background"))
+        self.background = BackgroundRuns(
+            pipeline, log, on_finish=lambda turn: self.metrics.turn_finished(turn, "background")
+        )
         self.sessions: set[Any] = set()  # open WebSocket sessions, for tests, benchmarks and shutdown
         self.draining = False  # set on SIGTERM: finish what is in flight, start nothing new
         self.limiter = RateLimiter(0)
@@ -131,12 +131,14 @@ class ResponsesService:
             return cancelled
         response = wire.decode((await self.record(response_id, tenant)).response)
         if not response.background:
-            raise invalid_request("Only responses created with background=true can be cancelled.",
-                                  param="response_id", code="not_cancellable")
+            raise invalid_request(
+                "Only responses created with background=true can be cancelled.", param="response_id", code="not_cancellable"
+            )
         return response
 
-    async def input_items(self, response_id: str, *, limit: int, order: str, after: str | None,
-                          tenant: str = "") -> dict[str, Any]:
+    async def input_items(
+        self, response_id: str, *, limit: int, order: str, after: str | None, tenant: str = ""
+    ) -> dict[str, Any]:
         record = await self.record(response_id, tenant)
         items = await history.input_items(self.log, record)
         if order == "desc":
@@ -144,8 +146,9 @@ class ResponsesService:
         if after is not None:
             position = next((i for i, item in enumerate(items) if item_id(item) == after), None)
             if position is None:
-                raise invalid_request(f"Item with id '{after}' not found in this response's input.", param="after",
-                                      code="item_not_found")
+                raise invalid_request(
+                    f"Item with id '{after}' not found in this response's input.", param="after", code="item_not_found"
+                )
             items = items[position + 1 :]
         page = items[:limit]
         data = [to_builtins(item) for item in page]
@@ -182,8 +185,7 @@ class ResponsesService:
         before = len(renderer.header(body.instructions, EMPTY_TOOLS)) + len(renderer.items(context))
         compacted = compaction.compact(context)
         sealed = compaction.seal_items(self.pipeline.sealer, compacted)
-        visible = [normalized(msgspec.structs.replace(m)) for m in compacted
-                   if isinstance(m, Message) and m.role == "user"]
+        visible = [normalized(msgspec.structs.replace(m)) for m in compacted if isinstance(m, Message) and m.role == "user"]
         output = [to_builtins(item) for item in [*visible, sealed]]
         after = len(renderer.items(compacted))
         return {

@@ -169,12 +169,14 @@ def parse_item(raw: Any, param: str) -> Item:
         elif "id" in raw:
             item_type = "item_reference"
         else:
-            raise invalid_request(f"Missing required parameter: '{param}.type'.", param=f"{param}.type",
-                                  code="missing_required_parameter")
+            raise invalid_request(
+                f"Missing required parameter: '{param}.type'.", param=f"{param}.type", code="missing_required_parameter"
+            )
         raw = {**raw, "type": item_type}
     if not isinstance(item_type, str):
-        raise invalid_request(f"Invalid type for '{param}.type': expected a string.", param=f"{param}.type",
-                              code="invalid_type")
+        raise invalid_request(
+            f"Invalid type for '{param}.type': expected a string.", param=f"{param}.type", code="invalid_type"
+        )
     cls = _TYPED.get(item_type)
     if cls is not None:
         try:
@@ -184,8 +186,7 @@ def parse_item(raw: Any, param: str) -> Item:
     if item_type in PASSTHROUGH_TYPES:
         return OtherItem(type=item_type, raw=raw)
     raise invalid_request(
-        f"Invalid value: '{item_type}'. Supported item types are: "
-        + ", ".join(sorted([*_TYPED, *PASSTHROUGH_TYPES])) + ".",
+        f"Invalid value: '{item_type}'. Supported item types are: " + ", ".join(sorted([*_TYPED, *PASSTHROUGH_TYPES])) + ".",
         param=f"{param}.type",
         code="invalid_value",
     )
@@ -196,8 +197,9 @@ def parse_input(raw: Any, param: str = "input") -> list[Item]:
     if isinstance(raw, str):
         return [Message(role="user", content=raw)]
     if not isinstance(raw, list):
-        raise invalid_request(f"Invalid type for '{param}': expected a string or an array of items.",
-                              param=param, code="invalid_type")
+        raise invalid_request(
+            f"Invalid type for '{param}': expected a string or an array of items.", param=param, code="invalid_type"
+        )
     return [parse_item(item, f"{param}[{i}]") for i, item in enumerate(raw)]
 
 

@@ -134,8 +134,9 @@ def shape_check(raw: Any, cls: type) -> Any:
     except msgspec.ValidationError as exc:
         text, _, where = str(exc).partition(" - at `$.")
         param = where.rstrip("`") or None
-        raise invalid_request(f"Invalid type for '{param}': {text}." if param else f"{text}.",
-                              param=param, code="invalid_type") from None
+        raise invalid_request(
+            f"Invalid type for '{param}': {text}." if param else f"{text}.", param=param, code="invalid_type"
+        ) from None
 
 
 def _range(name: str, value: float | None, low: float, high: float) -> None:
@@ -152,18 +153,28 @@ def _metadata(raw: dict[str, Any] | None) -> dict[str, str]:
     if raw is None:
         return {}
     if len(raw) > 16:
-        raise invalid_request("Invalid 'metadata': at most 16 key-value pairs are allowed.", param="metadata",
-                              code="object_above_max_properties")
+        raise invalid_request(
+            "Invalid 'metadata': at most 16 key-value pairs are allowed.",
+            param="metadata",
+            code="object_above_max_properties",
+        )
     for key, value in raw.items():
         if len(key) > 64:
-            raise invalid_request(f"Invalid 'metadata': key '{key[:20]}...' is longer than 64 characters.",
-                                  param="metadata", code="invalid_value")
+            raise invalid_request(
+                f"Invalid 'metadata': key '{key[:20]}...' is longer than 64 characters.",
+                param="metadata",
+                code="invalid_value",
+            )
         if not isinstance(value, str):
-            raise invalid_request(f"Invalid type for 'metadata.{key}': expected a string.",
-                                  param=f"metadata.{key}", code="invalid_type")
+            raise invalid_request(
+                f"Invalid type for 'metadata.{key}': expected a string.", param=f"metadata.{key}", code="invalid_type"
+            )
         if len(value) > 512:
-            raise invalid_request(f"Invalid 'metadata.{key}': value is longer than 512 characters.",
-                                  param=f"metadata.{key}", code="string_above_max_length")
+            raise invalid_request(
+                f"Invalid 'metadata.{key}': value is longer than 512 characters.",
+                param=f"metadata.{key}",
+                code="string_above_max_length",
+            )
     return dict(raw)
 
 
@@ -173,8 +184,9 @@ def _text_format(raw: dict[str, Any] | None) -> tuple[dict[str, Any], JsonSchema
         return text, None
     fmt = raw.get("format") or {"type": "text"}
     if not isinstance(fmt, dict):
-        raise invalid_request("Invalid type for 'text.format': expected an object.", param="text.format",
-                              code="invalid_type")
+        raise invalid_request(
+            "Invalid type for 'text.format': expected an object.", param="text.format", code="invalid_type"
+        )
     verbosity = raw.get("verbosity", "medium")
     if verbosity not in ("low", "medium", "high"):
         raise invalid_value("text.verbosity", verbosity, ["low", "medium", "high"])
@@ -190,7 +202,9 @@ def _text_format(raw: dict[str, Any] | None) -> tuple[dict[str, Any], JsonSchema
     if not _FORMAT_NAME.match(name):
         raise invalid_request(
             f"Invalid 'text.format.name': '{name}'. Expected a string of a-z, A-Z, 0-9, '_' or '-', at most 64 long.",
-            param="text.format.name", code="invalid_value")
+            param="text.format.name",
+            code="invalid_value",
+        )
     if not isinstance(schema, dict):
         raise missing_parameter("text.format.schema")
     strict = fmt.get("strict")
@@ -202,13 +216,17 @@ def _compaction(raw: list[Any] | None) -> int | None:
         return None
     for i, entry in enumerate(raw):
         if not isinstance(entry, dict) or entry.get("type") != "compaction":
-            raise invalid_value(f"context_management[{i}].type", entry.get("type") if isinstance(entry, dict) else entry,
-                                ["compaction"])
+            raise invalid_value(
+                f"context_management[{i}].type", entry.get("type") if isinstance(entry, dict) else entry, ["compaction"]
+            )
         threshold = entry.get("compact_threshold")
         if threshold is not None:
             if not isinstance(threshold, int) or threshold < 1000:
-                raise invalid_request("Invalid 'context_management[0].compact_threshold': expected an integer >= 1000.",
-                                      param=f"context_management[{i}].compact_threshold", code="invalid_value")
+                raise invalid_request(
+                    "Invalid 'context_management[0].compact_threshold': expected an integer >= 1000.",
+                    param=f"context_management[{i}].compact_threshold",
+                    code="invalid_value",
+                )
             return threshold
     return None
 
@@ -220,8 +238,9 @@ def _split_compaction_trigger(raw: Any) -> tuple[Any, bool]:
     for i, item in enumerate(raw):
         if isinstance(item, dict) and item.get("type") == COMPACTION_TRIGGER:
             if i != len(raw) - 1:
-                raise invalid_request("'compaction_trigger' must be the last input item.", param=f"input[{i}]",
-                                      code="invalid_value")
+                raise invalid_request(
+                    "'compaction_trigger' must be the last input item.", param=f"input[{i}]", code="invalid_value"
+                )
             return raw[:-1], True
     return raw, False
 
@@ -238,36 +257,54 @@ def validate_create(body: CreateBody, *, websocket: bool = False) -> CreateReque
     _range("presence_penalty", body.presence_penalty, -2, 2)
     _range("frequency_penalty", body.frequency_penalty, -2, 2)
     if body.max_output_tokens is not None and body.max_output_tokens < 16:
-        raise ApiError(400, f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, "
-                            f"but got {body.max_output_tokens} instead.", param="max_output_tokens",
-                       code="integer_below_min_value")
+        raise ApiError(
+            400,
+            f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, "
+            f"but got {body.max_output_tokens} instead.",
+            param="max_output_tokens",
+            code="integer_below_min_value",
+        )
     if body.truncation not in (None, "auto", "disabled"):
         raise invalid_value("truncation", body.truncation, ["auto", "disabled"])
     if body.conversation is not None:
         if body.previous_response_id is not None:
-            raise invalid_request("Parameters 'conversation' and 'previous_response_id' cannot be used together.",
-                                  param="conversation", code="invalid_value")
-        raise ApiError(400, "loopway does not implement the Conversations API; chain with 'previous_response_id'.",
-                       param="conversation", code="unsupported_parameter")
+            raise invalid_request(
+                "Parameters 'conversation' and 'previous_response_id' cannot be used together.",
+                param="conversation",
+                code="invalid_value",
+            )
+        raise ApiError(
+            400,
+            "loopway does not implement the Conversations API; chain with 'previous_response_id'.",
+            param="conversation",
+            code="unsupported_parameter",
+        )
     for entry in body.include or []:
         if entry not in INCLUDABLE:
             raise invalid_value("include", entry, sorted(INCLUDABLE))
     if body.background and websocket:
-        raise ApiError(400, "'background' is not supported in WebSocket mode.", param="background",
-                       code="unsupported_parameter")
+        raise ApiError(
+            400, "'background' is not supported in WebSocket mode.", param="background", code="unsupported_parameter"
+        )
     if body.background and body.store is False:
-        raise invalid_request("Background responses must be stored: 'background' requires 'store' to be true.",
-                              param="store", code="invalid_value")
+        raise invalid_request(
+            "Background responses must be stored: 'background' requires 'store' to be true.",
+            param="store",
+            code="invalid_value",
+        )
     if body.stream_id is not None:
         if not websocket:
-            raise ApiError(400, "'stream_id' is only supported in WebSocket mode.", param="stream_id",
-                           code="unknown_parameter")
+            raise ApiError(
+                400, "'stream_id' is only supported in WebSocket mode.", param="stream_id", code="unknown_parameter"
+            )
         if not STREAM_ID.match(body.stream_id):
-            raise invalid_request("Invalid 'stream_id': expected 1 to 256 characters of A-Z, a-z, 0-9, '_', '.' or '-'.",
-                                  param="stream_id", code="invalid_stream_id")
+            raise invalid_request(
+                "Invalid 'stream_id': expected 1 to 256 characters of A-Z, a-z, 0-9, '_', '.' or '-'.",
+                param="stream_id",
+                code="invalid_stream_id",
+            )
     if body.generate is False and not websocket:
-        raise ApiError(400, "'generate' is only supported in WebSocket mode.", param="generate",
-                       code="unknown_parameter")
+        raise ApiError(400, "'generate' is only supported in WebSocket mode.", param="generate", code="unknown_parameter")
     if body.input is None and body.previous_response_id is None and body.generate is not False:
         raise missing_parameter("input")
     raw_input, compact_now = _split_compaction_trigger(body.input)

@@ -37,8 +37,9 @@ class Usage(msgspec.Struct):
     def of(cls, input_tokens: int, cached_tokens: int, output_tokens: int, reasoning_tokens: int = 0) -> Usage:
         return cls(
             input_tokens=input_tokens,
-            input_tokens_details=InputTokensDetails(cached_tokens=cached_tokens,
-                                                    cache_write_tokens=input_tokens - cached_tokens),
+            input_tokens_details=InputTokensDetails(
+                cached_tokens=cached_tokens, cache_write_tokens=input_tokens - cached_tokens
+            ),
             output_tokens=output_tokens,
             output_tokens_details=OutputTokensDetails(reasoning_tokens=reasoning_tokens),
             total_tokens=input_tokens + output_tokens,

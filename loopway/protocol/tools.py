@@ -29,9 +29,7 @@ HOSTED_TOOL_TYPES = frozenset(
     }
 )
 # Run by the client, but not as function calls: accepted, echoed, never called by loopway's engines.
-CLIENT_TOOL_TYPES = frozenset(
-    {"custom", "local_shell", "shell", "apply_patch", "computer", "computer_use_preview"}
-)
+CLIENT_TOOL_TYPES = frozenset({"custom", "local_shell", "shell", "apply_patch", "computer", "computer_use_preview"})
 
 
 class FunctionTool(msgspec.Struct, kw_only=True):
@@ -71,22 +69,25 @@ EMPTY_TOOLS = ToolSet(functions=[], echo=[], other_types=frozenset())
 def _parse_function(raw: dict[str, Any], param: str, namespace: str | None = None) -> FunctionTool:
     name = raw.get("name")
     if not isinstance(name, str) or not name:
-        raise invalid_request(f"Missing required parameter: '{param}.name'.", param=f"{param}.name",
-                              code="missing_required_parameter")
+        raise invalid_request(
+            f"Missing required parameter: '{param}.name'.", param=f"{param}.name", code="missing_required_parameter"
+        )
     parameters = raw.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):
-        raise invalid_request(f"Invalid type for '{param}.parameters': expected an object.",
-                              param=f"{param}.parameters", code="invalid_type")
+        raise invalid_request(
+            f"Invalid type for '{param}.parameters': expected an object.", param=f"{param}.parameters", code="invalid_type"
+        )
     strict = raw.get("strict")
     if strict is not None and not isinstance(strict, bool):
-        raise invalid_request(f"Invalid type for '{param}.strict': expected a boolean.",
-                              param=f"{param}.strict", code="invalid_type")
+        raise invalid_request(
+            f"Invalid type for '{param}.strict': expected a boolean.", param=f"{param}.strict", code="invalid_type"
+        )
     description = raw.get("description")
     if description is not None and not isinstance(description, str):
-        raise invalid_request(f"Invalid type for '{param}.description': expected a string.",
-                              param=f"{param}.description", code="invalid_type")
-    return FunctionTool(name=name, parameters=parameters, strict=strict, description=description,
-                        namespace=namespace)
+        raise invalid_request(
+            f"Invalid type for '{param}.description': expected a string.", param=f"{param}.description", code="invalid_type"
+        )
+    return FunctionTool(name=name, parameters=parameters, strict=strict, description=description, namespace=namespace)
 
 
 def parse_tools(raw: Any) -> ToolSet:
@@ -103,8 +104,9 @@ def parse_tools(raw: Any) -> ToolSet:
             raise invalid_request(f"Invalid type for '{param}': expected an object.", param=param, code="invalid_type")
         kind = tool.get("type")
         if not isinstance(kind, str):
-            raise invalid_request(f"Invalid type for '{param}.type': expected a string.", param=f"{param}.type",
-                                  code="invalid_type")
+            raise invalid_request(
+                f"Invalid type for '{param}.type': expected a string.", param=f"{param}.type", code="invalid_type"
+            )
         if kind == "function":
             fn = _parse_function(tool, param)
             functions.append(fn)
@@ -112,8 +114,9 @@ def parse_tools(raw: Any) -> ToolSet:
         elif kind == "namespace":
             inner = tool.get("tools")
             if not isinstance(inner, list):
-                raise invalid_request(f"Invalid type for '{param}.tools': expected an array.",
-                                      param=f"{param}.tools", code="invalid_type")
+                raise invalid_request(
+                    f"Invalid type for '{param}.tools': expected an array.", param=f"{param}.tools", code="invalid_type"
+                )
             for j, sub in enumerate(inner):
                 if isinstance(sub, dict) and sub.get("type", "function") == "function":
                     functions.append(_parse_function(sub, f"{param}.tools[{j}]", namespace=tool.get("name")))
@@ -146,21 +149,25 @@ def parse_tool_choice(raw: Any, tools: ToolSet) -> ToolChoice:
             raise invalid_value("tool_choice", raw, ["none", "auto", "required"])
         if raw == "required" and not tools.functions:
             _refuse_hosted_only(tools)
-            raise invalid_request("Tool choice 'required' needs at least one function tool.", param="tool_choice",
-                                  code="invalid_value")
+            raise invalid_request(
+                "Tool choice 'required' needs at least one function tool.", param="tool_choice", code="invalid_value"
+            )
         return ToolChoice(raw, echo=raw)
     if not isinstance(raw, dict):
-        raise invalid_request("Invalid type for 'tool_choice': expected a string or an object.",
-                              param="tool_choice", code="invalid_type")
+        raise invalid_request(
+            "Invalid type for 'tool_choice': expected a string or an object.", param="tool_choice", code="invalid_type"
+        )
     kind = raw.get("type")
     if not isinstance(kind, str):
-        raise invalid_request("Invalid type for 'tool_choice.type': expected a string.", param="tool_choice.type",
-                              code="invalid_type")
+        raise invalid_request(
+            "Invalid type for 'tool_choice.type': expected a string.", param="tool_choice.type", code="invalid_type"
+        )
     if kind == "function":
         name = raw.get("name")
         if not isinstance(name, str) or tools.function(name) is None:
-            raise invalid_request(f"Tool choice '{name}' not found in 'tools' parameter.",
-                                  param="tool_choice", code="invalid_value")
+            raise invalid_request(
+                f"Tool choice '{name}' not found in 'tools' parameter.", param="tool_choice", code="invalid_value"
+            )
         return ToolChoice("required", (name,), echo={"type": "function", "name": name})
     if kind == "allowed_tools":
         mode = raw.get("mode", "auto")
@@ -168,13 +175,17 @@ def parse_tool_choice(raw: Any, tools: ToolSet) -> ToolChoice:
             raise invalid_value("tool_choice.mode", mode, ["auto", "required"])
         allowed = raw.get("tools")
         if not isinstance(allowed, list):
-            raise invalid_request("Invalid type for 'tool_choice.tools': expected an array.",
-                                  param="tool_choice.tools", code="invalid_type")
+            raise invalid_request(
+                "Invalid type for 'tool_choice.tools': expected an array.", param="tool_choice.tools", code="invalid_type"
+            )
         names = tuple(t.get("name") for t in allowed if isinstance(t, dict) and t.get("type") == "function")
         for name in names:
             if tools.function(name) is None:
-                raise invalid_request(f"Tool '{name}' in 'tool_choice.tools' not found in 'tools' parameter.",
-                                      param="tool_choice.tools", code="invalid_value")
+                raise invalid_request(
+                    f"Tool '{name}' in 'tool_choice.tools' not found in 'tools' parameter.",
+                    param="tool_choice.tools",
+                    code="invalid_value",
+                )
         return ToolChoice(mode, names, echo=raw)
     if kind in HOSTED_TOOL_TYPES or kind in CLIENT_TOOL_TYPES or kind in ("mcp", "custom"):
         raise ApiError(

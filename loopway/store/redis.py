@@ -24,17 +24,24 @@ class RedisStore:
     def __init__(self, url: str, *, ttl_s: int = TTL_S, timeout_s: float = 2.0) -> None:
         self.url = url
         self.ttl_s = ttl_s
-        self._redis = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                        retry_on_timeout=False, health_check_interval=30)
+        self._redis = aioredis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False, health_check_interval=30
+        )
 
     @staticmethod
     def _key(response_id: str) -> str:
         return f"loopway:response:{response_id}"
 
     async def put(self, record: StoredResponse) -> None:
-        mapping = {"created_at": record.created_at, "previous_response_id": record.previous_response_id or "",
-                   "response": record.response, "input_items": record.input_items, "events": record.events or b"",
-                   "tenant": record.tenant, "has_events": int(record.events is not None)}
+        mapping = {
+            "created_at": record.created_at,
+            "previous_response_id": record.previous_response_id or "",
+            "response": record.response,
+            "input_items": record.input_items,
+            "events": record.events or b"",
+            "tenant": record.tenant,
+            "has_events": int(record.events is not None),
+        }
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hset(self._key(record.id), mapping=mapping)
@@ -51,10 +58,14 @@ class RedisStore:
         if not raw:
             return None
         return StoredResponse(
-            id=response_id, created_at=int(raw[b"created_at"]),
+            id=response_id,
+            created_at=int(raw[b"created_at"]),
             previous_response_id=raw[b"previous_response_id"].decode() or None,
-            response=raw[b"response"], input_items=raw[b"input_items"],
-            events=raw[b"events"] if raw.get(b"has_events") == b"1" else None, tenant=raw[b"tenant"].decode())
+            response=raw[b"response"],
+            input_items=raw[b"input_items"],
+            events=raw[b"events"] if raw.get(b"has_events") == b"1" else None,
+            tenant=raw[b"tenant"].decode(),
+        )
 
     async def delete(self, response_id: str) -> bool:
         try:

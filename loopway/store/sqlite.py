@@ -59,15 +59,20 @@ class SqliteStore:
     def _get(self, response_id: str) -> StoredResponse | None:
         assert self._db is not None
         row = self._db.execute(
-            "SELECT id, created_at, previous_response_id, response, input_items, events, tenant FROM responses"
-            " WHERE id = ?",
+            "SELECT id, created_at, previous_response_id, response, input_items, events, tenant FROM responses WHERE id = ?",
             (response_id,),
         ).fetchone()
         if row is None:
             return None
-        return StoredResponse(id=row[0], created_at=row[1], previous_response_id=row[2], response=bytes(row[3]),
-                              input_items=bytes(row[4]), events=bytes(row[5]) if row[5] is not None else None,
-                              tenant=row[6])
+        return StoredResponse(
+            id=row[0],
+            created_at=row[1],
+            previous_response_id=row[2],
+            response=bytes(row[3]),
+            input_items=bytes(row[4]),
+            events=bytes(row[5]) if row[5] is not None else None,
+            tenant=row[6],
+        )
 
     def _delete(self, response_id: str) -> bool:
         assert self._db is not None

@@ -68,11 +68,13 @@ def _int_query(request: Request, name: str, default: int, low: int, high: int) -
     try:
         value = int(raw)
     except ValueError:
-        raise invalid_request(f"Invalid '{name}': expected an integer, got {raw!r}.", param=name,
-                              code="invalid_type") from None
+        raise invalid_request(
+            f"Invalid '{name}': expected an integer, got {raw!r}.", param=name, code="invalid_type"
+        ) from None
     if not low <= value <= high:
-        raise invalid_request(f"Invalid '{name}': {value} is out of range [{low}, {high}].", param=name,
-                              code="invalid_value")
+        raise invalid_request(
+            f"Invalid '{name}': {value} is out of range [{low}, {high}].", param=name, code="invalid_value"
+        )
     return value
 
 
@@ -95,8 +97,11 @@ def routes(service: ResponsesService, settings: Settings) -> list[Route]:
                 return StreamingResponse(frames(events), media_type="text/event-stream", headers=HEADERS)
             return json_response(queued)
         if create_request.stream:  # Server-Timing can only carry what happened before the first byte
-            return StreamingResponse(_stream_turn(service, turn), media_type="text/event-stream",
-                                     headers={**HEADERS, "Server-Timing": times.header(("validate", "resolve", "render"))})
+            return StreamingResponse(
+                _stream_turn(service, turn),
+                media_type="text/event-stream",
+                headers={**HEADERS, "Server-Timing": times.header(("validate", "resolve", "render"))},
+            )
         async for event in service.run(turn):
             if is_terminal(event):
                 await service.persist(turn)

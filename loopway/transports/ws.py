@@ -115,13 +115,22 @@ class Session:
     async def _on_message(self, message: dict[str, Any]) -> None:
         text = message.get("text")
         if text is None:
-            await self.send_error(ws_error(400, "binary_frames_not_supported",
-                                           "Binary frames are not supported: send each event as a JSON text frame."))
+            await self.send_error(
+                ws_error(
+                    400,
+                    "binary_frames_not_supported",
+                    "Binary frames are not supported: send each event as a JSON text frame.",
+                )
+            )
             return
         if len(text) > self.settings.max_frame_bytes:
-            await self.send_error(ws_error(413, "frame_too_large",
-                                           f"The frame is {len(text)} bytes; the maximum is "
-                                           f"{self.settings.max_frame_bytes} bytes."))
+            await self.send_error(
+                ws_error(
+                    413,
+                    "frame_too_large",
+                    f"The frame is {len(text)} bytes; the maximum is {self.settings.max_frame_bytes} bytes.",
+                )
+            )
             return
         times = StageTimes()
         try:
@@ -139,9 +148,14 @@ class Session:
         elif kind == "response.steer":
             await self._on_steer(raw)
         else:
-            await self.send_error(ws_error(400, "unknown_event_type",
-                                           f"Unknown event type {kind!r}: expected 'response.create' or "
-                                           "'response.steer'.", param="type"))
+            await self.send_error(
+                ws_error(
+                    400,
+                    "unknown_event_type",
+                    f"Unknown event type {kind!r}: expected 'response.create' or 'response.steer'.",
+                    param="type",
+                )
+            )
 
     async def send(self, event: Event, lane: str | None = None) -> None:
         event.stream_id = lane if lane is not None else UNSET
@@ -168,8 +182,12 @@ class Session:
         lane = raw.get("stream_id")
         lane = lane if isinstance(lane, str) and STREAM_ID.match(lane) else None
         if self.service.draining:
-            await self.send_error(ApiError(503, "The server is restarting; reconnect to continue.", type="server_error",
-                                           code="server_shutting_down"), lane)
+            await self.send_error(
+                ApiError(
+                    503, "The server is restarting; reconnect to continue.", type="server_error", code="server_shutting_down"
+                ),
+                lane,
+            )
             return
         if self.expired:
             await self._connection_limit(lane)
@@ -209,8 +227,7 @@ class Session:
             raise
         except Exception:
             log.exception("websocket turn failed")
-            await self.send_error(ws_error(500, "server_error", "The server had an error processing this request."),
-                                  lane)
+            await self.send_error(ws_error(500, "server_error", "The server had an error processing this request."), lane)
         finally:
             if job.pinned is not None:
                 self.cache.unpin(job.pinned)
@@ -291,15 +308,19 @@ class Session:
         failure = self._steer_failure(target, raw_input)
         if failure is not None:
             code, message = failure
-            await self.send(SteerFailed(sequence_number=0, steer={"previous_response_id": target, "input": raw_input},
-                                        error={"type": "invalid_request_error", "code": code, "message": message}))
+            await self.send(
+                SteerFailed(
+                    sequence_number=0,
+                    steer={"previous_response_id": target, "input": raw_input},
+                    error={"type": "invalid_request_error", "code": code, "message": message},
+                )
+            )
             return
         turn, lane = self.active[target]  # type: ignore[index]
         steer_id = ids.new_id(ids.STEER)
         self.steers.setdefault(target, []).append((steer_id, parse_input(raw_input)))  # type: ignore[arg-type]
         turn.steered = True
-        await self.send(turn.assembler.stamp(SteerAccepted(steer=SteerRef(id=steer_id, previous_response_id=target))),
-                        lane)
+        await self.send(turn.assembler.stamp(SteerAccepted(steer=SteerRef(id=steer_id, previous_response_id=target))), lane)
 
     def _steer_failure(self, target: Any, raw_input: Any) -> tuple[str, str] | None:
         if not isinstance(target, str) or not target:
@@ -338,8 +359,12 @@ class Session:
         if calls:  # the client owns the next input: say what is needed, keep the steering queued
             stubs = [{"type": "function_call_output", "call_id": c.call_id, "name": c.name} for c in calls]
             for steer_id, _ in queued:
-                await self.send(turn.assembler.stamp(SteerPending(
-                    steer=SteerRef(id=steer_id, previous_response_id=turn.id), required_input=stubs)), lane)
+                await self.send(
+                    turn.assembler.stamp(
+                        SteerPending(steer=SteerRef(id=steer_id, previous_response_id=turn.id), required_input=stubs)
+                    ),
+                    lane,
+                )
             return
         successor = msgspec.structs.replace(job.request, input=[], previous_response_id=turn.id, generate=True)
         follow = Job(successor, StageTimes(), self._take_steers(turn.id))
@@ -358,9 +383,15 @@ class Session:
 
     async def _connection_limit(self, lane: str | None) -> None:
         minutes = self.settings.ws_connection_max_age_s / 60
-        await self.send_error(ws_error(400, "websocket_connection_limit_reached",
-                                       f"Responses websocket connection limit reached ({minutes:g} minutes). "
-                                       "Create a new websocket connection to continue."), lane)
+        await self.send_error(
+            ws_error(
+                400,
+                "websocket_connection_limit_reached",
+                f"Responses websocket connection limit reached ({minutes:g} minutes). "
+                "Create a new websocket connection to continue.",
+            ),
+            lane,
+        )
         if self.websocket.application_state == WebSocketState.CONNECTED:
             await self.websocket.close(CLOSE_GOING_AWAY)
 

@@ -52,9 +52,24 @@ def test_loopway_agent_fixes_the_example_repository(tmp_path: Path, transport: s
     assert failing.returncode != 0
     server = Server(tmp_path, "--sim-trace", str(EXAMPLE / "trace.json"), "--store", "memory")
     try:
-        done = subprocess.run([sys.executable, "-m", "loopway", "agent", "--base-url", server.url, "--workdir",
-                               str(work), "--transport", transport, "Make the tests pass."],
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "loopway",
+                "agent",
+                "--base-url",
+                server.url,
+                "--workdir",
+                str(work),
+                "--transport",
+                transport,
+                "Make the tests pass.",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         server.stop()
     assert done.returncode == 0, done.stderr

@@ -53,9 +53,14 @@ async def test_loop_completes_over_each_transport(server: Server, kind: str):
 def test_transports_send_what_their_mode_says():
     from loopway.client.transports import TurnRequest
 
-    turn = TurnRequest(model="m", instructions=None, tools=[], history=[{"role": "user", "content": "a"},
-                                                                       {"role": "user", "content": "b"}],
-                       new_items=[{"role": "user", "content": "b"}], previous_response_id="resp_1")
+    turn = TurnRequest(
+        model="m",
+        instructions=None,
+        tools=[],
+        history=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+        new_items=[{"role": "user", "content": "b"}],
+        previous_response_id="resp_1",
+    )
     assert turn.body(full=True, store=False)["input"] == turn.history
     chained = turn.body(full=False, store=True)
     assert chained["input"] == turn.new_items and chained["previous_response_id"] == "resp_1" and chained["store"]
@@ -63,9 +68,20 @@ def test_transports_send_what_their_mode_says():
 
 async def test_tools_start_before_the_response_completes(tmp_path: Path):
     trace = tmp_path / "trace.json"
-    trace.write_text(json.dumps({"turns": [{"output": [
-        {"type": "function_call", "name": "probe", "arguments": {}},
-        {"type": "message", "text": "word " * 300}]}]}))
+    trace.write_text(
+        json.dumps(
+            {
+                "turns": [
+                    {
+                        "output": [
+                            {"type": "function_call", "name": "probe", "arguments": {}},
+                            {"type": "message", "text": "word " * 300},
+                        ]
+                    }
+                ]
+            }
+        )
+    )
     server = Server(tmp_path, "--sim-trace", str(trace), "--sim-decode-tps", "2000", "--store", "memory")
     tools, started = ToolRegistry(), []
 

@@ -11,16 +11,29 @@ from loopway.client.tools import ToolRegistry, schema_from_signature
 
 
 def test_schema_from_type_hints():
-    def edit(path: str, line: int, mode: Literal["a", "b"] = "a", tags: list[str] | None = None,
-             ratio: float = 1.0, dry: bool = False) -> str:
+    def edit(
+        path: str,
+        line: int,
+        mode: Literal["a", "b"] = "a",
+        tags: list[str] | None = None,
+        ratio: float = 1.0,
+        dry: bool = False,
+    ) -> str:
         return ""
 
     assert schema_from_signature(edit) == {
-        "type": "object", "additionalProperties": False, "required": ["path", "line"],
-        "properties": {"path": {"type": "string"}, "line": {"type": "integer"},
-                       "mode": {"type": "string", "enum": ["a", "b"]},
-                       "tags": {"type": "array", "items": {"type": "string"}},
-                       "ratio": {"type": "number"}, "dry": {"type": "boolean"}}}
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["path", "line"],
+        "properties": {
+            "path": {"type": "string"},
+            "line": {"type": "integer"},
+            "mode": {"type": "string", "enum": ["a", "b"]},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "ratio": {"type": "number"},
+            "dry": {"type": "boolean"},
+        },
+    }
 
 
 def test_missing_hint_is_refused():
@@ -43,8 +56,13 @@ def test_definitions_and_explicit_schema():
 
     tools.register(lambda **kw: "ok", name="raw", description="d", parameters={"type": "object"})
     greet_def, raw_def = tools.definitions()
-    assert greet_def == {"type": "function", "name": "greet", "description": "Say hello.", "strict": True,
-                         "parameters": schema_from_signature(greet)}
+    assert greet_def == {
+        "type": "function",
+        "name": "greet",
+        "description": "Say hello.",
+        "strict": True,
+        "parameters": schema_from_signature(greet),
+    }
     assert raw_def["parameters"] == {"type": "object"} and raw_def["strict"] is False
 
 

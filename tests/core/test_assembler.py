@@ -26,16 +26,28 @@ def finish(reason="stop", out=3):
 def test_text_sequence():
     events = run(TextDelta("Hel"), TextDelta("lo"), finish())
     assert [e["type"] for e in events] == [
-        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
-        "response.output_text.delta", "response.output_text.delta", "response.output_text.done",
-        "response.content_part.done", "response.output_item.done", "response.completed"]
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     assert events[6]["text"] == "Hello"
     final = events[-1]["response"]
     assert final["output"][0]["content"][0]["text"] == "Hello" and final["status"] == "completed"
-    assert final["usage"] == {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 4, "cache_write_tokens": 6},
-                              "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 0},
-                              "total_tokens": 13}
+    assert final["usage"] == {
+        "input_tokens": 10,
+        "input_tokens_details": {"cached_tokens": 4, "cache_write_tokens": 6},
+        "output_tokens": 3,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 13,
+    }
     for event in events:
         validate_event(event)
 
@@ -47,15 +59,27 @@ def test_earlier_events_are_snapshots():
 
 
 def test_parallel_function_calls():
-    events = run(ToolCallDelta(0, '{"a":', "call_1", "f"), ToolCallDelta(0, "1}"), ToolCallDelta(1, "{}", "call_2", "g"),
-                 finish("tool_calls"))
+    events = run(
+        ToolCallDelta(0, '{"a":', "call_1", "f"),
+        ToolCallDelta(0, "1}"),
+        ToolCallDelta(1, "{}", "call_2", "g"),
+        finish("tool_calls"),
+    )
     types = [e["type"] for e in events]
     assert types == [
-        "response.created", "response.in_progress",
-        "response.output_item.added", "response.function_call_arguments.delta",
-        "response.function_call_arguments.delta", "response.function_call_arguments.done", "response.output_item.done",
-        "response.output_item.added", "response.function_call_arguments.delta",
-        "response.function_call_arguments.done", "response.output_item.done", "response.completed"]
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     calls = events[-1]["response"]["output"]
     assert [(c["call_id"], c["name"], c["arguments"]) for c in calls] == [("call_1", "f", '{"a":1}'), ("call_2", "g", "{}")]
     assert events[2]["output_index"] == 0 and events[7]["output_index"] == 1

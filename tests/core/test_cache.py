@@ -12,8 +12,9 @@ CONVERSATION = Conversation.start(Renderer(), None, EMPTY_TOOLS)
 
 
 def entry(response_id: str, lane: str | None = None) -> CachedResponse:
-    return CachedResponse(response=Response(id=response_id, created_at=0, status="completed", model="m"),
-                          conversation=CONVERSATION, lane=lane)
+    return CachedResponse(
+        response=Response(id=response_id, created_at=0, status="completed", model="m"), conversation=CONVERSATION, lane=lane
+    )
 
 
 def test_lane_keeps_only_its_latest():

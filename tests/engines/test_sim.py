@@ -22,23 +22,45 @@ from loopway.protocol.request import JsonSchemaFormat
 from loopway.protocol.tools import EMPTY_TOOLS, ToolChoice, parse_tool_choice, parse_tools
 
 R = Renderer()
-TOOLS = parse_tools([
-    {"type": "function", "name": "read_file", "description": "Read a file",
-     "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}},
-    {"type": "function", "name": "run_command", "description": "Run a shell command",
-     "parameters": {"type": "object", "properties": {"command": {"type": "string"},
-                                                     "timeout": {"type": "integer", "minimum": 1}},
-                    "required": ["command", "timeout"]}},
-])
+TOOLS = parse_tools(
+    [
+        {
+            "type": "function",
+            "name": "read_file",
+            "description": "Read a file",
+            "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+        },
+        {
+            "type": "function",
+            "name": "run_command",
+            "description": "Run a shell command",
+            "parameters": {
+                "type": "object",
+                "properties": {"command": {"type": "string"}, "timeout": {"type": "integer", "minimum": 1}},
+                "required": ["command", "timeout"],
+            },
+        },
+    ]
+)
 FAST = SimSettings(base_latency_ms=0, prefill_tokens_per_s=1e12, decode_tokens_per_s=1e9)
 
 
 def request(items, tools=TOOLS, choice: ToolChoice | None = None, parallel=True, max_out=None, schema=None):
     conversation = Conversation.start(R, None, tools, items)
-    return EngineRequest(model="loopway-sim", tokens=conversation.tokens, known_prefix=0, items=items,
-                         instructions=None, tools=tools, tool_choice=choice or ToolChoice("auto"),
-                         parallel_tool_calls=parallel, max_output_tokens=max_out, json_schema=schema,
-                         temperature=1, top_p=1)
+    return EngineRequest(
+        model="loopway-sim",
+        tokens=conversation.tokens,
+        known_prefix=0,
+        items=items,
+        instructions=None,
+        tools=tools,
+        tool_choice=choice or ToolChoice("auto"),
+        parallel_tool_calls=parallel,
+        max_output_tokens=max_out,
+        json_schema=schema,
+        temperature=1,
+        top_p=1,
+    )
 
 
 async def collect(engine: SimEngine, req: EngineRequest) -> list:
@@ -74,9 +96,11 @@ async def test_arguments_satisfy_the_schema():
 
 
 async def test_one_target_per_turn_then_the_next():
-    items = [Message(role="user", content="read src/a.py and src/b.py"),
-             FunctionCall(call_id="c1", name="read_file", arguments='{"path":"src/a.py"}'),
-             FunctionCallOutput(call_id="c1", output="A")]
+    items = [
+        Message(role="user", content="read src/a.py and src/b.py"),
+        FunctionCall(call_id="c1", name="read_file", arguments='{"path":"src/a.py"}'),
+        FunctionCallOutput(call_id="c1", output="A"),
+    ]
     first = await collect(SimEngine(FAST), request(items[:1]))
     assert calls_of(first) == [("read_file", {"path": "src/a.py"})]
     second = await collect(SimEngine(FAST), request(items))
@@ -86,15 +110,18 @@ async def test_one_target_per_turn_then_the_next():
 async def test_parallel_calls_when_asked_together():
     deltas = await collect(SimEngine(FAST), request([Message(role="user", content="read both src/a.py and src/b.py")]))
     assert [args["path"] for _, args in calls_of(deltas)] == ["src/a.py", "src/b.py"]
-    serial = await collect(SimEngine(FAST), request([Message(role="user", content="read both src/a.py and src/b.py")],
-                                                    parallel=False))
+    serial = await collect(
+        SimEngine(FAST), request([Message(role="user", content="read both src/a.py and src/b.py")], parallel=False)
+    )
     assert len(calls_of(serial)) == 1
 
 
 async def test_answers_in_text_referring_to_tool_output_once_targets_are_done():
-    items = [Message(role="user", content="read src/a.py"),
-             FunctionCall(call_id="c1", name="read_file", arguments='{"path":"src/a.py"}'),
-             FunctionCallOutput(call_id="c1", output="def main():\n    pass\n")]
+    items = [
+        Message(role="user", content="read src/a.py"),
+        FunctionCall(call_id="c1", name="read_file", arguments='{"path":"src/a.py"}'),
+        FunctionCallOutput(call_id="c1", output="def main():\n    pass\n"),
+    ]
     deltas = await collect(SimEngine(FAST), request(items))
     text = text_of(deltas)
     assert "read_file" in text and "def main():" in text and deltas[-1].reason == "stop"
@@ -104,11 +131,13 @@ async def test_tool_choice_none_and_required_and_named():
     message = [Message(role="user", content="read src/a.py")]
     none = await collect(SimEngine(FAST), request(message, choice=parse_tool_choice("none", TOOLS)))
     assert not calls_of(none)
-    required = await collect(SimEngine(FAST), request([Message(role="user", content="hello")],
-                                                      choice=parse_tool_choice("required", TOOLS)))
+    required = await collect(
+        SimEngine(FAST), request([Message(role="user", content="hello")], choice=parse_tool_choice("required", TOOLS))
+    )
     assert len(calls_of(required)) == 1
-    named = await collect(SimEngine(FAST), request(message, choice=parse_tool_choice(
-        {"type": "function", "name": "run_command"}, TOOLS)))
+    named = await collect(
+        SimEngine(FAST), request(message, choice=parse_tool_choice({"type": "function", "name": "run_command"}, TOOLS))
+    )
     assert calls_of(named)[0][0] == "run_command"
 
 
@@ -122,21 +151,41 @@ async def test_deterministic_per_seed():
 
 
 async def test_structured_output_validates_against_the_schema():
-    schema = {"type": "object", "properties": {
-        "name": {"type": "string", "minLength": 2}, "age": {"type": "integer", "minimum": 0},
-        "tags": {"type": "array", "items": {"type": "string", "enum": ["a", "b"]}, "minItems": 2},
-        "address": {"$ref": "#/$defs/address"}, "nick": {"anyOf": [{"type": "string"}, {"type": "null"}]}},
-        "required": ["name", "age", "tags", "address", "nick"], "additionalProperties": False,
-        "$defs": {"address": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
-                              "additionalProperties": False}}}
-    deltas = await collect(SimEngine(FAST), request([Message(role="user", content="Describe Ada Lovelace")],
-                                                    tools=EMPTY_TOOLS, schema=JsonSchemaFormat(name="p", schema=schema)))
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "minLength": 2},
+            "age": {"type": "integer", "minimum": 0},
+            "tags": {"type": "array", "items": {"type": "string", "enum": ["a", "b"]}, "minItems": 2},
+            "address": {"$ref": "#/$defs/address"},
+            "nick": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        },
+        "required": ["name", "age", "tags", "address", "nick"],
+        "additionalProperties": False,
+        "$defs": {
+            "address": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+                "additionalProperties": False,
+            }
+        },
+    }
+    deltas = await collect(
+        SimEngine(FAST),
+        request(
+            [Message(role="user", content="Describe Ada Lovelace")],
+            tools=EMPTY_TOOLS,
+            schema=JsonSchemaFormat(name="p", schema=schema),
+        ),
+    )
     jsonschema.validate(json.loads(text_of(deltas)), schema)
 
 
 async def test_max_output_tokens_truncates():
-    deltas = await collect(SimEngine(FAST), request([Message(role="user", content="write a lot")], tools=EMPTY_TOOLS,
-                                                    max_out=16))
+    deltas = await collect(
+        SimEngine(FAST), request([Message(role="user", content="write a lot")], tools=EMPTY_TOOLS, max_out=16)
+    )
     assert deltas[-1].reason == "length" and deltas[-1].output_tokens == 16
 
 
@@ -168,11 +217,21 @@ async def test_timing_follows_the_cost_model():
 
 async def test_trace_replays_turns_then_falls_back(tmp_path: Path):
     trace = tmp_path / "t.json"
-    trace.write_text(json.dumps({"turns": [
-        {"output": [{"type": "function_call", "name": "run_command", "arguments": {"command": "ls", "timeout": 5}}]},
-        {"output": [{"type": "message", "text": "All done."}]}]}))
-    engine = SimEngine(SimSettings(base_latency_ms=0, prefill_tokens_per_s=1e12, decode_tokens_per_s=1e9,
-                                   trace=str(trace)))
+    trace.write_text(
+        json.dumps(
+            {
+                "turns": [
+                    {
+                        "output": [
+                            {"type": "function_call", "name": "run_command", "arguments": {"command": "ls", "timeout": 5}}
+                        ]
+                    },
+                    {"output": [{"type": "message", "text": "All done."}]},
+                ]
+            }
+        )
+    )
+    engine = SimEngine(SimSettings(base_latency_ms=0, prefill_tokens_per_s=1e12, decode_tokens_per_s=1e9, trace=str(trace)))
     items = [Message(role="user", content="go")]
     assert calls_of(await collect(engine, request(items))) == [("run_command", {"command": "ls", "timeout": 5})]
     items += [FunctionCall(call_id="c", name="run_command", arguments="{}"), FunctionCallOutput(call_id="c", output="x")]
@@ -206,13 +265,22 @@ async def test_cancelling_stops_generation():
 
 
 async def test_a_tool_the_message_names_is_called_on_its_subject():
-    weather = parse_tools([{"type": "function", "name": "get_weather", "description": "Get the weather",
-                            "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
-                                           "required": ["location"]}}])
+    weather = parse_tools(
+        [
+            {
+                "type": "function",
+                "name": "get_weather",
+                "description": "Get the weather",
+                "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
+            }
+        ]
+    )
     items = [Message(role="user", content="What's the weather like in San Francisco?")]
     deltas = await collect(SimEngine(FAST), request(items, tools=weather))
     assert calls_of(deltas) == [("get_weather", {"location": "San Francisco"})]
-    items += [FunctionCall(call_id="c", name="get_weather", arguments='{"location":"San Francisco"}'),
-              FunctionCallOutput(call_id="c", output="Sunny, 21 C")]
+    items += [
+        FunctionCall(call_id="c", name="get_weather", arguments='{"location":"San Francisco"}'),
+        FunctionCallOutput(call_id="c", output="Sunny, 21 C"),
+    ]
     answer = await collect(SimEngine(FAST), request(items, tools=weather))
     assert "Sunny, 21 C" in text_of(answer)  # acted on: it answers instead of calling again

@@ -20,53 +20,89 @@ from loopway.protocol.tools import ToolChoice, parse_tool_choice, parse_tools
 from tests.openapi import validate_event
 
 FIXTURES = Path(__file__).parent / "fixtures"
-TOOLS = parse_tools([{"type": "function", "name": "read_file", "description": "Read",
-                      "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}},
-                     {"type": "function", "name": "run", "strict": True}])
+TOOLS = parse_tools(
+    [
+        {
+            "type": "function",
+            "name": "read_file",
+            "description": "Read",
+            "parameters": {"type": "object", "properties": {"path": {"type": "string"}}},
+        },
+        {"type": "function", "name": "run", "strict": True},
+    ]
+)
 
 
 def request(items, choice: ToolChoice | None = None, **kw) -> EngineRequest:
     conversation = Conversation.start(Renderer(), "be brief", TOOLS, items)
-    fields = dict(model="pub", tokens=conversation.tokens, known_prefix=0, items=items, instructions="be brief",
-                  tools=TOOLS, tool_choice=choice or ToolChoice("auto"), parallel_tool_calls=True,
-                  max_output_tokens=None, json_schema=None, temperature=0.5, top_p=0.9)
+    fields = dict(
+        model="pub",
+        tokens=conversation.tokens,
+        known_prefix=0,
+        items=items,
+        instructions="be brief",
+        tools=TOOLS,
+        tool_choice=choice or ToolChoice("auto"),
+        parallel_tool_calls=True,
+        max_output_tokens=None,
+        json_schema=None,
+        temperature=0.5,
+        top_p=0.9,
+    )
     return EngineRequest(**{**fields, **kw})
 
 
 def test_items_become_messages_with_folded_tool_calls():
-    items = [Message(role="developer", content="rules"), Message(role="user", content="read both"),
-             Message(role="assistant", content="Sure."),
-             FunctionCall(call_id="c1", name="read_file", arguments='{"path":"a"}'),
-             FunctionCall(call_id="c2", name="read_file", arguments='{"path":"b"}'),
-             FunctionCallOutput(call_id="c1", output="A"), FunctionCallOutput(call_id="c2", output="B")]
+    items = [
+        Message(role="developer", content="rules"),
+        Message(role="user", content="read both"),
+        Message(role="assistant", content="Sure."),
+        FunctionCall(call_id="c1", name="read_file", arguments='{"path":"a"}'),
+        FunctionCall(call_id="c2", name="read_file", arguments='{"path":"b"}'),
+        FunctionCallOutput(call_id="c1", output="A"),
+        FunctionCallOutput(call_id="c2", output="B"),
+    ]
     assert messages_of("be brief", items) == [
-        {"role": "system", "content": "be brief"}, {"role": "system", "content": "rules"},
+        {"role": "system", "content": "be brief"},
+        {"role": "system", "content": "rules"},
         {"role": "user", "content": "read both"},
-        {"role": "assistant", "content": "Sure.", "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "read_file", "arguments": '{"path":"a"}'}},
-            {"id": "c2", "type": "function", "function": {"name": "read_file", "arguments": '{"path":"b"}'}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": "A"}, {"role": "tool", "tool_call_id": "c2", "content": "B"}]
+        {
+            "role": "assistant",
+            "content": "Sure.",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "read_file", "arguments": '{"path":"a"}'}},
+                {"id": "c2", "type": "function", "function": {"name": "read_file", "arguments": '{"path":"b"}'}},
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "A"},
+        {"role": "tool", "tool_call_id": "c2", "content": "B"},
+    ]
 
 
 def test_images_become_content_parts():
-    message = Message(role="user", content=[InputText(text="what?"),
-                                            InputImage(image_url="data:image/png;base64,xx", detail="low")])
+    message = Message(
+        role="user", content=[InputText(text="what?"), InputImage(image_url="data:image/png;base64,xx", detail="low")]
+    )
     assert messages_of(None, [message])[0]["content"] == [
-        {"type": "text", "text": "what?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,xx",
-                                                                               "detail": "low"}}]
+        {"type": "text", "text": "what?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,xx", "detail": "low"}},
+    ]
 
 
 def test_body_maps_tools_choice_format_and_limits():
     schema = JsonSchemaFormat(name="out", schema={"type": "object"}, strict=True)
     named = parse_tool_choice({"type": "function", "name": "run"}, TOOLS)
-    body = body_of(request([Message(role="user", content="x")], named, max_output_tokens=64, json_schema=schema),
-                   "upstream-model")
+    body = body_of(
+        request([Message(role="user", content="x")], named, max_output_tokens=64, json_schema=schema), "upstream-model"
+    )
     assert body["model"] == "upstream-model" and body["stream"] and body["stream_options"] == {"include_usage": True}
     assert body["tool_choice"] == {"type": "function", "function": {"name": "run"}}
     assert [t["function"]["name"] for t in body["tools"]] == ["run"]  # only the forced function is offered
     assert body["tools"][0]["function"]["strict"] is True and body["parallel_tool_calls"] is True
-    assert body["response_format"] == {"type": "json_schema", "json_schema": {"name": "out", "schema": {"type": "object"},
-                                                                             "strict": True}}
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "out", "schema": {"type": "object"}, "strict": True},
+    }
     assert body["max_tokens"] == 64 and body["temperature"] == 0.5 and body["top_p"] == 0.9
     none = body_of(request([Message(role="user", content="x")], parse_tool_choice("none", TOOLS)), "m")
     assert "tools" not in none
@@ -95,20 +131,33 @@ def assemble(deltas, finish) -> list[dict]:
 def test_vllm_parallel_tool_calls_keep_index_and_upstream_ids():
     deltas, finish = decode("vllm-parallel-tool-calls.sse")
     assert finish.reason == "tool_calls" and (finish.input_tokens, finish.cached_tokens, finish.output_tokens) == (
-        120, 96, 30)
+        120,
+        96,
+        30,
+    )
     events = assemble(deltas, finish)
     output = events[-1]["response"]["output"]
     assert [o["type"] for o in output] == ["message", "function_call", "function_call"]
     assert [(o["call_id"], json.loads(o["arguments"])) for o in output[1:]] == [
-        ("chatcmpl-tool-1", {"path": "src/a.py"}), ("chatcmpl-tool-2", {"path": "src/b.py"})]
+        ("chatcmpl-tool-1", {"path": "src/a.py"}),
+        ("chatcmpl-tool-2", {"path": "src/b.py"}),
+    ]
     assert events[-1]["response"]["usage"]["input_tokens_details"]["cached_tokens"] == 96
 
 
 def test_openai_tool_call_stream():
     deltas, finish = decode("openai-tool-call.sse")
     output = assemble(deltas, finish)[-1]["response"]["output"]
-    assert output == [{"type": "function_call", "id": output[0]["id"], "call_id": "call_Xy", "name": "get_weather",
-                       "arguments": '{"location":"Paris"}', "status": "completed"}]
+    assert output == [
+        {
+            "type": "function_call",
+            "id": output[0]["id"],
+            "call_id": "call_Xy",
+            "name": "get_weather",
+            "arguments": '{"location":"Paris"}',
+            "status": "completed",
+        }
+    ]
     assert finish.output_tokens == 17
 
 
@@ -136,10 +185,20 @@ def test_upstream_errors_map_to_client_errors_or_engine_failures():
     from loopway.engines.upstream.http import upstream_error
     from loopway.protocol.errors import ApiError
 
-    bad = upstream_error(_Reply(400, {"error": {"message": "too long", "type": "invalid_request_error",
-                                                "param": "messages", "code": "context_length_exceeded"}}).response)
-    assert isinstance(bad, ApiError) and (bad.status, bad.code, bad.param) == (400, "context_length_exceeded",
-                                                                               "messages")
+    bad = upstream_error(
+        _Reply(
+            400,
+            {
+                "error": {
+                    "message": "too long",
+                    "type": "invalid_request_error",
+                    "param": "messages",
+                    "code": "context_length_exceeded",
+                }
+            },
+        ).response
+    )
+    assert isinstance(bad, ApiError) and (bad.status, bad.code, bad.param) == (400, "context_length_exceeded", "messages")
     limited = upstream_error(_Reply(429, {"error": "slow down"}).response)
     assert isinstance(limited, ApiError) and limited.status == 429 and "slow down" in limited.message
     for status in (401, 403, 500, 503):

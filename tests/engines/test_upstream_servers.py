@@ -44,9 +44,25 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     model = write_tiny_model(tmp / "tiny.gguf")
     port = free_port()
     log = (tmp / "llama.log").open("wb")
-    process = subprocess.Popen([python, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port),
-                                "--chat_format", "chatml-function-calling", "--n_ctx", "4096",
-                                "--model_alias", "tiny"], stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            python,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model),
+            "--port",
+            str(port),
+            "--chat_format",
+            "chatml-function-calling",
+            "--n_ctx",
+            "4096",
+            "--model_alias",
+            "tiny",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 120
     while True:
@@ -65,8 +81,17 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def chat_front(llama: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server(tmp_path_factory.mktemp("front"), "--engine", "openai-chat", "--upstream", llama,
-                    "--upstream-model", "tiny-public=tiny,missing=not-a-model", "--store", "memory")
+    server = Server(
+        tmp_path_factory.mktemp("front"),
+        "--engine",
+        "openai-chat",
+        "--upstream",
+        llama,
+        "--upstream-model",
+        "tiny-public=tiny,missing=not-a-model",
+        "--store",
+        "memory",
+    )
     yield server
     server.stop()
 
@@ -94,8 +119,11 @@ def test_chat_upstream_streams_valid_events(chat_front: Server):
         types = [event.type for event in stream]
     assert types[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
     assert "response.output_text.delta" in types and types[-1] == "response.incomplete"
-    r = httpx.post(f"{chat_front.url}/responses", json={"model": "tiny-public", "input": "hi", "stream": True,
-                                                       "max_output_tokens": 16}, timeout=60)
+    r = httpx.post(
+        f"{chat_front.url}/responses",
+        json={"model": "tiny-public", "input": "hi", "stream": True, "max_output_tokens": 16},
+        timeout=60,
+    )
     for block in r.text.strip().split("\n\n"):
         validate_event(json.loads(block.split("\ndata: ", 1)[1]))
 
@@ -105,25 +133,42 @@ def test_chat_upstream_function_calling_loop(chat_front: Server, transport: str)
     client = sdk(chat_front)
     forced = {"type": "function", "name": "read_file"}
     if transport == "http":
-        first = client.responses.create(model="tiny-public", input="read src/a.py", tools=[READ_FILE],
-                                        tool_choice=forced, max_output_tokens=64)
+        first = client.responses.create(
+            model="tiny-public", input="read src/a.py", tools=[READ_FILE], tool_choice=forced, max_output_tokens=64
+        )
         call = first.output[-1]
         assert call.type == "function_call" and call.name == "read_file" and call.call_id.startswith("call_")
-        second = client.responses.create(model="tiny-public", previous_response_id=first.id, tools=[READ_FILE],
-                                         tool_choice="none", max_output_tokens=16,
-                                         input=[{"type": "function_call_output", "call_id": call.call_id,
-                                                 "output": "print('hi')"}])
+        second = client.responses.create(
+            model="tiny-public",
+            previous_response_id=first.id,
+            tools=[READ_FILE],
+            tool_choice="none",
+            max_output_tokens=16,
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "print('hi')"}],
+        )
         assert second.status in ("completed", "incomplete")
         assert not [o for o in second.output if o.type == "function_call"]  # tool_choice none
         return
     with client.responses.connect() as conn:
-        conn.response.create(model="tiny-public", input="read src/a.py", tools=[READ_FILE], tool_choice=forced,
-                             max_output_tokens=64, store=False)
+        conn.response.create(
+            model="tiny-public",
+            input="read src/a.py",
+            tools=[READ_FILE],
+            tool_choice=forced,
+            max_output_tokens=64,
+            store=False,
+        )
         first = terminal(conn).response
         call = first.output[-1]
-        conn.response.create(model="tiny-public", previous_response_id=first.id, tools=[READ_FILE],
-                             tool_choice="none", max_output_tokens=16, store=False,
-                             input=[{"type": "function_call_output", "call_id": call.call_id, "output": "ok"}])
+        conn.response.create(
+            model="tiny-public",
+            previous_response_id=first.id,
+            tools=[READ_FILE],
+            tool_choice="none",
+            max_output_tokens=16,
+            store=False,
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "ok"}],
+        )
         second = terminal(conn)
     assert second.type in ("response.completed", "response.incomplete")
     assert not [o for o in second.response.output if o.type == "function_call"]
@@ -153,8 +198,19 @@ def test_chat_upstream_context_overflow_is_a_client_error_or_a_failed_response(c
 
 def test_unreachable_upstream_fails_the_response(tmp_path: Path):
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    server = Server(tmp_path, "--engine", "openai-chat", "--upstream", dead, "--upstream-model", "m",
-                    "--upstream-retries", "1", "--store", "memory")
+    server = Server(
+        tmp_path,
+        "--engine",
+        "openai-chat",
+        "--upstream",
+        dead,
+        "--upstream-model",
+        "m",
+        "--upstream-retries",
+        "1",
+        "--store",
+        "memory",
+    )
     try:
         response = sdk(server).responses.create(model="m", input="hi")
         assert response.status == "failed" and response.error.code == "server_error"
@@ -166,8 +222,17 @@ def test_unreachable_upstream_fails_the_response(tmp_path: Path):
 @pytest.fixture(scope="module")
 def responses_front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
     upstream = Server(tmp_path_factory.mktemp("upstream"), "--store", "memory")
-    front = Server(tmp_path_factory.mktemp("rfront"), "--engine", "openai-responses", "--upstream", upstream.url,
-                   "--upstream-model", "front=loopway-sim,broken=nope", "--store", "memory")
+    front = Server(
+        tmp_path_factory.mktemp("rfront"),
+        "--engine",
+        "openai-responses",
+        "--upstream",
+        upstream.url,
+        "--upstream-model",
+        "front=loopway-sim,broken=nope",
+        "--store",
+        "memory",
+    )
     yield front, upstream
     front.stop()
     upstream.stop()
@@ -186,9 +251,13 @@ def test_responses_upstream_loop_over_websocket_with_store_false(responses_front
             if not calls:
                 break
             read.append(json.loads(calls[0].arguments)["path"])
-            conn.response.create(model="front", previous_response_id=event.response.id, tools=[READ_FILE],
-                                 store=False, input=[{"type": "function_call_output", "call_id": calls[0].call_id,
-                                                      "output": f"contents of {read[-1]}"}])
+            conn.response.create(
+                model="front",
+                previous_response_id=event.response.id,
+                tools=[READ_FILE],
+                store=False,
+                input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": f"contents of {read[-1]}"}],
+            )
     assert read == ["src/a.py", "src/b.py"]
     assert "contents of src/b.py" in event.response.output_text  # the upstream saw the full context
 
@@ -201,11 +270,13 @@ def test_responses_upstream_errors_map(responses_front: tuple[Server, Server]):
 
 
 def test_upstream_flags_are_checked_at_start(tmp_path: Path):
-    done = subprocess.run([sys.executable, "-m", "loopway", "serve", "--engine", "openai-chat", "--port",
-                           str(free_port())], capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "loopway", "serve", "--engine", "openai-chat", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 2 and "--upstream" in done.stderr
-
-
 
 
 def test_responses_upstream_text_and_streaming_over_http(responses_front: tuple[Server, Server]):
@@ -227,15 +298,29 @@ def test_responses_upstream_chaining_sends_only_new_items(tmp_path: Path):
     from loopway.settings import Settings
 
     with InProcessServer(Settings(port=0, store="memory", data_dir=str(tmp_path / "up"))) as upstream:
-        front = Server(tmp_path, "--engine", "openai-responses", "--upstream", upstream.url, "--upstream-model",
-                       "front=loopway-sim", "--upstream-chain", "on", "--store", "memory")
+        front = Server(
+            tmp_path,
+            "--engine",
+            "openai-responses",
+            "--upstream",
+            upstream.url,
+            "--upstream-model",
+            "front=loopway-sim",
+            "--upstream-chain",
+            "on",
+            "--store",
+            "memory",
+        )
         try:
             client = sdk(front)
             first = client.responses.create(model="front", input="read src/a.py and src/b.py", tools=[READ_FILE])
             call = first.output[0]
-            second = client.responses.create(model="front", previous_response_id=first.id, tools=[READ_FILE],
-                                             input=[{"type": "function_call_output", "call_id": call.call_id,
-                                                     "output": "A"}])
+            second = client.responses.create(
+                model="front",
+                previous_response_id=first.id,
+                tools=[READ_FILE],
+                input=[{"type": "function_call_output", "call_id": call.call_id, "output": "A"}],
+            )
             assert json.loads(second.output[0].arguments) == {"path": "src/b.py"}  # the upstream had the context
         finally:
             front.stop()
@@ -264,11 +349,24 @@ def test_a_client_that_goes_away_cancels_the_upstream_request(tmp_path: Path):
     with InProcessServer(settings) as upstream:
         count = lambda: asyncio.run_coroutine_threadsafe(tasks(), upstream.loop).result(timeout=10)  # noqa: E731
         idle = count()
-        front = Server(tmp_path, "--engine", "openai-responses", "--upstream",
-                       upstream.url, "--upstream-model", "front=loopway-sim", "--store", "memory")
+        front = Server(
+            tmp_path,
+            "--engine",
+            "openai-responses",
+            "--upstream",
+            upstream.url,
+            "--upstream-model",
+            "front=loopway-sim",
+            "--store",
+            "memory",
+        )
         try:
-            with httpx.stream("POST", f"{front.url}/responses", timeout=30,
-                              json={"model": "front", "input": "write a long story", "stream": True}) as response:
+            with httpx.stream(
+                "POST",
+                f"{front.url}/responses",
+                timeout=30,
+                json={"model": "front", "input": "write a long story", "stream": True},
+            ) as response:
                 for line in response.iter_lines():
                     if "response.output_text.delta" in line:
                         break  # the upstream is generating (slowly); now walk away

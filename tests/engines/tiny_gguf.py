@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 
 N_EMBD, N_LAYER, N_HEAD, N_FF, CONTEXT = 64, 2, 4, 128, 4096
-CHATML = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def vocabulary() -> tuple[list[bytes], list[float], list[int]]:
@@ -24,8 +26,9 @@ def vocabulary() -> tuple[list[bytes], list[float], list[int]]:
     kinds = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
     tokens += [f"<0x{b:02X}>".encode() for b in range(256)]
     kinds += [gguf.TokenType.BYTE] * 256
-    words = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["\u2581" + w for w in
-                                                              ("the", "a", "to", "is", "file", "read", "call")]
+    words = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [
+        "\u2581" + w for w in ("the", "a", "to", "is", "file", "read", "call")
+    ]
     tokens += [w.encode() for w in words]
     kinds += [gguf.TokenType.NORMAL] * len(words)
     scores = [0.0] * 259 + [-float(i) for i in range(len(words))]

@@ -34,8 +34,7 @@ def test_string_input_is_one_user_message():
 
 
 def test_items_without_type_are_messages_or_references():
-    request = parse({"model": "m", "input": [{"role": "developer", "content": "rules", "id": "msg_1"},
-                                             {"id": "fc_9"}]})
+    request = parse({"model": "m", "input": [{"role": "developer", "content": "rules", "id": "msg_1"}, {"id": "fc_9"}]})
     assert isinstance(request.input[0], Message) and request.input[0].role == "developer"
     assert request.input[1] == ItemReference(id="fc_9")
 
@@ -70,8 +69,9 @@ def test_missing_input():
     assert error_of({"model": "m"}).param == "input"
 
 
-@pytest.mark.parametrize("field,value", [("temperature", 2.5), ("top_p", -0.1), ("max_output_tokens", 3),
-                                         ("top_logprobs", 21)])
+@pytest.mark.parametrize(
+    "field,value", [("temperature", 2.5), ("top_p", -0.1), ("max_output_tokens", 3), ("top_logprobs", 21)]
+)
 def test_out_of_range_values(field: str, value: float):
     assert error_of({**BASE, field: value}).param == field
 
@@ -103,8 +103,14 @@ def test_required_with_only_hosted_tools_is_refused():
 
 
 def test_namespace_functions_are_callable():
-    request = parse({**BASE, "tools": [{"type": "namespace", "name": "crm", "description": "d",
-                                        "tools": [{"type": "function", "name": "lookup"}]}]})
+    request = parse(
+        {
+            **BASE,
+            "tools": [
+                {"type": "namespace", "name": "crm", "description": "d", "tools": [{"type": "function", "name": "lookup"}]}
+            ],
+        }
+    )
     assert request.tools.functions[0].name == "lookup" and request.tools.functions[0].namespace == "crm"
 
 
@@ -113,9 +119,13 @@ def test_named_tool_choice_must_exist():
 
 
 def test_allowed_tools_restricts_names():
-    request = parse({**BASE, "tools": [{"type": "function", "name": "a"}, {"type": "function", "name": "b"}],
-                     "tool_choice": {"type": "allowed_tools", "mode": "required",
-                                     "tools": [{"type": "function", "name": "b"}]}})
+    request = parse(
+        {
+            **BASE,
+            "tools": [{"type": "function", "name": "a"}, {"type": "function", "name": "b"}],
+            "tool_choice": {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "b"}]},
+        }
+    )
     assert request.tool_choice.mode == "required" and request.tool_choice.names == ("b",)
 
 
@@ -143,21 +153,35 @@ def test_background_is_refused_on_websocket_and_needs_store():
 
 
 def test_codex_extras_are_ignored():
-    request = parse({**BASE, "client_metadata": {"a": "b"}, "prompt_cache_key": "k", "stream": True,
-                     "include": ["reasoning.encrypted_content"], "reasoning": {"summary": "auto"}})
+    request = parse(
+        {
+            **BASE,
+            "client_metadata": {"a": "b"},
+            "prompt_cache_key": "k",
+            "stream": True,
+            "include": ["reasoning.encrypted_content"],
+            "reasoning": {"summary": "auto"},
+        }
+    )
     assert request.stream and request.include == ["reasoning.encrypted_content"]
 
 
 def test_compaction_trigger_must_be_last():
     request = parse({"model": "m", "input": [{"role": "user", "content": "x"}, {"type": "compaction_trigger"}]})
     assert request.compact_now and len(request.input) == 1
-    assert error_of({"model": "m", "input": [{"type": "compaction_trigger"}, {"role": "user", "content": "x"}]}
-                    ).param == "input[0]"
+    assert (
+        error_of({"model": "m", "input": [{"type": "compaction_trigger"}, {"role": "user", "content": "x"}]}).param
+        == "input[0]"
+    )
 
 
 def test_function_call_output_with_parts():
-    request = parse({"model": "m", "input": [{"type": "function_call_output", "call_id": "c",
-                                              "output": [{"type": "input_text", "text": "ok"}]}]})
+    request = parse(
+        {
+            "model": "m",
+            "input": [{"type": "function_call_output", "call_id": "c", "output": [{"type": "input_text", "text": "ok"}]}],
+        }
+    )
     assert isinstance(request.input[0], FunctionCallOutput)
 
 
@@ -166,8 +190,22 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
-fields = st.sampled_from(["model", "input", "tools", "tool_choice", "text", "metadata", "temperature",
-                          "max_output_tokens", "instructions", "previous_response_id", "include", "truncation"])
+fields = st.sampled_from(
+    [
+        "model",
+        "input",
+        "tools",
+        "tool_choice",
+        "text",
+        "metadata",
+        "temperature",
+        "max_output_tokens",
+        "instructions",
+        "previous_response_id",
+        "include",
+        "truncation",
+    ]
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -180,8 +218,16 @@ def test_any_body_is_a_request_or_an_api_error(body: dict[str, Any]):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.dictionaries(st.sampled_from(["type", "role", "content", "id", "call_id", "output", "name",
-                                                 "arguments"]), json_values, max_size=5), max_size=4))
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["type", "role", "content", "id", "call_id", "output", "name", "arguments"]),
+            json_values,
+            max_size=5,
+        ),
+        max_size=4,
+    )
+)
 def test_any_item_list_is_a_request_or_an_api_error(items: list[dict[str, Any]]):
     try:
         parse({"model": "m", "input": items})

@@ -10,8 +10,15 @@ from loopway.store.base import StoredResponse, StoreUnavailable
 from loopway.store.redis import RedisStore
 from tests.conftest import RedisServer, free_port
 
-RECORD = StoredResponse(id="resp_1", created_at=1, previous_response_id="resp_0", response=b'{"id":"resp_1"}',
-                        input_items=b"[]", events=None, tenant="acme")
+RECORD = StoredResponse(
+    id="resp_1",
+    created_at=1,
+    previous_response_id="resp_0",
+    response=b'{"id":"resp_1"}',
+    input_items=b"[]",
+    events=None,
+    tenant="acme",
+)
 
 
 async def test_put_get_delete_and_ttl(tmp_path: Path):
@@ -33,8 +40,15 @@ async def test_events_round_trip(tmp_path: Path):
     server = RedisServer(tmp_path)
     store = RedisStore(server.url)
     try:
-        record = StoredResponse(id="resp_9", created_at=2, previous_response_id=None, response=b"{}",
-                                input_items=b"[]", events=b'[{"type":"response.created"}]', tenant="")
+        record = StoredResponse(
+            id="resp_9",
+            created_at=2,
+            previous_response_id=None,
+            response=b"{}",
+            input_items=b"[]",
+            events=b'[{"type":"response.created"}]',
+            tenant="",
+        )
         await store.put(record)
         assert await store.get("resp_9") == record
     finally:

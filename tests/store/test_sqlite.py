@@ -10,8 +10,7 @@ from loopway.store.base import StoredResponse
 from loopway.store.memory import MemoryStore
 from loopway.store.sqlite import SqliteStore
 
-RECORD = StoredResponse(id="resp_1", created_at=1, previous_response_id=None, response=b'{"id":"resp_1"}',
-                        input_items=b"[]")
+RECORD = StoredResponse(id="resp_1", created_at=1, previous_response_id=None, response=b'{"id":"resp_1"}', input_items=b"[]")
 
 
 @pytest.fixture(params=["memory", "sqlite"])

@@ -30,13 +30,30 @@ def codex_binary() -> str:
 
 
 def run_codex(server: Server, workdir: Path, home: Path, task: str, *, websockets: bool) -> list[dict]:
-    provider = (f'model_providers.local={{name="local",base_url="{server.url}",wire_api="responses",'
-                f'env_key="LOOPWAY_TEST_KEY",supports_websockets={str(websockets).lower()}}}')
-    command = [codex_binary(), "exec", "--skip-git-repo-check", "--ephemeral", "-s", "read-only", "-m", MODEL,
-               "-c", "model_provider=local", "-c", provider, "--json", task]
+    provider = (
+        f'model_providers.local={{name="local",base_url="{server.url}",wire_api="responses",'
+        f'env_key="LOOPWAY_TEST_KEY",supports_websockets={str(websockets).lower()}}}'
+    )
+    command = [
+        codex_binary(),
+        "exec",
+        "--skip-git-repo-check",
+        "--ephemeral",
+        "-s",
+        "read-only",
+        "-m",
+        MODEL,
+        "-c",
+        "model_provider=local",
+        "-c",
+        provider,
+        "--json",
+        task,
+    ]
     env = {**os.environ, "CODEX_HOME": str(home), "LOOPWAY_TEST_KEY": "sk-test"}
-    done = subprocess.run(command, cwd=workdir, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        command, cwd=workdir, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
@@ -48,17 +65,22 @@ def task_dir(tmp_path: Path) -> tuple[Path, Path, Path]:
     home.mkdir()
     (work / "answer.txt").write_text("The secret word is pelican.\n")
     trace = tmp_path / "trace.json"
-    trace.write_text(json.dumps({"turns": [{"output": [
-        {"type": "function_call", "name": "exec_command", "arguments": {"cmd": "cat answer.txt"}}]}]}))
+    trace.write_text(
+        json.dumps(
+            {
+                "turns": [
+                    {"output": [{"type": "function_call", "name": "exec_command", "arguments": {"cmd": "cat answer.txt"}}]}
+                ]
+            }
+        )
+    )
     return work, home, trace
 
 
 def assert_task_done(events: list[dict]) -> None:
-    commands = [e["item"] for e in events if e["type"] == "item.completed"
-                and e["item"]["type"] == "command_execution"]
+    commands = [e["item"] for e in events if e["type"] == "item.completed" and e["item"]["type"] == "command_execution"]
     assert commands and commands[0]["exit_code"] == 0 and "pelican" in commands[0]["aggregated_output"]
-    messages = [e["item"]["text"] for e in events if e["type"] == "item.completed"
-                and e["item"]["type"] == "agent_message"]
+    messages = [e["item"]["text"] for e in events if e["type"] == "item.completed" and e["item"]["type"] == "agent_message"]
     assert messages and "pelican" in messages[-1]  # the model saw the shell tool's real output
     assert events[-1]["type"] == "turn.completed" and events[-1]["usage"]["input_tokens"] > 0
 
@@ -66,14 +88,25 @@ def assert_task_done(events: list[dict]) -> None:
 @pytest.mark.parametrize("websocket", ["on", "off"])
 def test_codex_exec_finishes_a_shell_task(task_dir: tuple[Path, Path, Path], tmp_path: Path, websocket: str):
     work, home, trace = task_dir
-    server = Server(tmp_path, "--sim-models", MODEL, "--sim-trace", str(trace), "--store", "memory",
-                    "--websocket", websocket, "--log-level", "info")
+    server = Server(
+        tmp_path,
+        "--sim-models",
+        MODEL,
+        "--sim-trace",
+        str(trace),
+        "--store",
+        "memory",
+        "--websocket",
+        websocket,
+        "--log-level",
+        "info",
+    )
     try:
         assert_task_done(run_codex(server, work, home, "What does answer.txt say?", websockets=True))
         log = server.output()
         if websocket == "on":
             assert '"WebSocket /v1/responses" [accepted]' in log and "POST /v1/responses" not in log
         else:
-            assert "POST /v1/responses HTTP/1.1\" 200" in log
+            assert 'POST /v1/responses HTTP/1.1" 200' in log
     finally:
         server.stop()

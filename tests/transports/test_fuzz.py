@@ -25,25 +25,70 @@ from tests.openapi import validate, validate_event
 
 FAST = SimSettings(base_latency_ms=0, prefill_tokens_per_s=1e12, decode_tokens_per_s=1e9)
 VALID = {"model": MODEL, "input": "hi", "tools": [READ_FILE], "max_output_tokens": 16}
-FIELDS = ["model", "input", "instructions", "tools", "tool_choice", "text", "metadata", "temperature", "top_p",
-          "max_output_tokens", "previous_response_id", "include", "truncation", "store", "stream", "background",
-          "parallel_tool_calls", "reasoning", "context_management", "conversation", "stream_id", "generate"]
+FIELDS = [
+    "model",
+    "input",
+    "instructions",
+    "tools",
+    "tool_choice",
+    "text",
+    "metadata",
+    "temperature",
+    "top_p",
+    "max_output_tokens",
+    "previous_response_id",
+    "include",
+    "truncation",
+    "store",
+    "stream",
+    "background",
+    "parallel_tool_calls",
+    "reasoning",
+    "context_management",
+    "conversation",
+    "stream_id",
+    "generate",
+]
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=10)
-item_like = st.fixed_dictionaries({}, optional={
-    "type": st.sampled_from(["message", "function_call", "function_call_output", "reasoning", "item_reference",
-                             "compaction", "input_text", "bogus"]) | json_values,
-    "role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]) | json_values,
-    "content": json_values, "call_id": json_values, "output": json_values, "arguments": json_values,
-    "name": json_values, "id": json_values, "encrypted_content": json_values, "summary": json_values})
+    max_leaves=10,
+)
+item_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(
+            [
+                "message",
+                "function_call",
+                "function_call_output",
+                "reasoning",
+                "item_reference",
+                "compaction",
+                "input_text",
+                "bogus",
+            ]
+        )
+        | json_values,
+        "role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]) | json_values,
+        "content": json_values,
+        "call_id": json_values,
+        "output": json_values,
+        "arguments": json_values,
+        "name": json_values,
+        "id": json_values,
+        "encrypted_content": json_values,
+        "summary": json_values,
+    },
+)
 mutated = st.builds(lambda field, value: {**VALID, field: value}, st.sampled_from(FIELDS), json_values)
 with_items = st.builds(lambda items: {**VALID, "input": items}, st.lists(item_like, max_size=4))
-bodies = st.one_of(json_values, mutated, with_items,
-                   st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6))
+bodies = st.one_of(json_values, mutated, with_items, st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6))
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +115,14 @@ def test_http_bodies(app_client: TestClient, body: Any, path: str):
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
-@given(body=st.one_of(json_values, st.dictionaries(st.sampled_from(["model", "input", "previous_response_id",
-                                                                    "instructions"]), json_values, max_size=4)))
+@given(
+    body=st.one_of(
+        json_values,
+        st.dictionaries(
+            st.sampled_from(["model", "input", "previous_response_id", "instructions"]), json_values, max_size=4
+        ),
+    )
+)
 def test_compact_bodies(app_client: TestClient, body: Any):
     response = app_client.post("/v1/responses/compact", content=json.dumps(body))
     check_answer(response.status_code, response.json())
@@ -86,21 +137,34 @@ def test_http_raw_bytes(app_client: TestClient, raw: bytes):
 
 @pytest.fixture(scope="module")
 def ws_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    server = Server(tmp_path_factory.mktemp("fuzz-ws"), "--store", "memory", "--sim-decode-tps", "1000000000",
-                    "--sim-base-latency-ms", "0", "--sim-prefill-tps", "1000000000000")
+    server = Server(
+        tmp_path_factory.mktemp("fuzz-ws"),
+        "--store",
+        "memory",
+        "--sim-decode-tps",
+        "1000000000",
+        "--sim-base-latency-ms",
+        "0",
+        "--sim-prefill-tps",
+        "1000000000000",
+    )
     with connect(server.url.replace("http", "ws", 1) + "/responses", max_size=None) as ws:
         yield ws
     server.stop()
 
 
 frames = st.one_of(
-    st.builds(lambda body: json.dumps({"type": "response.create", **body}) if isinstance(body, dict)
-              else json.dumps(body), bodies),
-    st.builds(lambda t, body: json.dumps({"type": t, **body}),
-              st.sampled_from(["response.steer", "response.cancel", "response.inject", "", "x"]) | json_values.map(str),
-              st.dictionaries(st.text(max_size=8), json_values, max_size=3)),
+    st.builds(
+        lambda body: json.dumps({"type": "response.create", **body}) if isinstance(body, dict) else json.dumps(body), bodies
+    ),
+    st.builds(
+        lambda t, body: json.dumps({"type": t, **body}),
+        st.sampled_from(["response.steer", "response.cancel", "response.inject", "", "x"]) | json_values.map(str),
+        st.dictionaries(st.text(max_size=8), json_values, max_size=3),
+    ),
     st.text(max_size=40),
-    st.binary(max_size=40))
+    st.binary(max_size=40),
+)
 
 
 @settings(max_examples=4500, deadline=None, suppress_health_check=list(HealthCheck))

@@ -45,11 +45,19 @@ def test_streaming_text_event_order_and_sequence_numbers(server: Server):
     assert r.headers["content-type"].startswith("text/event-stream")
     events = sse_events(r.text)
     types = [e["type"] for e in events]
-    assert types[:4] == ["response.created", "response.in_progress", "response.output_item.added",
-                         "response.content_part.added"]
+    assert types[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
     assert set(types[4:-4]) == {"response.output_text.delta"}
-    assert types[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
-                          "response.completed"]
+    assert types[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == events[-4]["text"]
     for event in events:
@@ -99,16 +107,20 @@ def test_store_false_is_never_retrievable(client: OpenAI):
 
 def test_ten_turn_function_calling_loop_with_previous_response_id(client: OpenAI):
     targets = [f"src/mod_{i}.py" for i in range(10)]
-    response = client.responses.create(model=MODEL, tools=[READ_FILE], instructions="You are a coding agent.",
-                                       input="Read " + " then ".join(targets))
+    response = client.responses.create(
+        model=MODEL, tools=[READ_FILE], instructions="You are a coding agent.", input="Read " + " then ".join(targets)
+    )
     seen = []
     for turn in range(10):
         (call,) = [o for o in response.output if o.type == "function_call"]
         seen.append(json.loads(call.arguments)["path"])
-        response = client.responses.create(model=MODEL, tools=[READ_FILE], previous_response_id=response.id,
-                                           instructions="You are a coding agent.",
-                                           input=[{"type": "function_call_output", "call_id": call.call_id,
-                                                   "output": f"# contents of {seen[-1]}\n" * 20}])
+        response = client.responses.create(
+            model=MODEL,
+            tools=[READ_FILE],
+            previous_response_id=response.id,
+            instructions="You are a coding agent.",
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": f"# contents of {seen[-1]}\n" * 20}],
+        )
         if turn > 0:
             # Everything but the newest turn is an exact prefix the engine has seen before.
             assert response.usage.input_tokens_details.cached_tokens > 0
@@ -124,8 +136,10 @@ def test_stateless_loop_resending_history_with_store_false(client: OpenAI):
     for _ in range(3):
         response = client.responses.create(model=MODEL, tools=[READ_FILE], input=history, store=False)
         (call,) = response.output
-        history += [call.model_dump(exclude_none=True),
-                    {"type": "function_call_output", "call_id": call.call_id, "output": "x = 1\n" * 50}]
+        history += [
+            call.model_dump(exclude_none=True),
+            {"type": "function_call_output", "call_id": call.call_id, "output": "x = 1\n" * 50},
+        ]
         cached.append((response.usage.input_tokens, response.usage.input_tokens_details.cached_tokens))
     final = client.responses.create(model=MODEL, tools=[READ_FILE], input=history, store=False)
     assert final.output[0].type == "message"
@@ -152,11 +166,17 @@ def test_input_items_page_validates_against_the_schema(server: Server, client: O
 
 
 def test_structured_output(client: OpenAI):
-    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
-              "required": ["city", "population"], "additionalProperties": False}
-    response = client.responses.create(model=MODEL, input="Largest city in Peru?",
-                                       text={"format": {"type": "json_schema", "name": "city", "schema": schema,
-                                                        "strict": True}})
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+        "additionalProperties": False,
+    }
+    response = client.responses.create(
+        model=MODEL,
+        input="Largest city in Peru?",
+        text={"format": {"type": "json_schema", "name": "city", "schema": schema, "strict": True}},
+    )
     value = json.loads(response.output_text)
     assert set(value) == {"city", "population"} and isinstance(value["population"], int)
 
@@ -185,8 +205,9 @@ def test_background_completes_and_replays_its_events(client: OpenAI, server: Ser
     events = sse_events(raw(server, "GET", f"/responses/{response.id}", params={"stream": "true"}).text)
     assert [e["type"] for e in events[:3]] == ["response.created", "response.queued", "response.in_progress"]
     assert events[-1]["type"] == "response.completed"
-    later = sse_events(raw(server, "GET", f"/responses/{response.id}",
-                           params={"stream": "true", "starting_after": "5"}).text)
+    later = sse_events(
+        raw(server, "GET", f"/responses/{response.id}", params={"stream": "true", "starting_after": "5"}).text
+    )
     assert [e["sequence_number"] for e in later] == [e["sequence_number"] for e in events[6:]]
 
 
@@ -210,8 +231,9 @@ def test_input_tokens(client: OpenAI, server: Server):
     count = client.responses.input_tokens.count(model=MODEL, input="hello world", tools=[READ_FILE])
     bare = client.responses.input_tokens.count(model=MODEL, input="hello world")
     assert count.input_tokens > bare.input_tokens > 0
-    validate("TokenCountsResource", raw(server, "POST", "/responses/input_tokens",
-                                        json={"model": MODEL, "input": "x"}).json())
+    validate(
+        "TokenCountsResource", raw(server, "POST", "/responses/input_tokens", json={"model": MODEL, "input": "x"}).json()
+    )
 
 
 def test_models(client: OpenAI, server: Server):
@@ -225,9 +247,12 @@ def test_models(client: OpenAI, server: Server):
 def test_compact_and_continue_from_the_compacted_window(client: OpenAI, server: Server):
     first = client.responses.create(model=MODEL, input="Please read src/app.py", tools=[READ_FILE])
     call = first.output[0]
-    second = client.responses.create(model=MODEL, tools=[READ_FILE], previous_response_id=first.id,
-                                     input=[{"type": "function_call_output", "call_id": call.call_id,
-                                             "output": "line\n" * 2000}])
+    second = client.responses.create(
+        model=MODEL,
+        tools=[READ_FILE],
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "line\n" * 2000}],
+    )
     compacted = raw(server, "POST", "/responses/compact", json={"model": MODEL, "previous_response_id": second.id})
     assert compacted.status_code == 200
     body = compacted.json()
@@ -237,17 +262,25 @@ def test_compact_and_continue_from_the_compacted_window(client: OpenAI, server: 
     full = client.responses.input_tokens.count(model=MODEL, previous_response_id=second.id, input="and now?")
     assert follow.status == "completed" and follow.usage.input_tokens < full.input_tokens / 5
     tampered = dict(body["output"][-1], encrypted_content=body["output"][-1]["encrypted_content"][:-6] + "AAAAAA")
-    assert_error(raw(server, "POST", "/responses", json={"model": MODEL, "input": [tampered]}), 400,
-                 "invalid_encrypted_content")
+    assert_error(
+        raw(server, "POST", "/responses", json={"model": MODEL, "input": [tampered]}), 400, "invalid_encrypted_content"
+    )
 
 
 def test_context_management_compacts_during_a_response(client: OpenAI):
     first = client.responses.create(model=MODEL, input="Please read src/big.py", tools=[READ_FILE])
     call = first.output[0]
     management = {"context_management": [{"type": "compaction", "compact_threshold": 1000}]}
-    response = client.responses.create(model=MODEL, tools=[READ_FILE], previous_response_id=first.id, extra_body=management,
-                                       input=[{"type": "function_call_output", "call_id": call.call_id,
-                                               "output": "word " * 3000}, {"role": "user", "content": "summarize"}])
+    response = client.responses.create(
+        model=MODEL,
+        tools=[READ_FILE],
+        previous_response_id=first.id,
+        extra_body=management,
+        input=[
+            {"type": "function_call_output", "call_id": call.call_id, "output": "word " * 3000},
+            {"role": "user", "content": "summarize"},
+        ],
+    )
     assert response.output[0].type == "compaction" and response.output[-1].type == "message"
     # The new input stays verbatim; only what came before it is compacted.
     assert 3000 < response.usage.input_tokens < 3300
@@ -267,30 +300,54 @@ def test_truncation_disabled_refuses_context_overflow(tmp_path_factory):
     try:
         r = httpx.post(small.url + "/responses", json={"model": MODEL, "input": "word " * 1000})
         assert_error(r, 400, "context_length_exceeded", "input")
-        ok = httpx.post(small.url + "/responses", json={"model": MODEL, "truncation": "auto", "max_output_tokens": 16,
-                                                        "input": [{"role": "user", "content": "word " * 1000},
-                                                                  {"role": "user", "content": "short"}]})
+        ok = httpx.post(
+            small.url + "/responses",
+            json={
+                "model": MODEL,
+                "truncation": "auto",
+                "max_output_tokens": 16,
+                "input": [{"role": "user", "content": "word " * 1000}, {"role": "user", "content": "short"}],
+            },
+        )
         assert ok.status_code == 200 and ok.json()["usage"]["input_tokens"] <= 500
     finally:
         small.stop()
 
 
 def test_images_and_files_are_counted_as_tokens(client: OpenAI):
-    png = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
-           "YPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
+    png = (
+        "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
+        "YPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+    )
     base = client.responses.input_tokens.count(model=MODEL, input="what is this?")
-    with_image = client.responses.create(model=MODEL, input=[{"role": "user", "content": [
-        {"type": "input_text", "text": "what is this?"}, {"type": "input_image", "image_url": png, "detail": "low"},
-        {"type": "input_file", "filename": "a.txt", "file_data": "data:text/plain;base64,aGVsbG8gd29ybGQ="}]}])
+    with_image = client.responses.create(
+        model=MODEL,
+        input=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "what is this?"},
+                    {"type": "input_image", "image_url": png, "detail": "low"},
+                    {"type": "input_file", "filename": "a.txt", "file_data": "data:text/plain;base64,aGVsbG8gd29ybGQ="},
+                ],
+            }
+        ],
+    )
     assert with_image.usage.input_tokens >= base.input_tokens + 85
 
 
 def test_item_reference_resolves_against_the_previous_context(client: OpenAI):
     first = client.responses.create(model=MODEL, input="Please read src/app.py", tools=[READ_FILE])
     call = first.output[0]
-    follow = client.responses.create(model=MODEL, tools=[READ_FILE], previous_response_id=first.id, input=[
-        {"type": "item_reference", "id": call.id},
-        {"type": "function_call_output", "call_id": call.call_id, "output": "ok"}])
+    follow = client.responses.create(
+        model=MODEL,
+        tools=[READ_FILE],
+        previous_response_id=first.id,
+        input=[
+            {"type": "item_reference", "id": call.id},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "ok"},
+        ],
+    )
     assert follow.status == "completed"
 
 
@@ -298,14 +355,16 @@ def test_item_reference_resolves_against_the_previous_context(client: OpenAI):
 
 
 def test_malformed_json(server: Server):
-    assert_error(raw(server, "POST", "/responses", content=b"{nope", headers={"content-type": "application/json"}),
-                 400, "invalid_json")
+    assert_error(
+        raw(server, "POST", "/responses", content=b"{nope", headers={"content-type": "application/json"}),
+        400,
+        "invalid_json",
+    )
 
 
 def test_wrong_types(server: Server):
     assert_error(raw(server, "POST", "/responses", json={"model": MODEL, "input": 5}), 400, param="input")
-    assert_error(raw(server, "POST", "/responses", json={"model": MODEL, "input": "x", "tools": "all"}), 400,
-                 param="tools")
+    assert_error(raw(server, "POST", "/responses", json={"model": MODEL, "input": "x", "tools": "all"}), 400, param="tools")
     assert_error(raw(server, "POST", "/responses", json=[1, 2]), 400)
 
 
@@ -325,8 +384,12 @@ def test_unknown_previous_response_id(client: OpenAI):
 
 
 def test_unknown_response_id_is_404(server: Server):
-    for method, path in [("GET", "/responses/resp_missing"), ("DELETE", "/responses/resp_missing"),
-                         ("POST", "/responses/resp_missing/cancel"), ("GET", "/responses/resp_missing/input_items")]:
+    for method, path in [
+        ("GET", "/responses/resp_missing"),
+        ("DELETE", "/responses/resp_missing"),
+        ("POST", "/responses/resp_missing/cancel"),
+        ("GET", "/responses/resp_missing/input_items"),
+    ]:
         assert_error(raw(server, method, path), 404)
 
 
@@ -349,29 +412,50 @@ def test_unsupported_tool_types(client: OpenAI):
         client.responses.create(model=MODEL, input="x", tools=[{"type": "teleport"}])  # type: ignore[list-item]
     assert info.value.param == "tools[0].type"
     with pytest.raises(openai.BadRequestError) as info:
-        client.responses.create(model=MODEL, input="x", tools=[{"type": "web_search"}],
-                                tool_choice={"type": "web_search"})  # type: ignore[arg-type]
+        client.responses.create(model=MODEL, input="x", tools=[{"type": "web_search"}], tool_choice={"type": "web_search"})  # type: ignore[arg-type]
     assert info.value.code == "unsupported_tool_choice"
 
 
 def test_unknown_call_id_in_tool_output(client: OpenAI):
     with pytest.raises(openai.BadRequestError) as info:
-        client.responses.create(model=MODEL, input=[{"type": "function_call_output", "call_id": "call_x",
-                                                     "output": "?"}])
+        client.responses.create(model=MODEL, input=[{"type": "function_call_output", "call_id": "call_x", "output": "?"}])
     assert info.value.code == "tool_call_not_found"
 
 
 def test_codex_style_request_is_accepted(server: Server):
-    body = {"model": MODEL, "instructions": "You are Codex.", "stream": True, "store": False,
-            "include": ["reasoning.encrypted_content"], "reasoning": {"summary": "auto"}, "prompt_cache_key": "k",
-            "client_metadata": {"x": "y"},
-            "tools": [{"type": "function", "name": "shell", "parameters": {"type": "object", "properties": {
-                "command": {"type": "array", "items": {"type": "string"}}}, "required": ["command"]}, "strict": False},
-                      {"type": "web_search"}, {"type": "namespace", "name": "mcp", "description": "d",
-                                               "tools": [{"type": "function", "name": "lookup"}]}],
-            "input": [{"type": "message", "role": "developer", "id": "msg_a", "content": [{"type": "input_text",
-                                                                                           "text": "be careful"}]},
-                      {"role": "user", "content": [{"type": "input_text", "text": "run 'ls -la'"}]}]}
+    body = {
+        "model": MODEL,
+        "instructions": "You are Codex.",
+        "stream": True,
+        "store": False,
+        "include": ["reasoning.encrypted_content"],
+        "reasoning": {"summary": "auto"},
+        "prompt_cache_key": "k",
+        "client_metadata": {"x": "y"},
+        "tools": [
+            {
+                "type": "function",
+                "name": "shell",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"command": {"type": "array", "items": {"type": "string"}}},
+                    "required": ["command"],
+                },
+                "strict": False,
+            },
+            {"type": "web_search"},
+            {"type": "namespace", "name": "mcp", "description": "d", "tools": [{"type": "function", "name": "lookup"}]},
+        ],
+        "input": [
+            {
+                "type": "message",
+                "role": "developer",
+                "id": "msg_a",
+                "content": [{"type": "input_text", "text": "be careful"}],
+            },
+            {"role": "user", "content": [{"type": "input_text", "text": "run 'ls -la'"}]},
+        ],
+    }
     events = sse_events(raw(server, "POST", "/responses", json=body).text)
     assert events[-1]["type"] == "response.completed"
     assert events[-1]["response"]["output"][0]["name"] == "shell"

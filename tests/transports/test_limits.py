@@ -32,10 +32,15 @@ def test_requests_per_minute_per_tenant(tmp_path: Path):
         with pytest.raises(openai.RateLimitError) as info:
             alice.responses.create(model=MODEL, input="hi", store=False)
         assert info.value.code == "rate_limit_exceeded" and int(info.value.response.headers["retry-after"]) >= 1
-        assert OpenAI(base_url=server.url, api_key=BOB, max_retries=0).responses.create(
-            model=MODEL, input="hi", store=False).status == "completed"
-        with connect(server.url.replace("http", "ws", 1) + "/responses",
-                     additional_headers={"Authorization": f"Bearer {BOB}"}) as ws:
+        assert (
+            OpenAI(base_url=server.url, api_key=BOB, max_retries=0)
+            .responses.create(model=MODEL, input="hi", store=False)
+            .status
+            == "completed"
+        )
+        with connect(
+            server.url.replace("http", "ws", 1) + "/responses", additional_headers={"Authorization": f"Bearer {BOB}"}
+        ) as ws:
             for _ in range(2):
                 ws.send(json.dumps({"type": "response.create", "model": MODEL, "input": "x", "store": False}))
                 while json.loads(ws.recv(timeout=10))["type"] != "response.completed":
@@ -49,8 +54,7 @@ def test_requests_per_minute_per_tenant(tmp_path: Path):
 
 
 def test_websocket_connections_per_tenant(tmp_path: Path):
-    server = Server(tmp_path, "--api-keys", keys_file(tmp_path), "--max-connections-per-tenant", "1",
-                    "--store", "memory")
+    server = Server(tmp_path, "--api-keys", keys_file(tmp_path), "--max-connections-per-tenant", "1", "--store", "memory")
     url = server.url.replace("http", "ws", 1) + "/responses"
     try:
         with connect(url, additional_headers={"Authorization": f"Bearer {ALICE}"}):

@@ -37,8 +37,17 @@ def test_metrics_count_responses_stages_cache_and_connections(tmp_path: Path):
                 while (event := json.loads(ws.recv(timeout=10)))["type"] != "response.completed":
                     pass
                 previous = event["response"]["id"]
-            ws.send(json.dumps({"type": "response.create", "model": MODEL, "input": "x", "store": False,
-                                "previous_response_id": "resp_gone"}))
+            ws.send(
+                json.dumps(
+                    {
+                        "type": "response.create",
+                        "model": MODEL,
+                        "input": "x",
+                        "store": False,
+                        "previous_response_id": "resp_gone",
+                    }
+                )
+            )
             ws.recv(timeout=10)
             during = samples(server)
         after = samples(server)
@@ -59,10 +68,12 @@ def test_json_logs_carry_response_ids_and_never_the_key(tmp_path: Path):
     server = Server(tmp_path, "--store", "memory", "--log-format", "json", "--log-level", "info")
     secret = "sk-very-secret-key-123"
     try:
-        response = httpx.post(f"{server.url}/responses", json={"model": MODEL, "input": "hi"},
-                              headers={"Authorization": f"Bearer {secret}"}).json()
-        with connect(server.url.replace("http", "ws", 1) + "/responses",
-                     additional_headers={"Authorization": f"Bearer {secret}"}) as ws:
+        response = httpx.post(
+            f"{server.url}/responses", json={"model": MODEL, "input": "hi"}, headers={"Authorization": f"Bearer {secret}"}
+        ).json()
+        with connect(
+            server.url.replace("http", "ws", 1) + "/responses", additional_headers={"Authorization": f"Bearer {secret}"}
+        ) as ws:
             ws.send(json.dumps({"type": "response.create", "model": MODEL, "input": "hi", "store": False}))
             while json.loads(ws.recv(timeout=10))["type"] != "response.completed":
                 pass

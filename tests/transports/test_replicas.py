@@ -68,8 +68,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Ser
     port = free_port()
     conf = tmp / "nginx.conf"
     conf.write_text(NGINX_CONF.format(tmp=tmp, a=a.port, b=b.port, port=port))
-    nginx = subprocess.Popen([nginx_binary(), "-c", str(conf), "-p", str(tmp)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    nginx = subprocess.Popen(
+        [nginx_binary(), "-c", str(conf), "-p", str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}/v1"
     wait_healthy(url.removesuffix("/v1"))
     yield url, a, b
@@ -88,9 +89,12 @@ def test_chained_http_continuations_work_on_any_replica(cluster: tuple[str, Serv
         calls = [o for o in response.output if o.type == "function_call"]
         if not calls:
             break
-        response = client.responses.create(model=MODEL, tools=[READ_FILE], previous_response_id=response.id,
-                                           input=[{"type": "function_call_output", "call_id": calls[0].call_id,
-                                                   "output": "ok"}])
+        response = client.responses.create(
+            model=MODEL,
+            tools=[READ_FILE],
+            previous_response_id=response.id,
+            input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": "ok"}],
+        )
     assert response.output[0].type == "message" and "src/c.py" in response.output_text
     for replica in (a, b):  # both replicas see every stored response
         assert httpx.get(f"{replica.url}/responses/{response.id}").status_code == 200
@@ -102,8 +106,9 @@ def test_websocket_sessions_stay_on_their_replica(cluster: tuple[str, Server, Se
     with client.responses.connect() as conn:
         previous = None
         for turn in range(6):  # store=false: only the replica holding the connection cache can continue
-            conn.response.create(model=MODEL, input=f"turn {turn}", store=False,
-                                 **({"previous_response_id": previous} if previous else {}))
+            conn.response.create(
+                model=MODEL, input=f"turn {turn}", store=False, **({"previous_response_id": previous} if previous else {})
+            )
             event = next(e for e in conn if e.type in ("response.completed", "error"))
             assert event.type == "response.completed", event
             previous = event.response.id
@@ -144,8 +149,9 @@ def test_kill_9_of_loopway_and_redis_loses_no_acknowledged_response(tmp_path: Pa
     redis = RedisServer(tmp_path / "redis")
     server = Server(tmp_path, "--store", redis.url, "--sim-decode-tps", "100000")
     with httpx.Client(timeout=30) as http:
-        acknowledged = [http.post(f"{server.url}/responses", json={"model": MODEL, "input": f"n{i}"}).json()["id"]
-                        for i in range(10)]
+        acknowledged = [
+            http.post(f"{server.url}/responses", json={"model": MODEL, "input": f"n{i}"}).json()["id"] for i in range(10)
+        ]
     server.process.kill()
     redis.process.kill()  # both at once, no shutdown: only Redis's append-only file remains
     server.process.wait()

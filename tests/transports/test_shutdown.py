@@ -21,15 +21,15 @@ def test_sigterm_lets_in_flight_responses_finish_then_closes_with_1012(tmp_path:
 
     def stream_over_http() -> None:
         try:
-            r = httpx.post(f"{server.url}/responses", json={"model": MODEL, "input": "write a story", "stream": True},
-                           timeout=30)
+            r = httpx.post(
+                f"{server.url}/responses", json={"model": MODEL, "input": "write a story", "stream": True}, timeout=30
+            )
             sse["body"] = r.text
         except httpx.ConnectError:
             sse["refused"] = "yes"  # it came after the listener closed: refused, as a draining server should
 
     with connect(server.url.replace("http", "ws", 1) + "/responses") as ws:
-        ws.send(json.dumps({"type": "response.create", "model": MODEL, "input": "write a long story",
-                            "store": False}))
+        ws.send(json.dumps({"type": "response.create", "model": MODEL, "input": "write a long story", "store": False}))
         while json.loads(ws.recv(timeout=10))["type"] != "response.output_text.delta":
             pass
         http = threading.Thread(target=stream_over_http)

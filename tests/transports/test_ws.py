@@ -57,8 +57,13 @@ def test_thirty_turn_function_calling_loop_with_store_false_and_incremental_inpu
     targets = [f"pkg/file_{i:02d}.py" for i in range(30)]
     ids, read = [], []
     with client.responses.connect() as conn:
-        conn.response.create(model=MODEL, tools=[READ_FILE], store=False, instructions="Read every file.",
-                             input="Read these: " + " ".join(targets))
+        conn.response.create(
+            model=MODEL,
+            tools=[READ_FILE],
+            store=False,
+            instructions="Read every file.",
+            input="Read these: " + " ".join(targets),
+        )
         for turn in range(31):
             events = events_until_terminal(conn)
             final = events[-1]
@@ -74,10 +79,20 @@ def test_thirty_turn_function_calling_loop_with_store_false_and_incremental_inpu
             if not calls:
                 break
             read.append(json.loads(calls[0]["arguments"])["path"])
-            conn.response.create(model=MODEL, tools=[READ_FILE], store=False, instructions="Read every file.",
-                                 previous_response_id=response["id"],
-                                 input=[{"type": "function_call_output", "call_id": calls[0]["call_id"],
-                                         "output": f"# {read[-1]}\nprint('hello')\n"}])
+            conn.response.create(
+                model=MODEL,
+                tools=[READ_FILE],
+                store=False,
+                instructions="Read every file.",
+                previous_response_id=response["id"],
+                input=[
+                    {
+                        "type": "function_call_output",
+                        "call_id": calls[0]["call_id"],
+                        "output": f"# {read[-1]}\nprint('hello')\n",
+                    }
+                ],
+            )
     assert read == targets and len(ids) == 31
     assert "pkg/file_29.py" in response["output"][0]["content"][0]["text"]
     for response_id in ids[:3] + ids[-3:]:  # store=false: nothing was written anywhere
@@ -86,14 +101,20 @@ def test_thirty_turn_function_calling_loop_with_store_false_and_incremental_inpu
 
 def test_warm_up_then_chaining(client: OpenAI):
     with client.responses.connect() as conn:
-        conn.response.create(model=MODEL, generate=False, store=False, tools=[READ_FILE],
-                             input=[{"role": "developer", "content": "You are careful."}])
+        conn.response.create(
+            model=MODEL,
+            generate=False,
+            store=False,
+            tools=[READ_FILE],
+            input=[{"role": "developer", "content": "You are careful."}],
+        )
         events = events_until_terminal(conn)
         assert [e["type"] for e in events] == ["response.created", "response.completed"]
         warm = events[-1]["response"]
         assert warm["output"] == [] and warm["usage"]["output_tokens"] == 0
-        conn.response.create(model=MODEL, store=False, tools=[READ_FILE], previous_response_id=warm["id"],
-                             input="Please read src/app.py")
+        conn.response.create(
+            model=MODEL, store=False, tools=[READ_FILE], previous_response_id=warm["id"], input="Please read src/app.py"
+        )
         final = events_until_terminal(conn)[-1]
         assert final["type"] == "response.completed"
         assert final["response"]["output"][0]["name"] == "read_file"
@@ -122,8 +143,18 @@ def test_named_lanes_tag_every_event_and_run_concurrently(slow: Server):
 def test_same_lane_is_fifo(slow: Server):
     with connect(ws_url(slow)) as ws:
         for text in ("first", "second"):
-            ws.send(json.dumps({"type": "response.create", "model": MODEL, "input": f"say {text}", "store": False,
-                                "stream_id": "x", "max_output_tokens": 30}))
+            ws.send(
+                json.dumps(
+                    {
+                        "type": "response.create",
+                        "model": MODEL,
+                        "input": f"say {text}",
+                        "store": False,
+                        "stream_id": "x",
+                        "max_output_tokens": 30,
+                    }
+                )
+            )
         ids: list[str] = []
         while len(ids) < 2 or ids[-1] == "open":
             event = json.loads(ws.recv(timeout=30))
@@ -138,8 +169,18 @@ def test_same_lane_is_fifo(slow: Server):
 def test_more_than_sixteen_responses_are_queued_not_refused(slow: Server):
     with connect(ws_url(slow)) as ws:
         for lane in range(20):
-            ws.send(json.dumps({"type": "response.create", "model": MODEL, "input": "hi", "store": False,
-                                "stream_id": f"lane{lane}", "max_output_tokens": 40}))
+            ws.send(
+                json.dumps(
+                    {
+                        "type": "response.create",
+                        "model": MODEL,
+                        "input": "hi",
+                        "store": False,
+                        "stream_id": f"lane{lane}",
+                        "max_output_tokens": 40,
+                    }
+                )
+            )
         running, peak, finished = set(), 0, 0
         while finished < 20:
             event = json.loads(ws.recv(timeout=30))
@@ -155,15 +196,32 @@ def test_more_than_sixteen_responses_are_queued_not_refused(slow: Server):
 
 def test_fork_from_another_lane(client: OpenAI):
     with connect(ws_url_of(client)) as ws:
-        base = raw_turn(ws, {"input": "Please read src/app.py", "tools": [READ_FILE], "store": False,
-                             "stream_id": "main"})[-1]["response"]
+        base = raw_turn(ws, {"input": "Please read src/app.py", "tools": [READ_FILE], "store": False, "stream_id": "main"})[
+            -1
+        ]["response"]
         call = base["output"][0]
         output = {"type": "function_call_output", "call_id": call["call_id"], "output": "x = 1"}
-        fork = raw_turn(ws, {"input": [output], "tools": [READ_FILE], "store": False, "stream_id": "fork",
-                             "previous_response_id": base["id"]})
+        fork = raw_turn(
+            ws,
+            {
+                "input": [output],
+                "tools": [READ_FILE],
+                "store": False,
+                "stream_id": "fork",
+                "previous_response_id": base["id"],
+            },
+        )
         assert fork[-1]["type"] == "response.completed" and all(e["stream_id"] == "fork" for e in fork)
-        main = raw_turn(ws, {"input": [output], "tools": [READ_FILE], "store": False, "stream_id": "main",
-                             "previous_response_id": base["id"]})
+        main = raw_turn(
+            ws,
+            {
+                "input": [output],
+                "tools": [READ_FILE],
+                "store": False,
+                "stream_id": "main",
+                "previous_response_id": base["id"],
+            },
+        )
         assert main[-1]["type"] == "response.completed"
 
 
@@ -187,29 +245,44 @@ def test_invalid_stream_id(client: OpenAI):
 def test_stream_limit(client: OpenAI):
     with connect(ws_url_of(client)) as ws:
         for lane in range(32):
-            assert raw_turn(ws, {"input": "hi", "store": False, "stream_id": f"s{lane}",
-                                 "max_output_tokens": 16})[-1]["type"] == "response.incomplete"
+            assert (
+                raw_turn(ws, {"input": "hi", "store": False, "stream_id": f"s{lane}", "max_output_tokens": 16})[-1]["type"]
+                == "response.incomplete"
+            )
         error = error_of(raw_turn(ws, {"input": "hi", "stream_id": "one-too-many"}))
         assert error["error"]["code"] == "websocket_stream_limit_reached" and error["stream_id"] == "one-too-many"
-        assert raw_turn(ws, {"input": "hi", "store": False, "stream_id": "s3",
-                             "max_output_tokens": 16})[-1]["type"] == "response.incomplete"
+        assert (
+            raw_turn(ws, {"input": "hi", "store": False, "stream_id": "s3", "max_output_tokens": 16})[-1]["type"]
+            == "response.incomplete"
+        )
 
 
 def test_previous_response_not_found_with_store_false(client: OpenAI):
     with connect(ws_url_of(client)) as ws:
-        error = error_of(raw_turn(ws, {"input": "hi", "store": False, "previous_response_id": "resp_nope",
-                                       "stream_id": "l"}))
-        assert error == {"type": "error", "status": 400, "stream_id": "l", "error": {
-            "type": "invalid_request_error", "code": "previous_response_not_found", "param": "previous_response_id",
-            "message": "Previous response with id 'resp_nope' not found."}}
+        error = error_of(
+            raw_turn(ws, {"input": "hi", "store": False, "previous_response_id": "resp_nope", "stream_id": "l"})
+        )
+        assert error == {
+            "type": "error",
+            "status": 400,
+            "stream_id": "l",
+            "error": {
+                "type": "invalid_request_error",
+                "code": "previous_response_not_found",
+                "param": "previous_response_id",
+                "message": "Previous response with id 'resp_nope' not found.",
+            },
+        }
 
 
 def test_failed_same_lane_continuation_evicts_parent(client: OpenAI):
     with connect(ws_url_of(client)) as ws:
         parent = raw_turn(ws, {"input": "hi", "store": False})[-1]["response"]["id"]
         bad = {"type": "function_call_output", "call_id": "call_unknown", "output": "?"}
-        assert error_of(raw_turn(ws, {"input": [bad], "store": False, "previous_response_id": parent}))["error"][
-            "code"] == "tool_call_not_found"
+        assert (
+            error_of(raw_turn(ws, {"input": [bad], "store": False, "previous_response_id": parent}))["error"]["code"]
+            == "tool_call_not_found"
+        )
         again = error_of(raw_turn(ws, {"input": "hi", "store": False, "previous_response_id": parent}))
         assert again["error"]["code"] == "previous_response_not_found"
 
@@ -218,8 +291,12 @@ def test_failed_fork_keeps_parent(client: OpenAI):
     with connect(ws_url_of(client)) as ws:
         parent = raw_turn(ws, {"input": "hi", "store": False, "stream_id": "a"})[-1]["response"]["id"]
         bad = {"type": "function_call_output", "call_id": "call_unknown", "output": "?"}
-        assert error_of(raw_turn(ws, {"input": [bad], "store": False, "stream_id": "b",
-                                      "previous_response_id": parent}))["stream_id"] == "b"
+        assert (
+            error_of(raw_turn(ws, {"input": [bad], "store": False, "stream_id": "b", "previous_response_id": parent}))[
+                "stream_id"
+            ]
+            == "b"
+        )
         ok = raw_turn(ws, {"input": "go on", "store": False, "stream_id": "a", "previous_response_id": parent})
         assert ok[-1]["type"] == "response.completed"
 
@@ -229,8 +306,10 @@ def test_new_connection_after_close(client: OpenAI):
         volatile = raw_turn(ws, {"input": "hi", "store": False})[-1]["response"]["id"]
         stored = raw_turn(ws, {"input": "hello", "store": True})[-1]["response"]["id"]
     with connect(ws_url_of(client)) as ws:
-        assert error_of(raw_turn(ws, {"input": "x", "store": False, "previous_response_id": volatile}))["error"][
-            "code"] == "previous_response_not_found"
+        assert (
+            error_of(raw_turn(ws, {"input": "x", "store": False, "previous_response_id": volatile}))["error"]["code"]
+            == "previous_response_not_found"
+        )
         resumed = raw_turn(ws, {"input": "continue", "store": True, "previous_response_id": stored})[-1]
         assert resumed["type"] == "response.completed"
         assert resumed["response"]["usage"]["input_tokens"] > 20  # the stored context came back
@@ -244,16 +323,18 @@ def test_stored_response_is_readable_over_http_right_after_completed(client: Ope
             assert fetched.status_code == 200 and fetched.json()["status"] == "completed"
 
 
-@pytest.mark.parametrize("frame,code", [
-    ("{not json", "invalid_json"),
-    ("[1, 2]", "invalid_event"),
-    ('{"type": "response.cancel"}', "unknown_event_type"),
-    ('{"type": "response.create", "model": "loopway-sim", "input": "x", "background": true}',
-     "unsupported_parameter"),
-    ('{"type": "response.create", "model": "loopway-sim", "input": 7}', "invalid_type"),
-    ('{"type": "response.create", "input": "x"}', "missing_required_parameter"),
-    ('{"type": "response.create", "model": "nope", "input": "x"}', "model_not_found"),
-])
+@pytest.mark.parametrize(
+    "frame,code",
+    [
+        ("{not json", "invalid_json"),
+        ("[1, 2]", "invalid_event"),
+        ('{"type": "response.cancel"}', "unknown_event_type"),
+        ('{"type": "response.create", "model": "loopway-sim", "input": "x", "background": true}', "unsupported_parameter"),
+        ('{"type": "response.create", "model": "loopway-sim", "input": 7}', "invalid_type"),
+        ('{"type": "response.create", "input": "x"}', "missing_required_parameter"),
+        ('{"type": "response.create", "model": "nope", "input": "x"}', "model_not_found"),
+    ],
+)
 def test_bad_frames_get_an_error_and_the_connection_stays_usable(client: OpenAI, frame: str, code: str):
     with connect(ws_url_of(client)) as ws:
         ws.send(frame)
@@ -298,8 +379,12 @@ def test_connection_age_limit(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_handshake_accepts_codex_headers_and_compression(client: OpenAI):
-    headers = {"Authorization": "Bearer sk-test", "OpenAI-Beta": "responses_websockets=2026-02-06",
-               "originator": "codex_exec", "x-codex-turn-metadata": '{"request_kind":"prewarm"}'}
+    headers = {
+        "Authorization": "Bearer sk-test",
+        "OpenAI-Beta": "responses_websockets=2026-02-06",
+        "originator": "codex_exec",
+        "x-codex-turn-metadata": '{"request_kind":"prewarm"}',
+    }
     with connect(ws_url_of(client), additional_headers=headers, compression="deflate") as ws:
         assert raw_turn(ws, {"input": "hi", "store": False, "stream": True})[-1]["type"] == "response.completed"
 
@@ -318,8 +403,7 @@ def test_steering_a_text_answer_starts_a_successor_when_the_item_ends(slow: Serv
         while json.loads(conn.recv_bytes())["type"] != "response.output_text.delta":
             pass
         conn.response.steer(previous_response_id=target, input="Actually, make it about src/cat.py instead.")
-        seen = read_until(conn, lambda e, seen: e["type"] == "response.completed"
-                          and e["response"]["id"] != target)
+        seen = read_until(conn, lambda e, seen: e["type"] == "response.completed" and e["response"]["id"] != target)
     accepted = next(e for e in seen if e["type"] == "response.steer.accepted")
     assert accepted["steer"]["previous_response_id"] == target and accepted["steer"]["id"].startswith("steer_")
     first = next(e for e in seen if e["type"] == "response.completed")  # one item: it finishes normally
@@ -354,11 +438,16 @@ def test_steering_parallel_calls_ends_steered_and_waits_for_tool_output(slow: Se
         calls = [o for o in ended["response"]["output"] if o["type"] == "function_call"]
         assert 1 <= len(calls) < 8 and all(c["status"] == "completed" for c in calls)
         pending = seen[-1]
-        assert pending["required_input"] == [{"type": "function_call_output", "call_id": c["call_id"],
-                                              "name": "read_file"} for c in calls]
-        conn.response.create(model=MODEL, tools=[READ_FILE], store=False, previous_response_id=target,
-                             input=[{"type": "function_call_output", "call_id": c["call_id"], "output": "ok"}
-                                    for c in calls])
+        assert pending["required_input"] == [
+            {"type": "function_call_output", "call_id": c["call_id"], "name": "read_file"} for c in calls
+        ]
+        conn.response.create(
+            model=MODEL,
+            tools=[READ_FILE],
+            store=False,
+            previous_response_id=target,
+            input=[{"type": "function_call_output", "call_id": c["call_id"], "output": "ok"} for c in calls],
+        )
         final = events_until_terminal(conn)[-1]
     assert final["type"] == "response.completed"
     assert json.loads(final["response"]["output"][0]["arguments"]) == {"path": "src/cat.py"}
@@ -378,12 +467,15 @@ def test_steering_failures(client: OpenAI):
         assert failed["steer"]["input"] == "too late"
 
 
-@pytest.mark.parametrize("headers", [
-    b"Upgrade: websocket\r\nConnection: Upgrade\r\n",
-    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n",
-    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 99\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\n",
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n",
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 99\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    ],
+)
 def test_malformed_upgrades_get_an_http_error_and_the_server_lives_on(server: Server, headers: bytes):
     import socket
 

@@ -18,8 +18,12 @@ from tests.conftest import MODEL, READ_FILE
 
 @pytest.fixture(scope="module")
 def inproc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
-    settings = Settings(port=0, store="memory", data_dir=str(tmp_path_factory.mktemp("inproc")),
-                        sim=SimSettings(decode_tokens_per_s=500, base_latency_ms=1))
+    settings = Settings(
+        port=0,
+        store="memory",
+        data_dir=str(tmp_path_factory.mktemp("inproc")),
+        sim=SimSettings(decode_tokens_per_s=500, base_latency_ms=1),
+    )
     with InProcessServer(settings) as server:
         yield server
 
@@ -71,8 +75,17 @@ def test_a_thousand_aborted_connections_leak_no_tasks_or_memory(inproc: InProces
 def test_each_turn_records_its_stage_times(inproc: InProcessServer):
     url = inproc.url.replace("http://", "ws://") + "/responses"
     with connect(url) as ws:
-        ws.send(json.dumps({"type": "response.create", "model": MODEL, "input": "Please read src/app.py",
-                            "tools": [READ_FILE], "store": False}))
+        ws.send(
+            json.dumps(
+                {
+                    "type": "response.create",
+                    "model": MODEL,
+                    "input": "Please read src/app.py",
+                    "tools": [READ_FILE],
+                    "store": False,
+                }
+            )
+        )
         while (event := json.loads(ws.recv(timeout=10)))["type"] != "response.completed":
             pass
         times = inproc.service.pipeline.stage_log.get(event["response"]["id"])

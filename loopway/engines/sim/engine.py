@@ -39,15 +39,16 @@ def token_pieces(ids: list[int]) -> list[str]:
 class SimEngine:
     def __init__(self, settings: SimSettings | None = None) -> None:
         self.settings = settings = settings or SimSettings()
-        self.cost = CostModel(settings.base_latency_ms / 1000, settings.prefill_tokens_per_s,
-                              settings.decode_tokens_per_s)
+        self.cost = CostModel(settings.base_latency_ms / 1000, settings.prefill_tokens_per_s, settings.decode_tokens_per_s)
         self.cache = PrefixCache()
         fallback = DefaultPolicy(settings.seed)
         self.policy = TracePolicy(load_trace(settings.trace), fallback) if settings.trace else fallback
 
     def models(self) -> list[ModelInfo]:
-        return [ModelInfo(id=name, context_window=self.settings.context_window, created=1_767_225_600)
-                for name in self.settings.models]
+        return [
+            ModelInfo(id=name, context_window=self.settings.context_window, created=1_767_225_600)
+            for name in self.settings.models
+        ]
 
     async def aclose(self) -> None:
         return None
@@ -84,9 +85,12 @@ class SimEngine:
                 i += step
                 produced += step
                 if is_call:
-                    yield ToolCallDelta(index=index, arguments=text,
-                                        call_id=planned.call_id if first else None,
-                                        name=planned.name if first else None)
+                    yield ToolCallDelta(
+                        index=index,
+                        arguments=text,
+                        call_id=planned.call_id if first else None,
+                        name=planned.name if first else None,
+                    )
                 elif text:
                     yield TextDelta(text)
                 first = False

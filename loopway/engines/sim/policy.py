@@ -46,10 +46,50 @@ _VERBS = {
     "list": ("list", "ls", "directory", "folder", "files in"),
     "weather": ("weather", "temperature", "forecast"),
 }
-_TARGET_SLOTS = ("path", "file", "filename", "file_path", "filepath", "target", "location", "city", "query",
-                 "pattern", "command", "cmd", "name", "url", "q", "input", "text")
-_WORDS = ("the", "change", "keeps", "behaviour", "stable", "and", "the", "tests", "cover", "it", "so", "next",
-          "step", "is", "small", "clear", "code", "path", "reads", "well", "result", "looks", "right")
+_TARGET_SLOTS = (
+    "path",
+    "file",
+    "filename",
+    "file_path",
+    "filepath",
+    "target",
+    "location",
+    "city",
+    "query",
+    "pattern",
+    "command",
+    "cmd",
+    "name",
+    "url",
+    "q",
+    "input",
+    "text",
+)
+_WORDS = (
+    "the",
+    "change",
+    "keeps",
+    "behaviour",
+    "stable",
+    "and",
+    "the",
+    "tests",
+    "cover",
+    "it",
+    "so",
+    "next",
+    "step",
+    "is",
+    "small",
+    "clear",
+    "code",
+    "path",
+    "reads",
+    "well",
+    "result",
+    "looks",
+    "right",
+)
 
 
 def stable_seed(*parts: object) -> int:
@@ -104,8 +144,33 @@ def best_tool(tools: Sequence[FunctionTool], message: str, target: str) -> Funct
     return max(tools, key=lambda t: (_tool_score(t, message, target), -tools.index(t)))
 
 
-_GENERIC = frozenset({"get", "set", "run", "do", "make", "call", "fetch", "tool", "the", "a", "an", "for", "to",
-                      "of", "and", "or", "in", "on", "with", "current", "data", "info", "function"})
+_GENERIC = frozenset(
+    {
+        "get",
+        "set",
+        "run",
+        "do",
+        "make",
+        "call",
+        "fetch",
+        "tool",
+        "the",
+        "a",
+        "an",
+        "for",
+        "to",
+        "of",
+        "and",
+        "or",
+        "in",
+        "on",
+        "with",
+        "current",
+        "data",
+        "info",
+        "function",
+    }
+)
 _SUBJECT = re.compile(r"\b(?:in|for|about|at|of|on)\s+((?:[A-Z][\w.-]*)(?:\s+[A-Z][\w.-]*)*)")
 
 
@@ -165,8 +230,7 @@ class DefaultPolicy:
         names = request.tool_choice.names
         return [t for t in request.tools.functions if names is None or t.name in names]
 
-    def _calls(self, request: EngineRequest, tools: list[FunctionTool], since_user: Sequence[Item],
-               message: str) -> Plan:
+    def _calls(self, request: EngineRequest, tools: list[FunctionTool], since_user: Sequence[Item], message: str) -> Plan:
         acted = " ".join(i.arguments for i in since_user if isinstance(i, FunctionCall))
         pending = [t for t in targets_of(message) if t not in acted]
         required = request.tool_choice.mode == "required"

@@ -25,8 +25,13 @@ from loopway.protocol.items import (
     text_of,
 )
 
-_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
-           "content_filter": "content_filter"}
+_FINISH = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
 
 
 def _content(content: Any) -> str | list[dict[str, Any]]:
@@ -89,16 +94,30 @@ def body_of(request: EngineRequest, upstream_model: str) -> dict[str, Any]:
     names = request.tool_choice.names
     functions = [t for t in request.tools.functions if names is None or t.name in names]
     if functions and request.tool_choice.mode != "none":
-        body["tools"] = [{"type": "function", "function": {k: v for k, v in {
-            "name": t.name, "description": t.description, "parameters": t.parameters or {"type": "object",
-                                                                                        "properties": {}},
-            "strict": t.strict}.items() if v is not None}} for t in functions]
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    k: v
+                    for k, v in {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": t.parameters or {"type": "object", "properties": {}},
+                        "strict": t.strict,
+                    }.items()
+                    if v is not None
+                },
+            }
+            for t in functions
+        ]
         body["tool_choice"] = _tool_choice(request)
         body["parallel_tool_calls"] = request.parallel_tool_calls
     if request.json_schema is not None:
         schema = request.json_schema
-        body["response_format"] = {"type": "json_schema", "json_schema": {
-            "name": schema.name, "schema": schema.schema, "strict": bool(schema.strict)}}
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": schema.name, "schema": schema.schema, "strict": bool(schema.strict)},
+        }
     if request.max_output_tokens is not None:
         body["max_tokens"] = request.max_output_tokens
     return body
@@ -128,8 +147,14 @@ class ChunkDecoder:
                 function = call.get("function") or {}
                 arguments = function.get("arguments") or ""
                 self.output_chars += len(arguments)
-                deltas.append(ToolCallDelta(index=int(call.get("index", 0)), arguments=arguments,
-                                            call_id=call.get("id"), name=function.get("name")))
+                deltas.append(
+                    ToolCallDelta(
+                        index=int(call.get("index", 0)),
+                        arguments=arguments,
+                        call_id=call.get("id"),
+                        name=function.get("name"),
+                    )
+                )
             if choice.get("finish_reason"):
                 self.reason = _FINISH.get(choice["finish_reason"], "stop")
                 self.finished = True
@@ -147,5 +172,3 @@ class ChunkDecoder:
             output_tokens=int(usage["completion_tokens"]) if "completion_tokens" in usage else count_output(),
             reasoning_tokens=int(output_details.get("reasoning_tokens") or 0),
         )
-
-

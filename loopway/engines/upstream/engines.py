@@ -44,12 +44,13 @@ def parse_model_map(spec: str) -> dict[str, str]:
 class _UpstreamEngine:
     def __init__(self, settings: UpstreamSettings) -> None:
         self.settings = settings
-        self.upstream = Upstream(settings.url, settings.api_key, timeout_s=settings.timeout_s,
-                                 retries=settings.retries)
+        self.upstream = Upstream(settings.url, settings.api_key, timeout_s=settings.timeout_s, retries=settings.retries)
 
     def models(self) -> list[ModelInfo]:
-        return [ModelInfo(id=name, context_window=self.settings.context_window, owned_by="upstream")
-                for name in self.settings.models]
+        return [
+            ModelInfo(id=name, context_window=self.settings.context_window, owned_by="upstream")
+            for name in self.settings.models
+        ]
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
@@ -116,8 +117,9 @@ class ResponsesEngine(_UpstreamEngine):
             elif kind == "response.output_item.added" and event.get("item", {}).get("type") == "function_call":
                 calls = True
                 item = event["item"]
-                yield ToolCallDelta(index=event["output_index"], arguments="", call_id=item.get("call_id"),
-                                    name=item.get("name"))
+                yield ToolCallDelta(
+                    index=event["output_index"], arguments="", call_id=item.get("call_id"), name=item.get("name")
+                )
             elif kind == "response.function_call_arguments.delta":
                 yield ToolCallDelta(index=event["output_index"], arguments=event.get("delta", ""))
             elif kind in ("response.completed", "response.incomplete"):
@@ -130,8 +132,9 @@ class ResponsesEngine(_UpstreamEngine):
         raise EngineError("The upstream stream ended without a terminal event.")
 
 
-def responses_body(request: EngineRequest, upstream_model: str, *, since: int = 0, previous: str | None = None,
-                   store: bool = False) -> dict[str, Any]:
+def responses_body(
+    request: EngineRequest, upstream_model: str, *, since: int = 0, previous: str | None = None, store: bool = False
+) -> dict[str, Any]:
     items = []
     for item in list(request.items)[since:]:
         raw = dict(to_builtins(item))
@@ -139,10 +142,15 @@ def responses_body(request: EngineRequest, upstream_model: str, *, since: int = 
         if raw.get("type") in ("function_call", "function_call_output", "message"):
             raw.pop("status", None)
         items.append(raw)
-    body: dict[str, Any] = {"model": upstream_model, "input": items, "store": store or previous is not None,
-                            "stream": True,
-                            "temperature": request.temperature, "top_p": request.top_p,
-                            "parallel_tool_calls": request.parallel_tool_calls}
+    body: dict[str, Any] = {
+        "model": upstream_model,
+        "input": items,
+        "store": store or previous is not None,
+        "stream": True,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "parallel_tool_calls": request.parallel_tool_calls,
+    }
     if previous is not None:
         body["previous_response_id"] = previous
     if request.instructions:
@@ -152,8 +160,9 @@ def responses_body(request: EngineRequest, upstream_model: str, *, since: int = 
         body["tool_choice"] = request.tool_choice.echo
     if request.json_schema is not None:
         schema = request.json_schema
-        body["text"] = {"format": {"type": "json_schema", "name": schema.name, "schema": schema.schema,
-                                   "strict": bool(schema.strict)}}
+        body["text"] = {
+            "format": {"type": "json_schema", "name": schema.name, "schema": schema.schema, "strict": bool(schema.strict)}
+        }
     if request.max_output_tokens is not None:
         body["max_output_tokens"] = request.max_output_tokens
     return body
@@ -165,8 +174,10 @@ def finish_of(response: dict[str, Any], calls: bool) -> Finish:
     if response.get("status") == "incomplete":
         why = (response.get("incomplete_details") or {}).get("reason")
         reason = "content_filter" if why == "content_filter" else "length"
-    return Finish(reason=reason,  # type: ignore[arg-type]
-                  input_tokens=int(usage.get("input_tokens", 0)),
-                  cached_tokens=int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0),
-                  output_tokens=int(usage.get("output_tokens", 0)),
-                  reasoning_tokens=int((usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0))
+    return Finish(
+        reason=reason,  # type: ignore[arg-type]
+        input_tokens=int(usage.get("input_tokens", 0)),
+        cached_tokens=int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0),
+        output_tokens=int(usage.get("output_tokens", 0)),
+        reasoning_tokens=int((usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0),
+    )

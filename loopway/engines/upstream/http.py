@@ -22,15 +22,24 @@ from loopway.protocol.errors import ApiError
 
 
 class Upstream:
-    def __init__(self, base_url: str, api_key: str | None = None, *, timeout_s: float = 600.0, retries: int = 2,
-                 max_connections: int = 256) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout_s: float = 600.0,
+        retries: int = 2,
+        max_connections: int = 256,
+    ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
         self.retries = retries
         self.client = httpx.AsyncClient(
-            base_url=self.base_url, headers=headers,
+            base_url=self.base_url,
+            headers=headers,
             timeout=httpx.Timeout(timeout_s, connect=10.0, pool=30.0),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
 
     async def open(self, path: str, body: dict[str, Any]) -> httpx.Response:
         """POST and return the streaming response once its status is known to be good."""
@@ -45,8 +54,9 @@ class Upstream:
                 # Nothing was generated yet: a refused connection, or a pooled one the upstream had
                 # closed (llama-cpp-python drops it after a broken stream), is safe to retry.
                 if attempt == self.retries:
-                    raise EngineError(f"The upstream at {self.base_url} is unreachable: "
-                                      f"{type(exc).__name__} {exc}") from None
+                    raise EngineError(
+                        f"The upstream at {self.base_url} is unreachable: {type(exc).__name__} {exc}"
+                    ) from None
                 await asyncio.sleep(0.05 * 2**attempt)
                 continue
             if response.status_code >= 400:
@@ -95,7 +105,10 @@ def upstream_error(response: httpx.Response) -> Exception:
     if status in (401, 403) or status >= 500:
         return EngineError(f"The upstream answered {status}: {message}")
     code = error.get("code")
-    return ApiError(status, f"The upstream refused the request: {message}",
-                    type=str(error.get("type") or "invalid_request_error"),
-                    code=str(code) if code is not None else "upstream_error",
-                    param=error.get("param") if isinstance(error.get("param"), str) else None)
+    return ApiError(
+        status,
+        f"The upstream refused the request: {message}",
+        type=str(error.get("type") or "invalid_request_error"),
+        code=str(code) if code is not None else "upstream_error",
+        param=error.get("param") if isinstance(error.get("param"), str) else None,
+    )
