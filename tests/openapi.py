@@ -1,7 +1,12 @@
-"""Validate what loopway emits against OpenAI's official schema (shared/spec/openai-openapi.yaml)."""
+"""Validate what loopway emits against OpenAI's official schema.
+
+The schema is a trimmed copy kept in the repository (``tests/data/openapi/``), so a plain clone
+tests itself; ``LOOPWAY_OPENAPI`` may point at another copy (YAML or JSON), such as the full file.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -13,17 +18,22 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
+TRIMMED = ROOT / "tests" / "data" / "openapi" / "openai-openapi.json"
+
+
 def spec_path() -> Path:
-    candidates = [os.environ.get("LOOPWAY_OPENAPI", ""), ROOT.parent / "shared" / "spec" / "openai-openapi.yaml"]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    raise FileNotFoundError("openai-openapi.yaml not found: set LOOPWAY_OPENAPI or keep shared/ beside the repo")
+    override = os.environ.get("LOOPWAY_OPENAPI")
+    if override and not Path(override).is_file():
+        raise FileNotFoundError(f"LOOPWAY_OPENAPI names {override}, which is not a file")
+    return Path(override) if override else TRIMMED
 
 
 @lru_cache(maxsize=1)
 def components() -> dict[str, Any]:
-    with spec_path().open() as f:
+    path = spec_path()
+    with path.open() as f:
+        if path.suffix == ".json":
+            return json.load(f)["components"]
         return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["components"]
 
 
