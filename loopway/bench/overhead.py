@@ -23,10 +23,10 @@ import httpx
 from websockets.sync.client import connect
 
 from loopway.bench.server import InProcessServer
-from loopway.core.render import Renderer
 from loopway.engines.sim import SimSettings
 from loopway.protocol.items import FunctionCall, FunctionCallOutput, Message
 from loopway.settings import Settings
+from loopway.tokens.render import Renderer
 
 MODEL = "loopway-sim"
 LENGTHS = (1_000, 10_000, 50_000, 100_000, 200_000)

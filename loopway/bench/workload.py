@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from loopway.core.render import encoding
+from loopway.tokens.render import encoding
 
 SHIPPED = {"coding-20": (20, 20), "coding-40": (40, 40), "coding-80": (80, 80)}  # name: (tool calls, seed)
 MODEL = "loopway-sim"

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 import msgspec
 
-from loopway.core.render import Renderer
-from loopway.core.tokens import AppendOnly, TokenSequence
 from loopway.protocol.items import FunctionCall, Item
 from loopway.protocol.tools import ToolSet
+from loopway.tokens.render import Renderer
+from loopway.tokens.sequence import AppendOnly, TokenSequence
 
 
 def header_key(instructions: str | None, tools: ToolSet) -> bytes:

@@ -18,10 +18,10 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
-from loopway.core.tokens import TokenSequence
 from loopway.protocol.items import Item
 from loopway.protocol.request import JsonSchemaFormat
 from loopway.protocol.tools import ToolChoice, ToolSet
+from loopway.tokens.sequence import TokenSequence
 
 
 class EngineRequest(msgspec.Struct, kw_only=True):

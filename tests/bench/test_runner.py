@@ -13,9 +13,9 @@ from loopway.bench import workload
 from loopway.bench.link import LinkProfile
 from loopway.bench.runner import TurnRecord, floor_of, tool_floor
 from loopway.core.conversation import Conversation
-from loopway.core.render import Renderer
 from loopway.protocol.items import FunctionCallOutput, Message
 from loopway.protocol.tools import parse_tools
+from loopway.tokens.render import Renderer
 
 
 def record(turn: int, engine: float | None, new_in: int, out: int, model: float = 9.9) -> TurnRecord:

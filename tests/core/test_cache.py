@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from loopway.core.cache import CachedResponse, ConnectionCache
 from loopway.core.conversation import Conversation
-from loopway.core.render import Renderer
 from loopway.protocol.response import Response
 from loopway.protocol.tools import EMPTY_TOOLS
+from loopway.tokens.render import Renderer
 
 CONVERSATION = Conversation.start(Renderer(), None, EMPTY_TOOLS)
 

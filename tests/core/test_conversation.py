@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from loopway.core.conversation import Conversation
-from loopway.core.render import Renderer
 from loopway.protocol.items import FunctionCall, FunctionCallOutput, InputText, Message
 from loopway.protocol.tools import EMPTY_TOOLS, parse_tools
+from loopway.tokens.render import Renderer
 
 R = Renderer()
 HISTORY = [

@@ -11,7 +11,6 @@ import jsonschema
 import pytest
 
 from loopway.core.conversation import Conversation
-from loopway.core.render import Renderer
 from loopway.engines.base import EngineRequest, Finish, TextDelta, ToolCallDelta
 from loopway.engines.sim import SimEngine, SimSettings
 from loopway.engines.sim.cost import CostModel
@@ -20,6 +19,7 @@ from loopway.engines.sim.trace import TraceError, load_trace
 from loopway.protocol.items import FunctionCall, FunctionCallOutput, Message
 from loopway.protocol.request import JsonSchemaFormat
 from loopway.protocol.tools import EMPTY_TOOLS, ToolChoice, parse_tool_choice, parse_tools
+from loopway.tokens.render import Renderer
 
 R = Renderer()
 TOOLS = parse_tools(

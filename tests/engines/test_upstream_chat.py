@@ -9,7 +9,6 @@ import msgspec
 
 from loopway.core.assembler import EventAssembler
 from loopway.core.conversation import Conversation
-from loopway.core.render import Renderer
 from loopway.engines.base import EngineRequest, Finish, TextDelta, ToolCallDelta
 from loopway.engines.upstream.chat import ChunkDecoder, body_of, messages_of
 from loopway.protocol.events import encode_event
@@ -17,6 +16,7 @@ from loopway.protocol.items import FunctionCall, FunctionCallOutput, InputImage,
 from loopway.protocol.request import JsonSchemaFormat
 from loopway.protocol.response import Response
 from loopway.protocol.tools import ToolChoice, parse_tool_choice, parse_tools
+from loopway.tokens.render import Renderer
 from tests.openapi import validate_event
 
 FIXTURES = Path(__file__).parent / "fixtures"

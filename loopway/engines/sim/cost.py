@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 import msgspec
 
-from loopway.core.tokens import BLOCK_SIZE, AppendOnly
+from loopway.tokens.sequence import BLOCK_SIZE, AppendOnly
 
 
 class CostModel(msgspec.Struct, frozen=True):

@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
-from loopway.core.render import encoding
-from loopway.core.tokens import BLOCK_SIZE
 from loopway.engines.base import Delta, EngineRequest, Finish, ModelInfo, TextDelta, ToolCallDelta
 from loopway.engines.sim.cost import CostModel, PrefixCache
 from loopway.engines.sim.policy import DefaultPolicy, PlannedCall
 from loopway.engines.sim.trace import TracePolicy, load_trace
+from loopway.tokens.render import encoding
+from loopway.tokens.sequence import BLOCK_SIZE
 
 
 class SimSettings(msgspec.Struct, kw_only=True):

@@ -14,12 +14,12 @@ from typing import Any
 import httpx
 import msgspec
 
-from loopway.core.render import encoding
 from loopway.engines.base import Delta, EngineError, EngineRequest, Finish, ModelInfo, TextDelta, ToolCallDelta
 from loopway.engines.upstream.chat import ChunkDecoder, body_of
 from loopway.engines.upstream.http import Upstream
 from loopway.protocol.errors import ApiError
 from loopway.protocol.items import to_builtins
+from loopway.tokens.render import encoding
 
 
 class UpstreamSettings(msgspec.Struct, kw_only=True):

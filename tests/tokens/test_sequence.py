@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loopway.core.tokens import BLOCK_SIZE, AppendOnly, TokenSequence
+from loopway.tokens.sequence import BLOCK_SIZE, AppendOnly, TokenSequence
 
 
 def test_continuation_extends_in_place():
