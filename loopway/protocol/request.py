@@ -9,6 +9,7 @@ clients send extras (``client_metadata``, ``prompt_cache_key``, ...).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
@@ -245,17 +246,32 @@ def _split_compaction_trigger(raw: Any) -> tuple[Any, bool]:
     return raw, False
 
 
-STREAM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
+STREAM_ID = re.compile(r"[A-Za-z0-9_.-]{1,256}")  # used with fullmatch: no trailing newline slips through
+_RANGES = (
+    ("temperature", 0, 2),
+    ("top_p", 0, 1),
+    ("top_logprobs", 0, 20),
+    ("presence_penalty", -2, 2),
+    ("frequency_penalty", -2, 2),
+)
 
 
-def validate_create(body: CreateBody, *, websocket: bool = False) -> CreateRequest:
+def valid_stream_id(value: object) -> bool:
+    return isinstance(value, str) and STREAM_ID.fullmatch(value) is not None
+
+
+# Rules of a create body, each a small check that raises the OpenAI-shaped error; ``websocket``
+# says which transport the body came on. Checked in order, so the first broken rule is the one reported.
+
+
+def _model_is_named(body: CreateBody, websocket: bool) -> None:
     if not body.model:
         raise missing_parameter("model")
-    _range("temperature", body.temperature, 0, 2)
-    _range("top_p", body.top_p, 0, 1)
-    _range("top_logprobs", body.top_logprobs, 0, 20)
-    _range("presence_penalty", body.presence_penalty, -2, 2)
-    _range("frequency_penalty", body.frequency_penalty, -2, 2)
+
+
+def _numbers_in_range(body: CreateBody, websocket: bool) -> None:
+    for name, low, high in _RANGES:
+        _range(name, getattr(body, name), low, high)
     if body.max_output_tokens is not None and body.max_output_tokens < 16:
         raise ApiError(
             400,
@@ -264,24 +280,42 @@ def validate_create(body: CreateBody, *, websocket: bool = False) -> CreateReque
             param="max_output_tokens",
             code="integer_below_min_value",
         )
-    if body.truncation not in (None, "auto", "disabled"):
-        raise invalid_value("truncation", body.truncation, ["auto", "disabled"])
-    if body.conversation is not None:
-        if body.previous_response_id is not None:
-            raise invalid_request(
-                "Parameters 'conversation' and 'previous_response_id' cannot be used together.",
-                param="conversation",
-                code="invalid_value",
-            )
+    if body.max_tool_calls is not None and body.max_tool_calls < 1:
         raise ApiError(
             400,
-            "loopway does not implement the Conversations API; chain with 'previous_response_id'.",
-            param="conversation",
-            code="unsupported_parameter",
+            f"Invalid 'max_tool_calls': integer below minimum value. Expected a value >= 1, "
+            f"but got {body.max_tool_calls} instead.",
+            param="max_tool_calls",
+            code="integer_below_min_value",
         )
+
+
+def _known_values(body: CreateBody, websocket: bool) -> None:
+    if body.truncation not in (None, "auto", "disabled"):
+        raise invalid_value("truncation", body.truncation, ["auto", "disabled"])
     for entry in body.include or []:
         if entry not in INCLUDABLE:
             raise invalid_value("include", entry, sorted(INCLUDABLE))
+
+
+def _no_conversation(body: CreateBody, websocket: bool) -> None:
+    if body.conversation is None:
+        return
+    if body.previous_response_id is not None:
+        raise invalid_request(
+            "Parameters 'conversation' and 'previous_response_id' cannot be used together.",
+            param="conversation",
+            code="invalid_value",
+        )
+    raise ApiError(
+        400,
+        "loopway does not implement the Conversations API; chain with 'previous_response_id'.",
+        param="conversation",
+        code="unsupported_parameter",
+    )
+
+
+def _background_is_stored_http(body: CreateBody, websocket: bool) -> None:
     if body.background and websocket:
         raise ApiError(
             400, "'background' is not supported in WebSocket mode.", param="background", code="unsupported_parameter"
@@ -292,32 +326,55 @@ def validate_create(body: CreateBody, *, websocket: bool = False) -> CreateReque
             param="store",
             code="invalid_value",
         )
-    if body.stream_id is not None:
-        if not websocket:
-            raise ApiError(
-                400, "'stream_id' is only supported in WebSocket mode.", param="stream_id", code="unknown_parameter"
-            )
-        if not STREAM_ID.match(body.stream_id):
-            raise invalid_request(
-                "Invalid 'stream_id': expected 1 to 256 characters of A-Z, a-z, 0-9, '_', '.' or '-'.",
-                param="stream_id",
-                code="invalid_stream_id",
-            )
-    if body.generate is False and not websocket:
-        raise ApiError(400, "'generate' is only supported in WebSocket mode.", param="generate", code="unknown_parameter")
+
+
+def _websocket_only_fields(body: CreateBody, websocket: bool) -> None:
+    if not websocket:
+        for name, used in (("stream_id", body.stream_id is not None), ("generate", body.generate is False)):
+            if used:
+                raise ApiError(400, f"'{name}' is only supported in WebSocket mode.", param=name, code="unknown_parameter")
+    if body.stream_id is not None and not valid_stream_id(body.stream_id):
+        raise invalid_request(
+            "Invalid 'stream_id': expected 1 to 256 characters of A-Z, a-z, 0-9, '_', '.' or '-'.",
+            param="stream_id",
+            code="invalid_stream_id",
+        )
+
+
+def _input_is_given(body: CreateBody, websocket: bool) -> None:
     if body.input is None and body.previous_response_id is None and body.generate is not False:
         raise missing_parameter("input")
+
+
+RULES: tuple[Callable[[CreateBody, bool], None], ...] = (
+    _model_is_named,
+    _numbers_in_range,
+    _known_values,
+    _no_conversation,
+    _background_is_stored_http,
+    _websocket_only_fields,
+    _input_is_given,
+)
+
+
+def _instructions(raw: str | list[Any] | None) -> str | None:
+    if not isinstance(raw, list):
+        return raw
+    return "\n".join(text_of(getattr(item, "content", "")) for item in parse_input(raw, "instructions"))
+
+
+def validate_create(body: CreateBody, *, websocket: bool = False) -> CreateRequest:
+    """Check every rule, then parse items, tools and formats into the typed request."""
+    for rule in RULES:
+        rule(body, websocket)
     raw_input, compact_now = _split_compaction_trigger(body.input)
-    items = parse_input(raw_input) if raw_input is not None else []
-    instructions = body.instructions
-    if isinstance(instructions, list):
-        instructions = "\n".join(text_of(getattr(it, "content", "")) for it in parse_input(instructions, "instructions"))
     tools = parse_tools(body.tools)
     text, json_schema = _text_format(body.text)
+    reasoning = body.reasoning or {}
     return CreateRequest(
-        model=body.model,
-        input=items,
-        instructions=instructions,
+        model=body.model or "",
+        input=parse_input(raw_input) if raw_input is not None else [],
+        instructions=_instructions(body.instructions),
         tools=tools,
         tool_choice=parse_tool_choice(body.tool_choice, tools),
         parallel_tool_calls=True if body.parallel_tool_calls is None else body.parallel_tool_calls,
@@ -335,7 +392,7 @@ def validate_create(body: CreateBody, *, websocket: bool = False) -> CreateReque
         metadata=_metadata(body.metadata),
         text=text,
         json_schema=json_schema,
-        reasoning={"effort": (body.reasoning or {}).get("effort"), "summary": (body.reasoning or {}).get("summary")},
+        reasoning={"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
         truncation=body.truncation or "disabled",
         include=list(body.include or []),
         user=body.user,
@@ -349,5 +406,10 @@ def validate_create(body: CreateBody, *, websocket: bool = False) -> CreateReque
     )
 
 
+def create_from(raw: Any, *, websocket: bool = False) -> CreateRequest:
+    """A decoded create body (a ``response.create`` frame, or a JSON body) to a validated request."""
+    return validate_create(shape_check(raw, CreateBody), websocket=websocket)
+
+
 def parse_create(data: bytes, *, websocket: bool = False) -> CreateRequest:
-    return validate_create(shape_check(decode_json(data), CreateBody), websocket=websocket)
+    return create_from(decode_json(data), websocket=websocket)

@@ -8,6 +8,7 @@ them, but the model never calls them, and a request that *forces* one is refused
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
@@ -66,31 +67,58 @@ class ToolSet(msgspec.Struct):
 EMPTY_TOOLS = ToolSet(functions=[], echo=[], other_types=frozenset())
 
 
+def _typed(raw: dict[str, Any], field: str, kind: type, param: str, expected: str) -> Any:
+    value = raw.get(field)
+    if value is not None and not isinstance(value, kind):
+        raise invalid_request(
+            f"Invalid type for '{param}.{field}': expected {expected}.", param=f"{param}.{field}", code="invalid_type"
+        )
+    return value
+
+
 def _parse_function(raw: dict[str, Any], param: str, namespace: str | None = None) -> FunctionTool:
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise invalid_request(
             f"Missing required parameter: '{param}.name'.", param=f"{param}.name", code="missing_required_parameter"
         )
-    parameters = raw.get("parameters")
-    if parameters is not None and not isinstance(parameters, dict):
+    return FunctionTool(
+        name=name,
+        parameters=_typed(raw, "parameters", dict, param, "an object"),
+        strict=_typed(raw, "strict", bool, param, "a boolean"),
+        description=_typed(raw, "description", str, param, "a string"),
+        namespace=namespace,
+    )
+
+
+def _namespace_functions(raw: dict[str, Any], param: str) -> list[FunctionTool]:
+    inner = _typed(raw, "tools", list, param, "an array")
+    if inner is None:
         raise invalid_request(
-            f"Invalid type for '{param}.parameters': expected an object.", param=f"{param}.parameters", code="invalid_type"
+            f"Invalid type for '{param}.tools': expected an array.", param=f"{param}.tools", code="invalid_type"
         )
-    strict = raw.get("strict")
-    if strict is not None and not isinstance(strict, bool):
+    return [
+        _parse_function(sub, f"{param}.tools[{j}]", namespace=raw.get("name"))
+        for j, sub in enumerate(inner)
+        if isinstance(sub, dict) and sub.get("type", "function") == "function"
+    ]
+
+
+def _tool_kind(tool: Any, param: str) -> str:
+    if not isinstance(tool, dict):
+        raise invalid_request(f"Invalid type for '{param}': expected an object.", param=param, code="invalid_type")
+    kind = tool.get("type")
+    if not isinstance(kind, str):
         raise invalid_request(
-            f"Invalid type for '{param}.strict': expected a boolean.", param=f"{param}.strict", code="invalid_type"
+            f"Invalid type for '{param}.type': expected a string.", param=f"{param}.type", code="invalid_type"
         )
-    description = raw.get("description")
-    if description is not None and not isinstance(description, str):
-        raise invalid_request(
-            f"Invalid type for '{param}.description': expected a string.", param=f"{param}.description", code="invalid_type"
-        )
-    return FunctionTool(name=name, parameters=parameters, strict=strict, description=description, namespace=namespace)
+    if kind not in ("function", "namespace") and kind not in HOSTED_TOOL_TYPES | CLIENT_TOOL_TYPES:
+        raise invalid_value(f"{param}.type", kind, ["function", "namespace", *sorted(HOSTED_TOOL_TYPES | CLIENT_TOOL_TYPES)])
+    return kind
 
 
 def parse_tools(raw: Any) -> ToolSet:
+    """``tools``: function tools (alone or in a namespace) the model may call; others echoed only."""
     if raw is None:
         return EMPTY_TOOLS
     if not isinstance(raw, list):
@@ -99,34 +127,16 @@ def parse_tools(raw: Any) -> ToolSet:
     echo: list[dict[str, Any]] = []
     other: set[str] = set()
     for i, tool in enumerate(raw):
-        param = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise invalid_request(f"Invalid type for '{param}': expected an object.", param=param, code="invalid_type")
-        kind = tool.get("type")
-        if not isinstance(kind, str):
-            raise invalid_request(
-                f"Invalid type for '{param}.type': expected a string.", param=f"{param}.type", code="invalid_type"
-            )
+        kind = _tool_kind(tool, f"tools[{i}]")
         if kind == "function":
-            fn = _parse_function(tool, param)
-            functions.append(fn)
-            echo.append(fn.echo())
-        elif kind == "namespace":
-            inner = tool.get("tools")
-            if not isinstance(inner, list):
-                raise invalid_request(
-                    f"Invalid type for '{param}.tools': expected an array.", param=f"{param}.tools", code="invalid_type"
-                )
-            for j, sub in enumerate(inner):
-                if isinstance(sub, dict) and sub.get("type", "function") == "function":
-                    functions.append(_parse_function(sub, f"{param}.tools[{j}]", namespace=tool.get("name")))
-            echo.append(tool)
-        elif kind in HOSTED_TOOL_TYPES or kind in CLIENT_TOOL_TYPES:
-            other.add(kind)
-            echo.append(tool)
+            functions.append(_parse_function(tool, f"tools[{i}]"))
+            echo.append(functions[-1].echo())
+            continue
+        if kind == "namespace":
+            functions += _namespace_functions(tool, f"tools[{i}]")
         else:
-            known = ["function", "namespace", *sorted(HOSTED_TOOL_TYPES | CLIENT_TOOL_TYPES)]
-            raise invalid_value(f"{param}.type", kind, known)
+            other.add(kind)
+        echo.append(tool)
     names = [f.name for f in functions if f.namespace is None]
     if len(names) != len(set(names)):
         raise invalid_request("Tool names must be unique.", param="tools", code="duplicate_tool_name")
@@ -141,18 +151,68 @@ class ToolChoice(msgspec.Struct, frozen=True):
     echo: Any = "auto"
 
 
+def _choice_mode(raw: str, tools: ToolSet) -> ToolChoice:
+    if raw not in ("none", "auto", "required"):
+        raise invalid_value("tool_choice", raw, ["none", "auto", "required"])
+    if raw == "required" and not tools.functions:
+        _refuse_hosted_only(tools)
+        raise invalid_request(
+            "Tool choice 'required' needs at least one function tool.", param="tool_choice", code="invalid_value"
+        )
+    return ToolChoice(raw, echo=raw)  # type: ignore[arg-type]
+
+
+def _choice_function(raw: dict[str, Any], tools: ToolSet) -> ToolChoice:
+    name = raw.get("name")
+    if not isinstance(name, str) or tools.function(name) is None:
+        raise invalid_request(
+            f"Tool choice '{name}' not found in 'tools' parameter.", param="tool_choice", code="invalid_value"
+        )
+    return ToolChoice("required", (name,), echo={"type": "function", "name": name})
+
+
+def _choice_allowed_tools(raw: dict[str, Any], tools: ToolSet) -> ToolChoice:
+    mode = raw.get("mode", "auto")
+    if mode not in ("auto", "required"):
+        raise invalid_value("tool_choice.mode", mode, ["auto", "required"])
+    allowed = raw.get("tools")
+    if not isinstance(allowed, list):
+        raise invalid_request(
+            "Invalid type for 'tool_choice.tools': expected an array.", param="tool_choice.tools", code="invalid_type"
+        )
+    names = tuple(t.get("name") for t in allowed if isinstance(t, dict) and t.get("type") == "function")
+    for name in names:
+        if tools.function(name) is None:
+            raise invalid_request(
+                f"Tool '{name}' in 'tool_choice.tools' not found in 'tools' parameter.",
+                param="tool_choice.tools",
+                code="invalid_value",
+            )
+    return ToolChoice(mode, names, echo=raw)
+
+
+def _choice_hosted(raw: dict[str, Any], tools: ToolSet) -> ToolChoice:
+    raise ApiError(
+        400,
+        f"loopway does not run '{raw['type']}' tools: the engine can only call function tools. "
+        "Offer it as a function tool, or let the model choose with tool_choice 'auto'.",
+        param="tool_choice",
+        code="unsupported_tool_choice",
+    )
+
+
+_CHOICES: dict[str, Callable[[dict[str, Any], ToolSet], ToolChoice]] = {
+    "function": _choice_function,
+    "allowed_tools": _choice_allowed_tools,
+    **{kind: _choice_hosted for kind in HOSTED_TOOL_TYPES | CLIENT_TOOL_TYPES},
+}
+
+
 def parse_tool_choice(raw: Any, tools: ToolSet) -> ToolChoice:
     if raw is None:
         return ToolChoice("auto")
     if isinstance(raw, str):
-        if raw not in ("none", "auto", "required"):
-            raise invalid_value("tool_choice", raw, ["none", "auto", "required"])
-        if raw == "required" and not tools.functions:
-            _refuse_hosted_only(tools)
-            raise invalid_request(
-                "Tool choice 'required' needs at least one function tool.", param="tool_choice", code="invalid_value"
-            )
-        return ToolChoice(raw, echo=raw)
+        return _choice_mode(raw, tools)
     if not isinstance(raw, dict):
         raise invalid_request(
             "Invalid type for 'tool_choice': expected a string or an object.", param="tool_choice", code="invalid_type"
@@ -162,40 +222,9 @@ def parse_tool_choice(raw: Any, tools: ToolSet) -> ToolChoice:
         raise invalid_request(
             "Invalid type for 'tool_choice.type': expected a string.", param="tool_choice.type", code="invalid_type"
         )
-    if kind == "function":
-        name = raw.get("name")
-        if not isinstance(name, str) or tools.function(name) is None:
-            raise invalid_request(
-                f"Tool choice '{name}' not found in 'tools' parameter.", param="tool_choice", code="invalid_value"
-            )
-        return ToolChoice("required", (name,), echo={"type": "function", "name": name})
-    if kind == "allowed_tools":
-        mode = raw.get("mode", "auto")
-        if mode not in ("auto", "required"):
-            raise invalid_value("tool_choice.mode", mode, ["auto", "required"])
-        allowed = raw.get("tools")
-        if not isinstance(allowed, list):
-            raise invalid_request(
-                "Invalid type for 'tool_choice.tools': expected an array.", param="tool_choice.tools", code="invalid_type"
-            )
-        names = tuple(t.get("name") for t in allowed if isinstance(t, dict) and t.get("type") == "function")
-        for name in names:
-            if tools.function(name) is None:
-                raise invalid_request(
-                    f"Tool '{name}' in 'tool_choice.tools' not found in 'tools' parameter.",
-                    param="tool_choice.tools",
-                    code="invalid_value",
-                )
-        return ToolChoice(mode, names, echo=raw)
-    if kind in HOSTED_TOOL_TYPES or kind in CLIENT_TOOL_TYPES or kind in ("mcp", "custom"):
-        raise ApiError(
-            400,
-            f"loopway does not run '{kind}' tools: the engine can only call function tools. "
-            "Offer it as a function tool, or let the model choose with tool_choice 'auto'.",
-            param="tool_choice",
-            code="unsupported_tool_choice",
-        )
-    raise invalid_value("tool_choice.type", kind, ["function", "allowed_tools"])
+    if kind not in _CHOICES:
+        raise invalid_value("tool_choice.type", kind, ["function", "allowed_tools"])
+    return _CHOICES[kind](raw, tools)
 
 
 def _refuse_hosted_only(tools: ToolSet) -> None:
