@@ -74,7 +74,13 @@ def make_store(settings: Settings) -> Store:
 def build_service(settings: Settings) -> ResponsesService:
     engine = make_engine(settings)
     pipeline = TurnPipeline(engine, Sealer(settings.secret()))
-    return ResponsesService(engine, pipeline, ResponseLog(make_store(settings)))
+    return ResponsesService(
+        engine,
+        pipeline,
+        ResponseLog(make_store(settings)),
+        limiter=RateLimiter(settings.rate_limit_rpm),
+        connection_limit=ConnectionLimiter(settings.max_connections_per_tenant),
+    )
 
 
 def create_app(
@@ -83,8 +89,6 @@ def create_app(
     settings = settings or Settings()
     service = service or build_service(settings)
     keys = keys or KeyRing(settings.api_keys or None)
-    service.limiter = RateLimiter(settings.rate_limit_rpm)
-    service.connections = ConnectionLimiter(settings.max_connections_per_tenant)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

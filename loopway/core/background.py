@@ -8,12 +8,17 @@ kept so ``GET ?stream=true&starting_after=N`` can replay and then follow it live
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator
 
+from loopway.core.driver import Persist, TurnDriver
 from loopway.core.persistence import ResponseLog
-from loopway.core.pipeline import Turn, TurnPipeline
+from loopway.core.pipeline import Turn, is_terminal
+from loopway.protocol.errors import ApiError
 from loopway.protocol.events import Event
 from loopway.protocol.response import Response
+
+log = logging.getLogger("loopway.background")
 
 
 class _Run:
@@ -25,12 +30,9 @@ class _Run:
 
 
 class BackgroundRuns:
-    def __init__(
-        self, pipeline: TurnPipeline, log: ResponseLog, on_finish: Callable[[Turn], None] = lambda turn: None
-    ) -> None:
-        self.pipeline = pipeline
+    def __init__(self, driver: TurnDriver, log: ResponseLog) -> None:
+        self.driver = driver
         self.log = log
-        self.on_finish = on_finish
         self._runs: dict[str, _Run] = {}
 
     async def start(self, turn: Turn) -> Response:
@@ -38,7 +40,7 @@ class BackgroundRuns:
         run = _Run(turn)
         turn.events = list(turn.assembler.queued())
         if turn.request.store:
-            await self.log.put(self.pipeline.record(turn))
+            await self.log.put(self.driver.pipeline.record(turn))
         self._runs[turn.id] = run
         run.task = asyncio.create_task(self._run(run), name=f"background {turn.id}")
         return turn.events[0].response  # type: ignore[attr-defined]
@@ -46,20 +48,25 @@ class BackgroundRuns:
     async def _run(self, run: _Run) -> None:
         turn = run.turn
         assert turn.events is not None
+        ended = False
         try:
-            async for event in self.pipeline.run(turn):
-                turn.events.append(event)
+            async for event in self.driver.events(turn, "background", Persist.FIRST):  # records turn.events
+                ended = is_terminal(event)
                 async with run.changed:
                     run.changed.notify_all()
+        except ApiError as err:  # the store failed its final write: the run is over, unsaved
+            log.error("background response %s was not saved: %s", turn.id, err.message)
+            ended = True
         finally:
-            await self._finish(run)
+            await self._finish(run, saved=ended)
 
-    async def _finish(self, run: _Run) -> None:
-        if run.turn.request.store:
-            await asyncio.shield(self.log.put(self.pipeline.record(run.turn)))
+    async def _finish(self, run: _Run, saved: bool) -> None:
+        if not saved:  # cancelled before its terminal event: its last state still needs writing and counting
+            if run.turn.request.store:
+                await asyncio.shield(self.log.put(self.driver.pipeline.record(run.turn)))
+            self.driver.metrics.turn_finished(run.turn, "background")
         run.done = True
         self._runs.pop(run.turn.id, None)
-        self.on_finish(run.turn)
         async with run.changed:
             run.changed.notify_all()
 

@@ -8,6 +8,7 @@ and touches the store once per turn of the chain; the WebSocket connection cache
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import msgspec
 
@@ -34,6 +35,12 @@ class Parent(msgspec.Struct, kw_only=True):
         if self.conversation is not None:
             return self.conversation.items
         return self.items or []
+
+
+class ParentCache(Protocol):
+    """Where a continuation looks before the store: a WebSocket connection's cache."""
+
+    def parent(self, response_id: str) -> Parent | None: ...
 
 
 async def chain(log: ResponseLog, response_id: str, tenant: str) -> list[StoredResponse]:

@@ -45,9 +45,6 @@ class LaneScheduler(Generic[J]):
     def queued(self) -> int:
         return sum(len(q) for q in self._queues.values())
 
-    def named_lanes(self) -> int:
-        return len(self._named)
-
     def admit(self, lane: str | None) -> None:
         """Check a lane may be used, counting a new named lane; raises ``LaneLimitReached``."""
         if lane is not None and lane not in self._named:

@@ -7,6 +7,7 @@ one process (tests, benchmarks) never collide. Nothing here sees keys or request
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -46,6 +47,11 @@ class Metrics:
         )
         self.connections = Gauge("loopway_open_connections", "Open WebSocket connections.", registry=self.registry)
         self.lanes = Gauge("loopway_open_lanes", "Lanes in use on open WebSocket connections.", registry=self.registry)
+
+    def watch_connections(self, connections: Callable[[], int], lanes: Callable[[], int]) -> None:
+        """Read the open connections and their lanes at scrape time (nothing to keep in step)."""
+        self.connections.set_function(connections)
+        self.lanes.set_function(lanes)
 
     def turn_finished(self, turn: Turn, transport: str) -> None:
         times = turn.times

@@ -99,9 +99,6 @@ class ResponseLog:
         with _answering_503():
             return await self.store.delete(response_id)
 
-    def pending_writes(self) -> int:
-        return len(self._writes)
-
     async def drain(self) -> None:
         while self._writes:
             await asyncio.gather(*list(self._writes.values()), return_exceptions=True)

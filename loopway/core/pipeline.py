@@ -20,7 +20,6 @@ from loopway.core import compaction
 from loopway.core.assembler import EventAssembler
 from loopway.core.conversation import Conversation
 from loopway.core.history import Parent
-from loopway.core.render import Renderer
 from loopway.core.sealing import Sealer
 from loopway.core.timing import StageLog, StageTimes
 from loopway.engines.base import Delta, Engine, EngineError, EngineRequest, Finish, find_model
@@ -33,6 +32,7 @@ from loopway.protocol.items import Compaction, FunctionCallOutput, Item, ItemRef
 from loopway.protocol.request import CreateRequest
 from loopway.protocol.response import Response, Usage
 from loopway.store.base import StoredResponse
+from loopway.tokens.render import Renderer
 
 log = logging.getLogger("loopway.pipeline")
 
@@ -343,11 +343,6 @@ class TurnPipeline:
             events=b"[" + b",".join(encode_event(e) for e in turn.events) + b"]" if turn.events is not None else None,
             tenant=turn.tenant,
         )
-
-    def cancelled(self, turn: Turn) -> Response:
-        """Mark a turn cancelled (background ``cancel``): no terminal event follows."""
-        turn.response.status = "cancelled"
-        return turn.response
 
 
 def is_terminal(event: Event) -> bool:

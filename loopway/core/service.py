@@ -14,7 +14,9 @@ import msgspec
 
 from loopway.core import compaction, history
 from loopway.core.background import BackgroundRuns
-from loopway.core.history import Parent
+from loopway.core.connection import OpenConnection
+from loopway.core.driver import Persist, TurnDriver
+from loopway.core.history import Parent, ParentCache
 from loopway.core.limits import ConnectionLimiter, RateLimiter
 from loopway.core.metrics import Metrics
 from loopway.core.persistence import ResponseLog
@@ -24,7 +26,14 @@ from loopway.core.timing import StageTimes
 from loopway.engines.base import Engine, describe, find_model
 from loopway.protocol import ids
 from loopway.protocol import response as wire
-from loopway.protocol.errors import ApiError, invalid_request, missing_parameter, model_not_found, response_not_found
+from loopway.protocol.errors import (
+    ApiError,
+    invalid_request,
+    missing_parameter,
+    model_not_found,
+    previous_response_not_found,
+    response_not_found,
+)
 from loopway.protocol.events import Event
 from loopway.protocol.items import Message, item_id, normalized, parse_input, to_builtins
 from loopway.protocol.request import CreateRequest, shape_check
@@ -41,55 +50,77 @@ class CompactBody(msgspec.Struct, kw_only=True):
 
 
 class ResponsesService:
-    def __init__(self, engine: Engine, pipeline: TurnPipeline, log: ResponseLog, metrics: Metrics | None = None) -> None:
+    """The API's operations over one engine, pipeline and store; transports parse, call and frame."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        pipeline: TurnPipeline,
+        log: ResponseLog,
+        *,
+        metrics: Metrics | None = None,
+        limiter: RateLimiter | None = None,
+        connection_limit: ConnectionLimiter | None = None,
+    ) -> None:
         self.engine = engine
         self.pipeline = pipeline
         self.log = log
         self.metrics = metrics or Metrics()
+        self.limiter = limiter or RateLimiter(0)
+        self.connection_limit = connection_limit or ConnectionLimiter(0)
         log.on_persisted = self.metrics.persisted
-        self.background = BackgroundRuns(
-            pipeline, log, on_finish=lambda turn: self.metrics.turn_finished(turn, "background")
+        self.driver = TurnDriver(pipeline, log, self.metrics)
+        self.background = BackgroundRuns(self.driver, log)
+        self.open_connections: set[OpenConnection] = set()  # WebSocket sessions, for metrics and draining
+        self.metrics.watch_connections(
+            lambda: len(self.open_connections), lambda: sum(c.lanes_used for c in self.open_connections)
         )
-        self.sessions: set[Any] = set()  # open WebSocket sessions, for tests, benchmarks and shutdown
         self.draining = False  # set on SIGTERM: finish what is in flight, start nothing new
-        self.limiter = RateLimiter(0)
-        self.connections = ConnectionLimiter(0)
 
     # Creating --------------------------------------------------------------------------------
 
-    async def resolve(self, request: CreateRequest, times: StageTimes, tenant: str) -> Parent | None:
-        """The previous response from the store (the HTTP path; WebSocket tries its cache first)."""
-        if request.previous_response_id is None:
-            return None
-        with times.measure("resolve"):
-            return await history.load_parent(self.log, request.previous_response_id, tenant)
+    async def prepare(
+        self, request: CreateRequest, times: StageTimes | None = None, tenant: str = "", cache: ParentCache | None = None
+    ) -> Turn:
+        """Everything before the first event: resolve, validate, render, and the engine's acceptance.
 
-    async def prepare(self, request: CreateRequest, times: StageTimes | None = None, tenant: str = "") -> Turn:
-        """Everything before the first event: resolve, validate, render, and the engine's acceptance."""
+        ``cache`` is where a continuation looks first (a WebSocket connection's); a miss there goes
+        to the store only for ``store=true`` requests, as WebSocket mode requires.
+        """
         times = times or StageTimes()
         if request.store:
             await self.log.check()  # store=true needs the store: say so now, not after generating
-        parent = await self.resolve(request, times, tenant)
+        parent = await self.resolve(request, times, tenant, cache)
         turn = self.pipeline.prepare(request, parent, times, tenant)
         await self.pipeline.start(turn)
         return turn
 
-    def run(self, turn: Turn) -> AsyncIterator[Event]:
-        return self.pipeline.run(turn)
+    async def resolve(
+        self, request: CreateRequest, times: StageTimes, tenant: str, cache: ParentCache | None = None
+    ) -> Parent | None:
+        """The previous response: from ``cache`` when given, else (or on a miss) from the store."""
+        previous = request.previous_response_id
+        if previous is None:
+            return None
+        with times.measure("resolve"):
+            if cache is not None:
+                parent = cache.parent(previous)
+                self.metrics.cache_lookup(parent is not None)
+                if parent is not None:
+                    return parent
+                if not request.store:
+                    raise previous_response_not_found(previous)
+            return await history.load_parent(self.log, previous, tenant)
 
-    async def persist(self, turn: Turn, transport: str = "http") -> None:
-        """Persist now (HTTP: before the terminal event reaches the client), then count the turn."""
-        if turn.request.store:
-            with turn.times.measure("persist"):
-                await self.log.put(self.pipeline.record(turn))
-        self.metrics.turn_finished(turn, transport)
+    def run(self, turn: Turn, transport: str, persist: Persist) -> AsyncIterator[Event]:
+        """The turn's events to send; see ``core.driver`` for where persistence sits."""
+        return self.driver.events(turn, transport, persist)
 
-    def persist_behind(self, turn: Turn, transport: str = "ws") -> None:
-        """Persist after the terminal event went out (WebSocket overlap); readable at once."""
-        if turn.request.store:
-            with turn.times.measure("persist"):
-                self.log.put_behind(self.pipeline.record(turn))
-        self.metrics.turn_finished(turn, transport)
+    async def complete(self, turn: Turn) -> Response:
+        """Run a turn to its end without streaming (HTTP JSON); durable before it returns."""
+        async for _ in self.run(turn, "http", Persist.FIRST):
+            pass
+        return turn.response
 
     async def start_background(self, turn: Turn) -> Response:
         return await self.background.start(turn)
@@ -208,11 +239,11 @@ class ResponsesService:
         return describe(info)
 
     async def drain(self, timeout_s: float) -> None:
-        """Let every WebSocket session finish its in-flight responses (up to ``timeout_s``), then close it."""
+        """Let every open connection finish its in-flight responses (up to ``timeout_s``), then close it."""
         self.draining = True
-        sessions = list(self.sessions)
-        if sessions:
-            await asyncio.wait([asyncio.create_task(s.drain(timeout_s)) for s in sessions], timeout=timeout_s + 1)
+        connections = list(self.open_connections)
+        if connections:
+            await asyncio.wait([asyncio.create_task(c.drain(timeout_s)) for c in connections], timeout=timeout_s + 1)
 
     async def aclose(self) -> None:
         await self.background.aclose()

@@ -7,12 +7,12 @@ left in ``scope["state"]["tenant"]`` for the routes.
 
 from __future__ import annotations
 
-import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loopway.core.auth import KeyRing
 from loopway.core.limits import RateLimiter
 from loopway.protocol.errors import ApiError
+from loopway.transports.errors import error_response
 
 PUBLIC = ("/metrics", "/health")
 
@@ -34,18 +34,7 @@ class AuthMiddleware:
             if self.limiter is not None and scope["type"] == "http":  # the socket counts response.create
                 self.limiter.check(tenant)
         except ApiError as err:
-            await _refuse(scope, send, err)
+            await error_response(err)(scope, receive, send)
             return
         scope.setdefault("state", {})["tenant"] = tenant
         await self.app(scope, receive, send)
-
-
-async def _refuse(scope: Scope, send: Send, err: ApiError) -> None:
-    body = msgspec.json.encode(err.body())
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.encode(), v.encode()) for k, v in err.headers.items()]
-    if err.status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    prefix = "websocket.http.response" if scope["type"] == "websocket" else "http.response"
-    await send({"type": f"{prefix}.start", "status": err.status, "headers": headers})
-    await send({"type": f"{prefix}.body", "body": body})

@@ -13,15 +13,17 @@ from starlette.responses import Response as HttpResponse
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
+from loopway.core.driver import Persist
 from loopway.core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from loopway.core.pipeline import Turn, is_terminal
+from loopway.core.pipeline import Turn
 from loopway.core.service import ResponsesService
 from loopway.core.timing import StageTimes
 from loopway.protocol import response as wire
 from loopway.protocol.errors import ApiError, invalid_request, invalid_value, server_error
 from loopway.protocol.events import StreamError
-from loopway.protocol.request import CreateBody, decode_json, shape_check, validate_create
+from loopway.protocol.request import create_from, decode_json, parse_create
 from loopway.settings import Settings
+from loopway.transports.errors import error_response
 from loopway.transports.sse import HEADERS, frame_any, frames
 
 log = logging.getLogger("loopway.http")
@@ -30,10 +32,6 @@ log = logging.getLogger("loopway.http")
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
     body = wire.encode(data) if isinstance(data, wire.Response) else msgspec.json.encode(data)
     return HttpResponse(body, status_code=status, media_type="application/json", headers=headers)
-
-
-def error_response(err: ApiError) -> HttpResponse:
-    return json_response(err.body(), err.status, headers=err.headers or None)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -50,15 +48,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _stream_turn(service: ResponsesService, turn: Turn) -> AsyncIterator[bytes]:
-    async for event in service.run(turn):
-        if is_terminal(event):
-            try:
-                await service.persist(turn)  # durable before the client hears "completed"
-            except ApiError as err:  # the store went away mid-response: say so instead of "completed"
-                yield frame_any(turn.assembler.stamp(StreamError(code=err.code, message=err.message, param=err.param)))
-                return
-        yield frame_any(event)
+async def sse_turn(service: ResponsesService, turn: Turn) -> AsyncIterator[bytes]:
+    """A turn as SSE; a store that fails the final write ends the stream with an ``error`` event."""
+    try:
+        async for event in service.run(turn, "http", Persist.FIRST):
+            yield frame_any(event)
+    except ApiError as err:
+        yield frame_any(turn.assembler.stamp(StreamError(code=err.code, message=err.message, param=err.param)))
+
+
+def _sse(events: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers={**HEADERS, **(headers or {})})
 
 
 def _int_query(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -83,49 +83,53 @@ def tenant_of(request: Request) -> str:
     return getattr(request.state, "tenant", "")
 
 
-def routes(service: ResponsesService, settings: Settings) -> list[Route]:
-    async def create(request: Request) -> HttpResponse:
-        times = StageTimes()
-        body = await read_body(request, settings.max_body_bytes)
-        with times.measure("validate"):
-            create_request = validate_create(shape_check(decode_json(body), CreateBody))
-        turn = await service.prepare(create_request, times, tenant_of(request))
-        if create_request.background:
-            queued = await service.start_background(turn)
-            if create_request.stream:
-                events = await service.events(turn.id, -1, turn.tenant)
-                return StreamingResponse(frames(events), media_type="text/event-stream", headers=HEADERS)
-            return json_response(queued)
-        if create_request.stream:  # Server-Timing can only carry what happened before the first byte
-            return StreamingResponse(
-                _stream_turn(service, turn),
-                media_type="text/event-stream",
-                headers={**HEADERS, "Server-Timing": times.header(("validate", "resolve", "render"))},
-            )
-        async for event in service.run(turn):
-            if is_terminal(event):
-                await service.persist(turn)
-        return json_response(turn.response, headers={"Server-Timing": times.header()})
+class HttpApi:
+    """The HTTP routes: each parses its request, calls the service once, and frames the answer."""
 
-    async def retrieve(request: Request) -> HttpResponse:
+    def __init__(self, service: ResponsesService, settings: Settings) -> None:
+        self.service = service
+        self.settings = settings
+
+    async def _body(self, request: Request) -> Any:
+        return decode_json(await read_body(request, self.settings.max_body_bytes))
+
+    async def create(self, request: Request) -> HttpResponse:
+        times = StageTimes()
+        body = await read_body(request, self.settings.max_body_bytes)
+        with times.measure("validate"):
+            create = parse_create(body)
+        turn = await self.service.prepare(create, times, tenant_of(request))
+        if create.background:
+            return await self._background(turn)
+        if create.stream:  # Server-Timing can only carry what happened before the first byte
+            return _sse(sse_turn(self.service, turn), {"Server-Timing": times.header(("validate", "resolve", "render"))})
+        response = await self.service.complete(turn)
+        return json_response(response, headers={"Server-Timing": times.header()})
+
+    async def _background(self, turn: Turn) -> HttpResponse:
+        queued = await self.service.start_background(turn)
+        if turn.request.stream:
+            return _sse(frames(await self.service.events(turn.id, -1, turn.tenant)))
+        return json_response(queued)
+
+    async def retrieve(self, request: Request) -> HttpResponse:
         response_id = request.path_params["response_id"]
         if request.query_params.get("stream") == "true":
             starting_after = _int_query(request, "starting_after", -1, -1, 1 << 62)
-            events = await service.events(response_id, starting_after, tenant_of(request))
-            return StreamingResponse(frames(events), media_type="text/event-stream", headers=HEADERS)
-        return json_response(await service.retrieve(response_id, tenant_of(request)))
+            return _sse(frames(await self.service.events(response_id, starting_after, tenant_of(request))))
+        return json_response(await self.service.retrieve(response_id, tenant_of(request)))
 
-    async def delete(request: Request) -> HttpResponse:
-        return json_response(await service.delete(request.path_params["response_id"], tenant_of(request)))
+    async def delete(self, request: Request) -> HttpResponse:
+        return json_response(await self.service.delete(request.path_params["response_id"], tenant_of(request)))
 
-    async def cancel(request: Request) -> HttpResponse:
-        return json_response(await service.cancel(request.path_params["response_id"], tenant_of(request)))
+    async def cancel(self, request: Request) -> HttpResponse:
+        return json_response(await self.service.cancel(request.path_params["response_id"], tenant_of(request)))
 
-    async def input_items(request: Request) -> HttpResponse:
+    async def input_items(self, request: Request) -> HttpResponse:
         order = request.query_params.get("order", "desc")
         if order not in ("asc", "desc"):
             raise invalid_value("order", order, ["asc", "desc"])
-        page = await service.input_items(
+        page = await self.service.input_items(
             request.path_params["response_id"],
             limit=_int_query(request, "limit", 20, 1, 100),
             order=order,
@@ -134,43 +138,44 @@ def routes(service: ResponsesService, settings: Settings) -> list[Route]:
         )
         return json_response(page)
 
-    async def input_tokens(request: Request) -> HttpResponse:
-        raw = decode_json(await read_body(request, settings.max_body_bytes))
-        if isinstance(raw, dict):
+    async def input_tokens(self, request: Request) -> HttpResponse:
+        raw = await self._body(request)
+        if isinstance(raw, dict):  # a create body whose streaming and input are optional here
             raw = {**raw, "stream": None, "background": None}
             if raw.get("input") is None and raw.get("previous_response_id") is None:
                 raw["input"] = []
-        create_request = validate_create(shape_check(raw, CreateBody))
-        return json_response(await service.count_input_tokens(create_request, tenant_of(request)))
+        return json_response(await self.service.count_input_tokens(create_from(raw), tenant_of(request)))
 
-    async def compact(request: Request) -> HttpResponse:
-        raw = decode_json(await read_body(request, settings.max_body_bytes))
-        return json_response(await service.compact(raw, tenant_of(request)))
+    async def compact(self, request: Request) -> HttpResponse:
+        return json_response(await self.service.compact(await self._body(request), tenant_of(request)))
 
-    async def health(request: Request) -> HttpResponse:
+    async def health(self, request: Request) -> HttpResponse:
         return json_response({"status": "ok"})
 
-    async def metrics(request: Request) -> HttpResponse:
-        return HttpResponse(service.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+    async def metrics(self, request: Request) -> HttpResponse:
+        return HttpResponse(self.service.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
-    async def models(request: Request) -> HttpResponse:
-        return json_response(service.models())
+    async def models(self, request: Request) -> HttpResponse:
+        return json_response(self.service.models())
 
-    async def model(request: Request) -> HttpResponse:
-        return json_response(service.model(request.path_params["model_id"]))
+    async def model(self, request: Request) -> HttpResponse:
+        return json_response(self.service.model(request.path_params["model_id"]))
 
+
+def routes(service: ResponsesService, settings: Settings) -> list[Route]:
+    api = HttpApi(service, settings)
     return [
-        Route("/v1/responses", create, methods=["POST"]),
-        Route("/v1/responses/input_tokens", input_tokens, methods=["POST"]),
-        Route("/v1/responses/compact", compact, methods=["POST"]),
-        Route("/v1/responses/{response_id}", retrieve, methods=["GET"]),
-        Route("/v1/responses/{response_id}", delete, methods=["DELETE"]),
-        Route("/v1/responses/{response_id}/cancel", cancel, methods=["POST"]),
-        Route("/v1/responses/{response_id}/input_items", input_items, methods=["GET"]),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/v1/models/{model_id:path}", model, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/health", health, methods=["GET"]),
+        Route("/v1/responses", api.create, methods=["POST"]),
+        Route("/v1/responses/input_tokens", api.input_tokens, methods=["POST"]),
+        Route("/v1/responses/compact", api.compact, methods=["POST"]),
+        Route("/v1/responses/{response_id}", api.retrieve, methods=["GET"]),
+        Route("/v1/responses/{response_id}", api.delete, methods=["DELETE"]),
+        Route("/v1/responses/{response_id}/cancel", api.cancel, methods=["POST"]),
+        Route("/v1/responses/{response_id}/input_items", api.input_items, methods=["GET"]),
+        Route("/v1/models", api.models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", api.model, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/health", api.health, methods=["GET"]),
     ]
 
 

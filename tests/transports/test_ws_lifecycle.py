@@ -53,7 +53,7 @@ def abort_cycle(url: str) -> None:
 def settle(server: InProcessServer, expected_tasks: int) -> int:
     for _ in range(200):
         tasks = server_tasks(server)
-        if tasks <= expected_tasks and not server.service.sessions:
+        if tasks <= expected_tasks and not server.service.open_connections:
             return tasks
         asyncio.run(asyncio.sleep(0.02))
     return server_tasks(server)
@@ -68,7 +68,7 @@ def test_a_thousand_aborted_connections_leak_no_tasks_or_memory(inproc: InProces
     for _ in range(1000):
         abort_cycle(url)
     assert settle(inproc, baseline_tasks) <= baseline_tasks
-    assert not inproc.service.sessions
+    assert not inproc.service.open_connections
     assert rss_kib() - baseline_rss < 30 * 1024  # KiB: no per-connection growth (a leak would be ~1000x)
 
 

@@ -29,6 +29,7 @@ ROOTS = (
     "ListModelsResponse",
     "ResponseItemList",
     "CompactResource",
+    "TokenCountsResource",
 )
 PREFIX = "#/components/schemas/"
 

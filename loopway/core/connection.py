@@ -1,0 +1,254 @@
+"""A WebSocket connection's rules, sans-I/O: lanes, the connection cache, steering, what follows a turn.
+
+In the style of h11's ``Connection``: the session tells the state what happened (a request was
+submitted, a turn started, reached its terminal event, ended; a steer arrived) and the state answers
+with decisions (jobs that may start now, events to send). Nothing here awaits, sends or sleeps, so
+every rule of WebSocket mode is unit-tested without a socket.
+
+| rule | where |
+|---|---|
+| same lane FIFO, lanes concurrent, 16 in flight, 32 named lanes | ``submit`` → ``core.lanes`` |
+| a continuation's parent: the connection cache, then (``store=true``) the store | ``parent`` (``history.ParentCache``) |
+| a queued request keeps its parent cached until it runs (pin) | ``submit`` / ``ended`` |
+| a lane's latest response is cached; its previous latest is dropped | ``completed`` → ``core.cache`` |
+| a failed same-lane continuation evicts its parent; a failed fork keeps it | ``refused`` / ``completed`` |
+| steering: accepted, refused (not found, completed, compaction, too many, bad input) | ``steer`` |
+| after a steered turn: wait for tool output (pending) or start a successor at once | ``ended`` |
+| steering input goes first in the next request that continues the steered response | ``submit`` |
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import msgspec
+
+from loopway.core.cache import CachedResponse, ConnectionCache
+from loopway.core.history import Parent
+from loopway.core.lanes import LaneLimitReached, LaneScheduler
+from loopway.core.pipeline import Turn
+from loopway.core.timing import StageTimes
+from loopway.protocol import ids
+from loopway.protocol.errors import ApiError
+from loopway.protocol.events import Event, SteerAccepted, SteerFailed, SteerPending, SteerRef
+from loopway.protocol.items import FunctionCall, Item, Message, parse_input
+from loopway.protocol.request import CreateRequest
+
+MAX_PENDING_STEERS = 8
+
+
+class OpenConnection(Protocol):
+    """What the service asks of a transport's open connection: its lanes (for metrics) and a drain."""
+
+    @property
+    def lanes_used(self) -> int: ...
+
+    async def drain(self, timeout_s: float) -> None:
+        """Let in-flight responses finish (up to ``timeout_s``), then close so the client reconnects."""
+
+
+class Job:
+    """A validated ``response.create`` waiting for (or running on) its lane."""
+
+    __slots__ = ("request", "lane", "times", "submitted", "pinned")
+
+    def __init__(self, request: CreateRequest, times: StageTimes) -> None:
+        self.request = request
+        self.lane = request.stream_id
+        self.times = times
+        self.submitted = time.perf_counter()
+        self.pinned: str | None = None  # the cached parent this job keeps alive until it ends
+
+    def started(self) -> None:
+        self.times.queue = (time.perf_counter() - self.submitted) * 1000
+
+
+class Outbound(msgspec.Struct):
+    """An event for the session to send, on its lane."""
+
+    event: Event
+    lane: str | None = None
+
+
+class AfterTurn(msgspec.Struct):
+    """What follows a turn that ended: events to send, then jobs to start."""
+
+    send: list[Outbound]
+    start: list[Job]
+
+
+class _Steer(msgspec.Struct):
+    id: str
+    items: list[Item]
+
+
+class ConnectionState:
+    """One WebSocket connection's lanes, cache, running turns and queued steering."""
+
+    def __init__(
+        self, max_in_flight: int = 16, max_named_lanes: int = 32, max_pending_steers: int = MAX_PENDING_STEERS
+    ) -> None:
+        self.cache = ConnectionCache()
+        self.lanes: LaneScheduler[Job] = LaneScheduler(max_in_flight, max_named_lanes)
+        self.max_pending_steers = max_pending_steers
+        self._active: dict[str, tuple[Turn, Job]] = {}  # running turns by response id
+        self._steers: dict[str, list[_Steer]] = {}  # steering input queued by the response it steers
+        self._lanes_used: set[str | None] = set()
+
+    @property
+    def busy(self) -> bool:
+        """Whether any response is running or waiting for its lane."""
+        return bool(self.lanes.in_flight or self.lanes.queued())
+
+    @property
+    def lanes_used(self) -> int:
+        return len(self._lanes_used)
+
+    # response.create -------------------------------------------------------------------------
+
+    def submit(self, request: CreateRequest, times: StageTimes) -> list[Job]:
+        """Queue a validated request on its lane; returns the jobs that may start now.
+
+        Raises ``ApiError`` (``websocket_stream_limit_reached``) for one lane too many.
+        """
+        try:
+            self.lanes.admit(request.stream_id)
+        except LaneLimitReached as exc:
+            raise ApiError(400, str(exc), param="stream_id", code="websocket_stream_limit_reached") from None
+        self._lanes_used.add(request.stream_id)
+        steering = self._take_steers(request.previous_response_id)
+        if steering:
+            request = msgspec.structs.replace(request, input=[*steering, *request.input])
+        job = Job(request, times)
+        if request.previous_response_id and self.cache.pin(request.previous_response_id):
+            job.pinned = request.previous_response_id
+        return _jobs(self.lanes.submit(job.lane, job))
+
+    def parent(self, response_id: str) -> Parent | None:
+        """The cached response a continuation continues from, rendered; None on a miss."""
+        entry = self.cache.get(response_id)
+        if entry is None:
+            return None
+        return Parent(response=entry.response, conversation=entry.conversation)
+
+    def refused(self, job: Job) -> None:
+        """The request failed before it started (4xx/5xx): a same-lane continuation evicts its parent."""
+        self._evict_if_same_lane(job.request.previous_response_id, job.lane)
+
+    def started(self, job: Job, turn: Turn) -> None:
+        self._active[turn.id] = (turn, job)
+
+    def completed(self, job: Job, turn: Turn) -> None:
+        """The turn reached its terminal event: cache it as its lane's latest (a failure evicts instead).
+
+        Called before the terminal event is sent, so a client that continues the moment it hears
+        ``response.completed`` finds the response here, on any lane.
+        """
+        if turn.response.status == "failed" or turn.after is None:
+            self._evict_if_same_lane(turn.request.previous_response_id, job.lane)
+            return
+        self.cache.put(CachedResponse(response=turn.response, conversation=turn.after, lane=job.lane))
+
+    def ended(self, job: Job, turn: Turn | None = None) -> AfterTurn:
+        """The job is over (``turn`` is None when it never started or broke): free its lane, apply steering."""
+        after = AfterTurn(send=[], start=[])
+        if turn is not None:
+            self._active.pop(turn.id, None)
+            after = self._after_steered(job, turn)
+        if job.pinned is not None:
+            self.cache.unpin(job.pinned)
+        after.start += _jobs(self.lanes.finish(job.lane))
+        return after
+
+    def close(self) -> None:
+        self.cache.clear()
+        self._steers.clear()
+        self._active.clear()
+
+    def _evict_if_same_lane(self, previous: str | None, lane: str | None) -> None:
+        entry = self.cache.get(previous) if previous else None
+        if entry is not None and entry.lane == lane:
+            self.cache.evict(entry.response.id)
+
+    # response.steer --------------------------------------------------------------------------
+
+    def steer(self, target: Any, raw_input: Any) -> Outbound:
+        """A ``response.steer``: accepted (numbered in the target's sequence) or failed, as the event to send."""
+        refusal = self._steer_refusal(target, raw_input)
+        if refusal is not None:
+            code, message = refusal
+            error = {"type": "invalid_request_error", "code": code, "message": message}
+            return Outbound(
+                SteerFailed(sequence_number=0, steer={"previous_response_id": target, "input": raw_input}, error=error)
+            )
+        turn, job = self._active[target]
+        steer = _Steer(id=ids.new_id(ids.STEER), items=parse_input(raw_input))
+        self._steers.setdefault(target, []).append(steer)
+        turn.steered = True
+        accepted = SteerAccepted(steer=SteerRef(id=steer.id, previous_response_id=target))
+        return Outbound(turn.assembler.stamp(accepted), job.lane)
+
+    def _steer_refusal(self, target: Any, raw_input: Any) -> tuple[str, str] | None:
+        if not isinstance(target, str) or not target:
+            return "response_not_found", "'previous_response_id' must name a response on this connection."
+        if target not in self._active:
+            if self.cache.get(target) is not None:
+                return "response_already_completed", f"Response '{target}' has already completed."
+            return "response_not_found", f"No active response '{target}' on this connection."
+        turn, _ = self._active[target]
+        if turn.request.compact_threshold is not None:
+            return "steering_not_supported", "Steering is not supported with automatic compaction."
+        if len(self._steers.get(target, [])) >= self.max_pending_steers:
+            return "too_many_pending_steers", f"At most {self.max_pending_steers} steers may be pending per response."
+        return _steer_input_refusal(raw_input)
+
+    def _take_steers(self, previous: str | None) -> list[Item]:
+        if previous is None:
+            return []
+        return [item for steer in self._steers.pop(previous, []) for item in steer.items]
+
+    def _after_steered(self, job: Job, turn: Turn) -> AfterTurn:
+        """A successor starts at once, or the steering waits for the client's tool output."""
+        queued = self._steers.get(turn.id)
+        if not queued or turn.response.status == "failed":
+            self._steers.pop(turn.id, None)
+            return AfterTurn(send=[], start=[])
+        calls = [item for item in turn.response.output if isinstance(item, FunctionCall)]
+        if calls:  # the client owns the next input: say what is needed, keep the steering queued
+            return AfterTurn(send=_pending(turn, queued, calls, job.lane), start=[])
+        successor = msgspec.structs.replace(
+            job.request, input=self._take_steers(turn.id), previous_response_id=turn.id, generate=True
+        )
+        follow = Job(successor, StageTimes())
+        if self.cache.pin(turn.id):
+            follow.pinned = turn.id
+        return AfterTurn(send=[], start=_jobs(self.lanes.submit(job.lane, follow, front=True)))
+
+
+def _jobs(startable: list[tuple[str | None, Job]]) -> list[Job]:
+    return [job for _, job in startable]
+
+
+def _steer_input_refusal(raw_input: Any) -> tuple[str, str] | None:
+    if isinstance(raw_input, list) and not raw_input:
+        return "invalid_input", "'input' must be a string or a non-empty array of user messages."
+    try:
+        items = parse_input(raw_input)
+    except ApiError as err:
+        return "invalid_input", err.message
+    if not all(isinstance(i, Message) and i.role == "user" for i in items):
+        return "invalid_input", "Steering input may only contain user messages."
+    return None
+
+
+def _pending(turn: Turn, queued: Sequence[_Steer], calls: list[FunctionCall], lane: str | None) -> list[Outbound]:
+    stubs = [{"type": "function_call_output", "call_id": c.call_id, "name": c.name} for c in calls]
+    return [
+        Outbound(
+            turn.assembler.stamp(SteerPending(steer=SteerRef(id=s.id, previous_response_id=turn.id), required_input=stubs)),
+            lane,
+        )
+        for s in queued
+    ]

@@ -1,0 +1,67 @@
+"""Running a prepared turn to its end, the same way for every transport.
+
+The one choice that differs between transports is where persistence sits relative to the terminal
+event, and it is made here, once:
+
+- ``Persist.FIRST``: the store has the response before the client hears it ended (HTTP JSON and
+  SSE, background runs, and WebSocket with ``--ws-durable-store``). A failed write takes the
+  terminal event's place: the driver raises the store's ``ApiError`` (503 ``store_unavailable``),
+  which each transport renders as it renders any error.
+- ``Persist.BEHIND``: the terminal event goes out first and the write follows (WebSocket's overlap);
+  the record is readable from the moment it is submitted (``ResponseLog.put_behind``).
+
+``store=false`` turns write nothing. Every finished turn is counted once, when its terminal event
+leaves.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+
+from loopway.core.metrics import Metrics
+from loopway.core.persistence import ResponseLog
+from loopway.core.pipeline import Turn, TurnPipeline, is_terminal
+from loopway.protocol.events import Event
+
+
+class Persist(enum.Enum):
+    FIRST = "first"
+    BEHIND = "behind"
+
+
+class TurnDriver:
+    def __init__(self, pipeline: TurnPipeline, log: ResponseLog, metrics: Metrics) -> None:
+        self.pipeline = pipeline
+        self.log = log
+        self.metrics = metrics
+
+    async def events(self, turn: Turn, transport: str, persist: Persist) -> AsyncIterator[Event]:
+        """The turn's events in order, ending with its terminal event (or a raised store error)."""
+        async for event in self.pipeline.run(turn):
+            if turn.events is not None:  # kept for replay (background runs)
+                turn.events.append(event)
+            if not is_terminal(event):
+                yield event
+            elif persist is Persist.FIRST:
+                try:
+                    await self._persist(turn)
+                finally:
+                    self.metrics.turn_finished(turn, transport)
+                yield event
+            else:
+                try:
+                    yield event
+                finally:  # also when the consumer stops here: the client has had its answer
+                    self._persist_behind(turn)
+                    self.metrics.turn_finished(turn, transport)
+
+    async def _persist(self, turn: Turn) -> None:
+        if turn.request.store:
+            with turn.times.measure("persist"):
+                await self.log.put(self.pipeline.record(turn))
+
+    def _persist_behind(self, turn: Turn) -> None:
+        if turn.request.store:
+            with turn.times.measure("persist"):
+                self.log.put_behind(self.pipeline.record(turn))
