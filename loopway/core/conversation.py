@@ -29,8 +29,18 @@ def _index_calls(calls: dict[str, int], items: Sequence[Item], offset: int) -> d
     return calls
 
 
+def _rendered(renderer: Renderer, items: Sequence[Item], offset: int) -> tuple[list[int], list[int]]:
+    """Items' tokens, and where each item's tokens end (counting from ``offset``)."""
+    tokens: list[int] = []
+    ends: list[int] = []
+    for item in items:
+        tokens += renderer.item(item)
+        ends.append(offset + len(tokens))
+    return tokens, ends
+
+
 class Conversation:
-    __slots__ = ("key", "items", "tokens", "header_length", "_calls")
+    __slots__ = ("key", "items", "tokens", "ends", "header_length", "_calls")
 
     def __init__(
         self,
@@ -38,11 +48,13 @@ class Conversation:
         items: AppendOnly[Item],
         tokens: TokenSequence,
         header_length: int,
+        ends: AppendOnly[int],
         calls: dict[str, int] | None = None,
     ) -> None:
         self.key = key
         self.items = items
         self.tokens = tokens
+        self.ends = ends  # ends[i]: where item i's tokens end, so a window can be cut without re-rendering
         self.header_length = header_length
         # call_id -> index of its function_call; shared along with the items buffer, so an entry
         # counts only if its index lies inside this view.
@@ -55,8 +67,14 @@ class Conversation:
     @classmethod
     def start(cls, renderer: Renderer, instructions: str | None, tools: ToolSet, items: Sequence[Item] = ()) -> Conversation:
         header = renderer.header(instructions, tools)
-        tokens = TokenSequence.of(header + renderer.items(list(items)))
-        return cls(header_key(instructions, tools), AppendOnly(list(items)), tokens, len(header))
+        body, ends = _rendered(renderer, items, len(header))
+        return cls(
+            header_key(instructions, tools),
+            AppendOnly(list(items)),
+            TokenSequence.of(header + body),
+            len(header),
+            AppendOnly(ends),
+        )
 
     def append(self, renderer: Renderer, items: Sequence[Item]) -> Conversation:
         if not items:
@@ -67,7 +85,28 @@ class Conversation:
         else:  # a fork copied the buffer: index the copied prefix for this branch alone
             calls = _index_calls({}, self.items.to_list(), 0)
         _index_calls(calls, items, len(self.items))
-        return Conversation(self.key, extended, self.tokens.extend(renderer.items(list(items))), self.header_length, calls)
+        body, ends = _rendered(renderer, items, len(self.tokens))
+        return Conversation(self.key, extended, self.tokens.extend(body), self.header_length, self.ends.extend(ends), calls)
+
+    def suffix(self, start: int) -> Conversation:
+        """The same header with only items ``start:`` (truncation), from the tokens already rendered."""
+        if start == 0:
+            return self
+        items = self.items.to_list(start)
+        cut = self.ends[start - 1]
+        tokens = self.tokens.ids()
+        body_ends = [end - cut + self.header_length for end in self.ends.to_list(start)]
+        return Conversation(
+            self.key,
+            AppendOnly(items),
+            TokenSequence.of(tokens[: self.header_length] + tokens[cut:]),
+            self.header_length,
+            AppendOnly(body_ends),
+        )
+
+    def item_tokens(self, index: int) -> int:
+        """How many tokens item ``index`` renders to."""
+        return self.ends[index] - (self.ends[index - 1] if index else self.header_length)
 
     def rebase(self, renderer: Renderer, instructions: str | None, tools: ToolSet) -> Conversation:
         """The same items under a new header: reused when the header is unchanged, else re-rendered."""

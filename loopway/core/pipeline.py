@@ -149,9 +149,17 @@ class TurnPipeline:
     # Before the engine -----------------------------------------------------------------------
 
     def prepare(
-        self, request: CreateRequest, parent: Parent | None, times: StageTimes | None = None, tenant: str = ""
+        self,
+        request: CreateRequest,
+        parent: Parent | None,
+        times: StageTimes | None = None,
+        tenant: str = "",
+        renderer: Renderer | None = None,
     ) -> Turn:
+        """Everything before the engine. ``renderer`` may hold the request's tokens rendered ahead
+        (``tokens.render.prerender``, off the event loop for large requests)."""
         times = times or StageTimes()
+        renderer = renderer or self.renderer
         with times.measure("validate"):
             info = find_model(self.engine, request.model)
             if info is None:
@@ -159,13 +167,13 @@ class TurnPipeline:
             new_items = [normalized(item) for item in request.input]
         with times.measure("render"):
             resolved = _resolve_references(new_items, parent)
-            conversation, known, known_items = self._context(request, parent, resolved)
+            conversation, known, known_items = self._context(request, parent, resolved, renderer)
             _check_tool_outputs(conversation, new_items)
             conversation = self._fit(request, conversation, info.context_window)
             compacted = None
             threshold = request.compact_threshold
             if request.compact_now or (threshold is not None and len(conversation.tokens) > threshold):
-                conversation, compacted = self._compact(request, conversation, resolved)
+                conversation, compacted = self._compact(request, conversation, resolved, renderer)
                 known = known_items = 0
         response = new_response(request, ids.new_id(ids.RESPONSE))
         self.stage_log.add(response.id, times)
@@ -174,33 +182,37 @@ class TurnPipeline:
         return turn
 
     def _compact(
-        self, request: CreateRequest, conversation: Conversation, new_items: list[Item]
+        self, request: CreateRequest, conversation: Conversation, new_items: list[Item], renderer: Renderer
     ) -> tuple[Conversation, Compaction]:
         """Compact what came before this turn's input; the sealed item carries the whole new context."""
         items = conversation.items.to_list()
         prior = items[: max(0, len(items) - len(new_items))]
         context = [*compaction.compact(prior), *items[len(prior) :]]
         sealed = compaction.seal_items(self.sealer, context)
-        return Conversation.start(self.renderer, request.instructions, request.tools, context), sealed
+        return Conversation.start(renderer, request.instructions, request.tools, context), sealed
 
     def _context(
-        self, request: CreateRequest, parent: Parent | None, new_items: list[Item]
+        self, request: CreateRequest, parent: Parent | None, new_items: list[Item], renderer: Renderer
     ) -> tuple[Conversation, int, int]:
         """The conversation the engine will see, and how many of its tokens and items came before."""
         start = compaction.last_compaction(new_items)
         if start >= 0 or parent is None:  # a compaction in the input starts the context afresh
             items = compaction.effective_context(self.sealer, new_items)
-            return Conversation.start(self.renderer, request.instructions, request.tools, items), 0, 0
+            return Conversation.start(renderer, request.instructions, request.tools, items), 0, 0
         if parent.conversation is not None:
-            base = parent.conversation.rebase(self.renderer, request.instructions, request.tools)
+            base = parent.conversation.rebase(renderer, request.instructions, request.tools)
             known = len(base.tokens) if base is parent.conversation else 0
-            return base.append(self.renderer, new_items), known, len(base.items)
+            return base.append(renderer, new_items), known, len(base.items)
         previous = parent.items or []
         items = compaction.effective_context(self.sealer, [*previous, *new_items])
         known_items = len(previous) if compaction.last_compaction(previous) < 0 else 0
-        return Conversation.start(self.renderer, request.instructions, request.tools, items), 0, known_items
+        return Conversation.start(renderer, request.instructions, request.tools, items), 0, known_items
 
     def _fit(self, request: CreateRequest, conversation: Conversation, window: int) -> Conversation:
+        """The context within the window: refused (``truncation: disabled``), or its oldest items dropped.
+
+        One pass over the items' token counts, newest first; nothing is rendered again.
+        """
         if len(conversation.tokens) <= window:
             return conversation
         if request.truncation == "disabled":
@@ -211,22 +223,24 @@ class TurnPipeline:
                 param="input",
                 code="context_length_exceeded",
             )
-        items = conversation.items.to_list()
-        while len(items) > 1:  # truncation "auto": drop the oldest items until it fits
-            items = items[1:]
-            candidate = Conversation.start(self.renderer, request.instructions, request.tools, items)
-            if len(candidate.tokens) <= window:
-                return candidate
-        raise ApiError(
-            400,
-            "The latest input item alone exceeds the context window of this model.",
-            param="input",
-            code="context_length_exceeded",
-        )
+        count = len(conversation.items)
+        budget, start = window - conversation.header_length, count
+        while start > 0 and conversation.item_tokens(start - 1) <= budget:
+            start -= 1
+            budget -= conversation.item_tokens(start)
+        if start == count:
+            raise ApiError(
+                400,
+                "The latest input item alone exceeds the context window of this model.",
+                param="input",
+                code="context_length_exceeded",
+            )
+        return conversation.suffix(start)
 
     def count_input_tokens(self, request: CreateRequest, parent: Parent | None) -> int:
         """``POST /v1/responses/input_tokens``: the context as the engine would see it, counted."""
-        conversation, _, _ = self._context(request, parent, _resolve_references(list(request.input), parent))
+        resolved = _resolve_references(list(request.input), parent)
+        conversation, _, _ = self._context(request, parent, resolved, self.renderer)
         return len(conversation.tokens)
 
     # The engine ------------------------------------------------------------------------------

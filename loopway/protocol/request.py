@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from loopway.protocol import bounds
+from loopway.protocol.bounds import DEFAULT_BOUNDS, JsonBounds
 from loopway.protocol.errors import ApiError, invalid_request, invalid_value, missing_parameter
 from loopway.protocol.items import COMPACTION_TRIGGER, Item, parse_input, text_of
 from loopway.protocol.tools import ToolChoice, ToolSet, parse_tool_choice, parse_tools
@@ -113,17 +115,10 @@ INCLUDABLE = frozenset(
     }
 )
 _FORMAT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-BODY_DECODER = msgspec.json.Decoder()
 
 
-def decode_json(data: bytes) -> Any:
-    try:
-        return BODY_DECODER.decode(data)
-    except msgspec.DecodeError as exc:
-        raise invalid_request(
-            f"We could not parse the JSON body of your request. ({exc}) The OpenAI API expects a JSON payload.",
-            code="invalid_json",
-        ) from None
+def decode_json(data: bytes, limits: JsonBounds = DEFAULT_BOUNDS) -> Any:
+    return bounds.decode(data, limits)
 
 
 def shape_check(raw: Any, cls: type) -> Any:
@@ -406,10 +401,11 @@ def validate_create(body: CreateBody, *, websocket: bool = False) -> CreateReque
     )
 
 
-def create_from(raw: Any, *, websocket: bool = False) -> CreateRequest:
+def create_from(raw: Any, *, websocket: bool = False, limits: JsonBounds = DEFAULT_BOUNDS) -> CreateRequest:
     """A decoded create body (a ``response.create`` frame, or a JSON body) to a validated request."""
+    bounds.check_input_items(raw, limits)
     return validate_create(shape_check(raw, CreateBody), websocket=websocket)
 
 
-def parse_create(data: bytes, *, websocket: bool = False) -> CreateRequest:
-    return create_from(decode_json(data), websocket=websocket)
+def parse_create(data: bytes, *, websocket: bool = False, limits: JsonBounds = DEFAULT_BOUNDS) -> CreateRequest:
+    return create_from(decode_json(data, limits), websocket=websocket, limits=limits)

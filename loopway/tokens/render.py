@@ -36,6 +36,7 @@ from loopway.protocol.tools import ToolSet
 
 LOW_DETAIL_IMAGE_TOKENS = 85
 TILE_TOKENS = 170
+CHUNK_CHARS = 64 * 1024  # bpe-openai refuses a single text of 1,000,000 characters or 200,000 tokens
 
 
 @lru_cache(maxsize=1)
@@ -81,11 +82,41 @@ def image_token_count(image: InputImage) -> int:
     return LOW_DETAIL_IMAGE_TOKENS + TILE_TOKENS * tiles
 
 
+_END: tuple[int, ...] = ()
+
+
+def encode_long(text: str) -> list[int]:
+    """``o200k_base`` tokens of any text, encoded in chunks that end at whitespace where there is some.
+
+    Chunk boundaries depend only on the text, so the same text always gives the same tokens (the
+    prefix cache relies on it); a word is only ever split when it is longer than a chunk.
+    """
+    encode = encoding().encode_ordinary
+    if len(text) <= CHUNK_CHARS:
+        return encode(text)
+    out: list[int] = []
+    start = 0
+    while start < len(text):
+        end = min(start + CHUNK_CHARS, len(text))
+        if end < len(text):
+            cut = max(text.rfind(" ", start + 1, end), text.rfind("\n", start + 1, end))
+            end = cut if cut > start else end
+        out += encode(text[start:end])
+        start = end
+    return out
+
+
+@lru_cache(maxsize=64)
+def _frame_open(role: str) -> tuple[int, ...]:
+    """The opening of a message frame: encoded alone already, so caching it changes no token."""
+    return tuple(encode_long(f"<|start|>{role}<|message|>"))
+
+
 class Renderer:
     """Renders the header (instructions and tools) and each item to token ids."""
 
     def __init__(self) -> None:
-        self._encode = encoding().encode_ordinary
+        self._encode = encode_long
 
     def text(self, text: str) -> list[int]:
         return self._encode(text)
@@ -124,10 +155,10 @@ class Renderer:
     def _frame(self, role: str, content: str | list[ContentPart]) -> list[int]:
         if isinstance(content, str):  # renders exactly like one text part
             content = [InputText(text=content)]
-        out = self._encode(f"<|start|>{role}<|message|>")
+        out = list(_frame_open(role))
         for part in content:
             out += self._part(part)
-        out += self._encode("<|end|>")
+        out += _END
         return out
 
     def _part(self, part: ContentPart) -> list[int]:
@@ -143,3 +174,37 @@ class Renderer:
             header = self._encode(f"[file {part.filename or part.file_id or 'attachment'}]")
             return header + _opaque_tokens(payload.encode(), max(1, len(payload) * 3 // 16))
         raise TypeError(type(part))
+
+
+class Prerendered(Renderer):
+    """A renderer that answers from tokens rendered earlier, by object identity.
+
+    A large request is rendered in a worker thread (``prerender``) so the event loop stays free; the
+    turn is then built on the loop from these tokens, where the connection's shared buffers live.
+    Anything not rendered ahead (a referenced item, the model's output) is rendered as usual.
+    """
+
+    def __init__(self, items: dict[int, list[int]], headers: dict[tuple[int, int], list[int]], keep: object) -> None:
+        super().__init__()
+        self._items = items
+        self._headers = headers
+        self._keep = keep  # the objects the ids belong to, alive as long as their ids are used
+
+    def header(self, instructions: str | None, tools: ToolSet) -> list[int]:
+        tokens = self._headers.get((id(instructions), id(tools)))
+        return tokens if tokens is not None else super().header(instructions, tools)
+
+    def item(self, item: Item) -> list[int]:
+        tokens = self._items.get(id(item))
+        return tokens if tokens is not None else super().item(item)
+
+
+def prerender(instructions: str | None, tools: ToolSet, items: list[Item]) -> Prerendered:
+    """Render a request's header and items now (in any thread) for a turn built later."""
+    renderer = Renderer()
+    rendered = {id(item): renderer.item(item) for item in items if not isinstance(item, (Compaction, ItemReference))}
+    headers = {(id(instructions), id(tools)): renderer.header(instructions, tools)}
+    return Prerendered(rendered, headers, (instructions, tools, items))
+
+
+_END = tuple(encode_long("<|end|>"))

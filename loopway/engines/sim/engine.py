@@ -11,8 +11,9 @@ import msgspec
 from loopway.engines.base import Delta, EngineRequest, Finish, ModelInfo, TextDelta, ToolCallDelta
 from loopway.engines.sim.cost import CostModel, PrefixCache
 from loopway.engines.sim.policy import DefaultPolicy, PlannedCall
+from loopway.engines.sim.schema_instance import Budget
 from loopway.engines.sim.trace import TracePolicy, load_trace
-from loopway.tokens.render import encoding
+from loopway.tokens.render import encode_long, encoding
 from loopway.tokens.sequence import BLOCK_SIZE
 
 
@@ -23,6 +24,7 @@ class SimSettings(msgspec.Struct, kw_only=True):
     base_latency_ms: float = 20.0
     prefill_tokens_per_s: float = 20_000.0
     decode_tokens_per_s: float = 1_000.0
+    max_output_tokens: int = 16_384  # the model's maximum output: what one response may say at most
     trace: str | None = None
 
 
@@ -57,21 +59,23 @@ class SimEngine:
         return self._generate(request)  # the simulator accepts everything it is given
 
     async def _generate(self, request: EngineRequest) -> AsyncIterator[Delta]:
-        plan = self.policy.plan(request)
+        cap = self.settings.max_output_tokens  # the simulated model's own maximum output
+        limit = min(request.max_output_tokens or cap, cap)
+        budget = Budget.for_tokens(limit)
+        plan = self.policy.plan(request, budget)
         hashes = request.tokens.block_hashes()
         cached = min(self.cache.cached_tokens(hashes), len(request.tokens))
         self.cache.insert(hashes, start_block=cached // BLOCK_SIZE)
         await asyncio.sleep(self.cost.time_to_first_token(len(request.tokens) - cached))
 
-        budget = request.max_output_tokens
         loop = asyncio.get_running_loop()
-        start, produced, truncated = loop.time(), 0, False
+        start, produced, truncated = loop.time(), 0, budget.exhausted
         rate = self.cost.decode_tokens_per_s
         for index, planned in enumerate(plan):
             is_call = isinstance(planned, PlannedCall)
-            ids = encoding().encode_ordinary(planned.arguments if is_call else planned.text)
-            if budget is not None and produced + len(ids) > budget:
-                ids, truncated = ids[: budget - produced], True
+            ids = encode_long(planned.arguments if is_call else planned.text)
+            if produced + len(ids) > limit:
+                ids, truncated = ids[: limit - produced], True
             pieces = token_pieces(ids)
             first = True
             i = 0

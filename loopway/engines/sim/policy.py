@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from loopway.engines.base import EngineRequest
-from loopway.engines.sim.schema_instance import instance
+from loopway.engines.sim.schema_instance import Budget, instance
 from loopway.protocol.items import FunctionCall, FunctionCallOutput, Item, Message, Reasoning, text_of
 from loopway.protocol.tools import FunctionTool
 
@@ -116,6 +116,16 @@ def model_turns(items: Sequence[Item]) -> int:
     return turns
 
 
+FOCUS_CHARS = 4096
+
+
+def focus(message: str) -> str:
+    """What the policy reads of a long message: its start and its end (where requests are written)."""
+    if len(message) <= 2 * FOCUS_CHARS:
+        return message
+    return message[:FOCUS_CHARS] + "\n" + message[-FOCUS_CHARS:]
+
+
 def targets_of(text: str) -> list[str]:
     found: list[str] = []
     for match in _QUOTED.finditer(text):
@@ -187,7 +197,7 @@ def asked_for(tools: Sequence[FunctionTool], message: str) -> tuple[FunctionTool
     return None
 
 
-def arguments_for(tool: FunctionTool, target: str, message: str) -> str:
+def arguments_for(tool: FunctionTool, target: str, message: str, budget: Budget | None = None) -> str:
     schema = tool.parameters or {"type": "object", "properties": {}}
     used: list[bool] = [False]
 
@@ -197,7 +207,7 @@ def arguments_for(tool: FunctionTool, target: str, message: str) -> str:
             return target
         return None
 
-    value = instance(schema, fill)
+    value = instance(schema, fill, budget)
     if not used[0] and isinstance(value, dict):
         # No slot named for the target: put it in the first string property.
         for key, sub in (schema.get("properties") or {}).items():
@@ -211,15 +221,16 @@ class DefaultPolicy:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
 
-    def plan(self, request: EngineRequest) -> Plan:
+    def plan(self, request: EngineRequest, budget: Budget) -> Plan:
+        """What to say; what it builds from schemas stays within ``budget`` (``budget.exhausted`` if cut)."""
         items = request.items
         user_at = latest_user_index(items)
-        message = text_of(items[user_at].content) if user_at >= 0 else ""  # type: ignore[union-attr]
+        message = focus(text_of(items[user_at].content)) if user_at >= 0 else ""  # type: ignore[union-attr]
         if request.json_schema is not None and request.tool_choice.mode != "required":
-            return [PlannedText(self._structured(request, message))]
+            return [PlannedText(self._structured(request, message, budget))]
         tools = self._callable(request)
         if tools:
-            calls = self._calls(request, tools, items[user_at + 1 :], message)
+            calls = self._calls(request, tools, items[user_at + 1 :], message, budget)
             if calls:
                 return calls
         return [PlannedText(self._answer(items, user_at, message))]
@@ -230,7 +241,9 @@ class DefaultPolicy:
         names = request.tool_choice.names
         return [t for t in request.tools.functions if names is None or t.name in names]
 
-    def _calls(self, request: EngineRequest, tools: list[FunctionTool], since_user: Sequence[Item], message: str) -> Plan:
+    def _calls(
+        self, request: EngineRequest, tools: list[FunctionTool], since_user: Sequence[Item], message: str, budget: Budget
+    ) -> Plan:
         acted = " ".join(i.arguments for i in since_user if isinstance(i, FunctionCall))
         pending = [t for t in targets_of(message) if t not in acted]
         required = request.tool_choice.mode == "required"
@@ -238,7 +251,7 @@ class DefaultPolicy:
             asked = asked_for(tools, message)
             if asked is not None:  # no explicit target, but the message plainly asks for this tool
                 tool, subject = asked
-                return [PlannedCall(name=tool.name, arguments=arguments_for(tool, subject, message))]
+                return [PlannedCall(name=tool.name, arguments=arguments_for(tool, subject, message, budget))]
         if not pending:
             if not required:
                 return []
@@ -249,10 +262,10 @@ class DefaultPolicy:
         plan: Plan = []
         for target in pending:
             tool = best_tool(tools, message, target)
-            plan.append(PlannedCall(name=tool.name, arguments=arguments_for(tool, target, message)))
+            plan.append(PlannedCall(name=tool.name, arguments=arguments_for(tool, target, message, budget)))
         return plan
 
-    def _structured(self, request: EngineRequest, message: str) -> str:
+    def _structured(self, request: EngineRequest, message: str, budget: Budget) -> str:
         words = re.findall(r"[A-Za-z][A-Za-z0-9_-]{2,}", message) or ["value"]
         counter = [0]
 
@@ -261,7 +274,7 @@ class DefaultPolicy:
             return words[(stable_seed(self.seed, name) + counter[0]) % len(words)]
 
         assert request.json_schema is not None
-        return msgspec.json.encode(instance(request.json_schema.schema, fill)).decode()
+        return msgspec.json.encode(instance(request.json_schema.schema, fill, budget)).decode()
 
     def _answer(self, items: Sequence[Item], user_at: int, message: str) -> str:
         rng = random.Random(stable_seed(self.seed, message, len(items)))

@@ -17,6 +17,7 @@ import msgspec
 
 from loopway.engines.base import EngineRequest
 from loopway.engines.sim.policy import DefaultPolicy, Plan, PlannedCall, PlannedText, model_turns
+from loopway.engines.sim.schema_instance import Budget
 
 
 class TraceError(ValueError):
@@ -61,8 +62,8 @@ class TracePolicy:
         self.plans = plans
         self.fallback = fallback
 
-    def plan(self, request: EngineRequest) -> Plan:
+    def plan(self, request: EngineRequest, budget: Budget) -> Plan:
         turn = model_turns(request.items)
         if turn < len(self.plans):
             return self.plans[turn]
-        return self.fallback.plan(request)
+        return self.fallback.plan(request, budget)

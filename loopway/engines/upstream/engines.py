@@ -19,7 +19,7 @@ from loopway.engines.upstream.chat import ChunkDecoder, body_of
 from loopway.engines.upstream.http import Upstream
 from loopway.protocol.errors import ApiError
 from loopway.protocol.items import to_builtins
-from loopway.tokens.render import encoding
+from loopway.tokens.render import encode_long
 
 
 class UpstreamSettings(msgspec.Struct, kw_only=True):
@@ -72,7 +72,7 @@ class ChatEngine(_UpstreamEngine):
                 yield delta
         if not decoder.finished:  # e.g. llama-cpp-python drops errors raised after its 200 (context overflow)
             raise EngineError("The upstream stream ended without a finish reason.")
-        yield decoder.finish(len(request.tokens), lambda: len(encoding().encode_ordinary("".join(text))))
+        yield decoder.finish(len(request.tokens), lambda: len(encode_long("".join(text))))
 
 
 class ResponsesEngine(_UpstreamEngine):
