@@ -8,7 +8,8 @@ event, and it is made here, once:
   terminal event's place: the driver raises the store's ``ApiError`` (503 ``store_unavailable``),
   which each transport renders as it renders any error.
 - ``Persist.BEHIND``: the terminal event goes out first and the write follows (WebSocket's overlap);
-  the record is readable from the moment it is submitted (``ResponseLog.put_behind``).
+  the record is readable from the moment it is submitted (``ResponseLog.put_behind``). A write that
+  fails later is reported to ``on_unsaved`` with the same 503, naming the response.
 
 ``store=false`` turns write nothing. Every finished turn is counted once, when its terminal event
 leaves.
@@ -17,11 +18,12 @@ leaves.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from loopway.core.metrics import Metrics
 from loopway.core.persistence import ResponseLog
 from loopway.core.pipeline import Turn, TurnPipeline, is_terminal
+from loopway.protocol.errors import ApiError
 from loopway.protocol.events import Event
 
 
@@ -36,7 +38,13 @@ class TurnDriver:
         self.log = log
         self.metrics = metrics
 
-    async def events(self, turn: Turn, transport: str, persist: Persist) -> AsyncIterator[Event]:
+    async def events(
+        self,
+        turn: Turn,
+        transport: str,
+        persist: Persist,
+        on_unsaved: Callable[[ApiError], None] | None = None,
+    ) -> AsyncIterator[Event]:
         """The turn's events in order, ending with its terminal event (or a raised store error)."""
         async for event in self.pipeline.run(turn):
             if turn.events is not None:  # kept for replay (background runs)
@@ -53,7 +61,7 @@ class TurnDriver:
                 try:
                     yield event
                 finally:  # also when the consumer stops here: the client has had its answer
-                    self._persist_behind(turn)
+                    self._persist_behind(turn, on_unsaved)
                     self.metrics.turn_finished(turn, transport)
 
     async def _persist(self, turn: Turn) -> None:
@@ -61,7 +69,7 @@ class TurnDriver:
             with turn.times.measure("persist"):
                 await self.log.put(self.pipeline.record(turn))
 
-    def _persist_behind(self, turn: Turn) -> None:
+    def _persist_behind(self, turn: Turn, on_unsaved: Callable[[ApiError], None] | None) -> None:
         if turn.request.store:
             with turn.times.measure("persist"):
-                self.log.put_behind(self.pipeline.record(turn))
+                self.log.put_behind(self.pipeline.record(turn), on_unsaved)

@@ -1,8 +1,14 @@
-"""Write-behind persistence with read-your-writes.
+"""Write-behind persistence with read-your-writes, and the store's health.
 
 WebSocket turns send ``response.completed`` first and persist after, so the next turn never waits
 on bookkeeping. A record is readable from the moment it is submitted: reads look at the pending
 writes before the store. The log owns its write tasks; ``drain`` waits for them at shutdown.
+
+Every store failure is one error, ``503 store_unavailable``: before any work when it is known
+(``check``), or naming the response that was not saved when a write fails after generating. A
+failed write marks the store unhealthy until a write succeeds again; while it is, ``check`` probes
+(at most once a second) with a write as large as the one that failed, capped at 1 MiB, instead of
+letting store=true requests generate for nothing, and ``/health`` says so.
 """
 
 from __future__ import annotations
@@ -12,27 +18,31 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from loopway.protocol.errors import ApiError
 from loopway.store.base import Store, StoredResponse, StoreUnavailable
 
 log = logging.getLogger("loopway.persistence")
 
+PROBE_ID = "loopway-health-probe"
+PROBE_INTERVAL_S = 1.0
+PROBE_MAX_BYTES = 1 << 20
 
-@contextmanager
-def _answering_503() -> Iterator[None]:
-    """A store that cannot be reached is the client's 503, with a hint to retry."""
-    try:
-        yield
-    except StoreUnavailable as exc:
-        log.warning("store unavailable: %s", exc)
-        raise ApiError(
-            503,
-            "The response store is unavailable right now; retry shortly, or use store=false.",
-            type="server_error",
-            code="store_unavailable",
-            headers={"retry-after": "1"},
-        ) from None
+
+def store_unavailable(detail: str = "") -> ApiError:
+    return ApiError(
+        503,
+        f"The response store is unavailable right now{detail}; retry shortly, or use store=false.",
+        type="server_error",
+        code="store_unavailable",
+        headers={"retry-after": "1"},
+    )
+
+
+def unsaved(response_id: str) -> ApiError:
+    """The response was generated but could not be stored: the client must not count on it."""
+    return store_unavailable(f": response '{response_id}' was not saved")
 
 
 class ResponseLog:
@@ -40,36 +50,76 @@ class ResponseLog:
         self.store = store
         self._pending: dict[str, StoredResponse] = {}
         self._writes: dict[str, asyncio.Task[None]] = {}
+        self.failing: str | None = None  # why the last write failed, until one succeeds
+        self._failed_size = 0  # how large the write was that failed: the probe writes as much
+        self._probed = 0.0
         self.on_persisted: Callable[[float], None] = lambda seconds: None  # store write times, for metrics
 
     async def put(self, record: StoredResponse) -> None:
-        """Write now and return once the store has it (durable for SQLite)."""
+        """Write now and return once the store has it (durable for SQLite); 503 naming it otherwise."""
         self._pending[record.id] = record
         try:
-            with _answering_503():
-                await self._timed_put(record)
+            await self._timed_put(record)
+        except StoreUnavailable:
+            raise unsaved(record.id) from None
         finally:
             if self._pending.get(record.id) is record:
                 del self._pending[record.id]
 
+    @contextmanager
+    def _answering_503(self) -> Iterator[None]:
+        """A store that cannot be reached is the client's 503, with a hint to retry; health remembers it."""
+        try:
+            yield
+        except StoreUnavailable as exc:
+            log.warning("store unavailable: %s", exc)
+            self.failing = str(exc)
+            raise store_unavailable() from None
+
     async def check(self) -> None:
         """Refuse work that needs the store while it is down (503), before any of it is done."""
-        with _answering_503():
+        with self._answering_503():
             await self.store.ping()
+            if self.failing is not None and time.monotonic() - self._probed >= PROBE_INTERVAL_S:
+                self._probed = time.monotonic()
+                await self._probe()
+        if self.failing is not None:
+            raise store_unavailable(f" (writes fail: {self.failing})")
 
-    def put_behind(self, record: StoredResponse) -> None:
-        """Write in the background; reads see the record immediately."""
+    async def _probe(self) -> None:
+        payload = b"0" * min(self._failed_size, PROBE_MAX_BYTES)
+        probe = StoredResponse(id=PROBE_ID, created_at=0, previous_response_id=None, response=payload, input_items=b"[]")
+        await self._timed_put(probe)
+        await self.store.delete(PROBE_ID)
+
+    async def health(self) -> dict[str, Any]:
+        try:
+            await self.check()
+        except ApiError as err:
+            return {"state": "unavailable", "detail": err.message}
+        return {"state": "ok"}
+
+    def put_behind(self, record: StoredResponse, on_unsaved: Callable[[ApiError], None] | None = None) -> None:
+        """Write in the background; reads see the record immediately. A failed write is logged and
+        reported to ``on_unsaved`` (the WebSocket session tells its client)."""
         previous = self._writes.get(record.id)
         self._pending[record.id] = record
-        self._writes[record.id] = asyncio.create_task(self._write(record, previous))
+        self._writes[record.id] = asyncio.create_task(self._write(record, previous, on_unsaved))
 
-    async def _write(self, record: StoredResponse, previous: asyncio.Task[None] | None) -> None:
+    async def _write(
+        self,
+        record: StoredResponse,
+        previous: asyncio.Task[None] | None,
+        on_unsaved: Callable[[ApiError], None] | None,
+    ) -> None:
         if previous is not None:
             await asyncio.shield(previous)  # writes of one id land in order
         try:
             await self._timed_put(record)
-        except Exception:
-            log.exception("persisting %s failed", record.id)
+        except Exception as exc:
+            log.error("response %s was not saved: %s", record.id, exc)
+            if on_unsaved is not None:
+                on_unsaved(unsaved(record.id))
         finally:
             if self._pending.get(record.id) is record:
                 del self._pending[record.id]
@@ -78,12 +128,19 @@ class ResponseLog:
 
     async def _timed_put(self, record: StoredResponse) -> None:
         start = time.perf_counter()
-        await self.store.put(record)
+        try:
+            await self.store.put(record)
+        except StoreUnavailable as exc:
+            self.failing = str(exc)
+            if record.id != PROBE_ID:
+                self._failed_size = len(record.response) + len(record.input_items) + len(record.events or b"")
+            raise
+        self.failing = None
         self.on_persisted(time.perf_counter() - start)
 
     async def get(self, response_id: str, tenant: str | None = None) -> StoredResponse | None:
         """The record, if it exists and (when ``tenant`` is given) belongs to that tenant."""
-        with _answering_503():
+        with self._answering_503():
             record = self._pending.get(response_id) or await self.store.get(response_id)
         if record is None or (tenant is not None and record.tenant != tenant):
             return None
@@ -96,7 +153,7 @@ class ResponseLog:
         if write is not None:
             await asyncio.shield(write)
         self._pending.pop(response_id, None)
-        with _answering_503():
+        with self._answering_503():
             return await self.store.delete(response_id)
 
     async def drain(self) -> None:

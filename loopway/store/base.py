@@ -1,8 +1,10 @@
-"""The store interface: put, get and delete stored responses. Nothing else.
+"""The store interface: put, get and delete stored responses, and claims on running background responses.
 
 Records hold JSON bytes as they go on the wire, so a store never needs the wire types and a read
 is one decode. ``input_items`` are the items this response added; the full context of a chained
-response is assembled by walking ``previous_response_id`` (``core.history``).
+response is assembled by walking ``previous_response_id`` (``core.history``). A claim says a
+process is still running a background response, so that one that died (``kill -9``) leaves
+something for its successor, or a peer replica, to end (``core.background``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,16 @@ class Store(Protocol):
     async def get(self, response_id: str) -> StoredResponse | None: ...
 
     async def delete(self, response_id: str) -> bool: ...
+
+    async def claim(self, response_id: str, until: float) -> None:
+        """A background run is alive until ``until`` (epoch seconds); its owner renews the claim."""
+        ...
+
+    async def release(self, response_id: str) -> None: ...
+
+    async def orphans(self, now: float) -> list[str]:
+        """Runs whose claim has expired: their process died without finishing them."""
+        ...
 
     async def ping(self) -> None:
         """Raise ``StoreUnavailable`` if the store cannot be reached now."""

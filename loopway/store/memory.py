@@ -8,6 +8,7 @@ from loopway.store.base import StoredResponse
 class MemoryStore:
     def __init__(self) -> None:
         self._records: dict[str, StoredResponse] = {}
+        self._claims: dict[str, float] = {}
 
     async def put(self, record: StoredResponse) -> None:
         self._records[record.id] = record
@@ -17,6 +18,15 @@ class MemoryStore:
 
     async def delete(self, response_id: str) -> bool:
         return self._records.pop(response_id, None) is not None
+
+    async def claim(self, response_id: str, until: float) -> None:
+        self._claims[response_id] = until
+
+    async def release(self, response_id: str) -> None:
+        self._claims.pop(response_id, None)
+
+    async def orphans(self, now: float) -> list[str]:
+        return [response_id for response_id, until in self._claims.items() if until < now]
 
     async def ping(self) -> None:
         return None

@@ -10,6 +10,8 @@ acknowledged write).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -17,7 +19,17 @@ from redis.exceptions import RedisError
 from loopway.store.base import StoredResponse, StoreUnavailable
 
 TTL_S = 30 * 24 * 3600
+CLAIMS = "loopway:claims"  # sorted set: background response id → until (epoch seconds)
 _FIELDS = ("created_at", "previous_response_id", "response", "input_items", "events", "tenant")
+
+
+@contextmanager
+def _reachable() -> Iterator[None]:
+    """Redis down, or too slow, is ``StoreUnavailable``: the client's 503."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable(f"redis: {exc}") from None
 
 
 class RedisStore:
@@ -42,19 +54,15 @@ class RedisStore:
             "tenant": record.tenant,
             "has_events": int(record.events is not None),
         }
-        try:
+        with _reachable():
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hset(self._key(record.id), mapping=mapping)
                 pipe.expire(self._key(record.id), self.ttl_s)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
 
     async def get(self, response_id: str) -> StoredResponse | None:
-        try:
+        with _reachable():
             raw = await self._redis.hgetall(self._key(response_id))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
         if not raw:
             return None
         return StoredResponse(
@@ -68,16 +76,24 @@ class RedisStore:
         )
 
     async def delete(self, response_id: str) -> bool:
-        try:
+        with _reachable():
             return bool(await self._redis.delete(self._key(response_id)))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
+
+    async def claim(self, response_id: str, until: float) -> None:
+        with _reachable():
+            await self._redis.zadd(CLAIMS, {response_id: until})
+
+    async def release(self, response_id: str) -> None:
+        with _reachable():
+            await self._redis.zrem(CLAIMS, response_id)
+
+    async def orphans(self, now: float) -> list[str]:
+        with _reachable():
+            return [member.decode() for member in await self._redis.zrangebyscore(CLAIMS, "-inf", now)]
 
     async def ping(self) -> None:
-        try:
+        with _reachable():
             await self._redis.ping()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from None
 
     async def aclose(self) -> None:
         await self._redis.aclose()

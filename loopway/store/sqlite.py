@@ -3,6 +3,10 @@
 One connection on one thread keeps SQLite's locking trivial and the event loop free; WAL lets
 a reader and the writer proceed together. ``synchronous=FULL``: a ``put`` that returned is on
 disk, so a ``store=true`` response survives ``kill -9`` once acknowledged.
+
+Every SQLite error at run time (a full disk, a file size limit, a corrupted page, a locked file)
+is ``StoreUnavailable``: the client's 503, never a 500. A file that is not a usable database at
+start-up is ``StoreOpenError``, which ``loopway serve`` reports in one line.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from loopway.store.base import StoredResponse
+from loopway.store.base import StoredResponse, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -27,7 +31,15 @@ CREATE TABLE IF NOT EXISTS responses (
     events BLOB,
     tenant TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS claims (
+    id TEXT PRIMARY KEY,
+    until REAL NOT NULL
+);
 """
+
+
+class StoreOpenError(Exception):
+    """The database cannot be opened or is not a usable SQLite database."""
 
 
 class SqliteStore:
@@ -36,17 +48,29 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopway-sqlite")
         self._db: sqlite3.Connection | None = None
-        self._executor.submit(self._open).result()
+        try:
+            self._executor.submit(self._open).result()
+        except sqlite3.Error as exc:
+            self._executor.shutdown(wait=False)
+            raise StoreOpenError(f"{self.path} is not a usable SQLite database ({exc})") from None
 
     def _open(self) -> None:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            db.execute("SELECT count(*) FROM responses").fetchone()
+        except sqlite3.Error:
+            db.close()
+            raise
         self._db = db
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite: {exc}") from None
 
     def _put(self, r: StoredResponse) -> None:
         assert self._db is not None
@@ -87,8 +111,29 @@ class SqliteStore:
     async def delete(self, response_id: str) -> bool:
         return await self._run(self._delete, response_id)
 
+    def _claim(self, response_id: str, until: float) -> None:
+        assert self._db is not None
+        self._db.execute("INSERT OR REPLACE INTO claims (id, until) VALUES (?, ?)", (response_id, until))
+
+    def _release(self, response_id: str) -> None:
+        assert self._db is not None
+        self._db.execute("DELETE FROM claims WHERE id = ?", (response_id,))
+
+    def _orphans(self, now: float) -> list[str]:
+        assert self._db is not None
+        return [row[0] for row in self._db.execute("SELECT id FROM claims WHERE until < ?", (now,))]
+
+    async def claim(self, response_id: str, until: float) -> None:
+        await self._run(self._claim, response_id, until)
+
+    async def release(self, response_id: str) -> None:
+        await self._run(self._release, response_id)
+
+    async def orphans(self, now: float) -> list[str]:
+        return await self._run(self._orphans, now)
+
     async def ping(self) -> None:
-        return None  # an embedded file: if it is gone, the write itself says so
+        return None  # an embedded file: a broken one fails the next read or write, and the log remembers
 
     async def aclose(self) -> None:
         def close() -> None:
