@@ -27,9 +27,9 @@ from loopway.settings import Settings
 from loopway.store.base import Store
 from loopway.store.memory import MemoryStore
 from loopway.store.redis import RedisStore
-from loopway.store.sqlite import SqliteStore
+from loopway.store.sqlite import SqliteStore, StoreOpenError
 from loopway.transports import http, ws
-from loopway.transports.auth import AuthMiddleware
+from loopway.transports.edge import EdgeMiddleware, EdgePolicy
 
 log = logging.getLogger("loopway")
 
@@ -65,7 +65,10 @@ def make_store(settings: Settings) -> Store:
     if url == "memory":
         return MemoryStore()
     if url.startswith("sqlite:"):
-        return SqliteStore(url.removeprefix("sqlite:"))
+        try:
+            return SqliteStore(url.removeprefix("sqlite:"))
+        except StoreOpenError as exc:
+            raise ConfigError(f"store {exc}") from None
     if url.startswith(("redis://", "rediss://", "unix://")):
         return RedisStore(url)
     raise ConfigError(f"unknown store {url!r} (use 'memory', 'sqlite:PATH' or 'redis://HOST:PORT/DB')")
@@ -80,7 +83,12 @@ def build_service(settings: Settings) -> ResponsesService:
         ResponseLog(make_store(settings)),
         limiter=RateLimiter(settings.rate_limit_rpm),
         connection_limit=ConnectionLimiter(settings.max_connections_per_tenant),
+        background_claim_s=settings.background_claim_s,
     )
+
+
+def edge_policy(settings: Settings) -> EdgePolicy:
+    return EdgePolicy.of(settings.host, settings.allowed_hosts, settings.allowed_origins, settings.require_json)
 
 
 def create_app(
@@ -95,6 +103,7 @@ def create_app(
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread: no signals
             loop.add_signal_handler(signal.SIGHUP, keys.reload)
+        service.background.keep_claims()  # and end what a stopped process left running
         try:
             yield
         finally:
@@ -103,10 +112,10 @@ def create_app(
             await service.engine.aclose()
 
     app = Starlette(
-        routes=[*ws.routes(service, settings), *http.routes(service, settings)],
+        routes=[*ws.routes(service, settings, keys), *http.routes(service, settings)],
         exception_handlers=http.exception_handlers(),
         lifespan=lifespan,
-        middleware=[Middleware(AuthMiddleware, keys=keys, limiter=service.limiter)],
+        middleware=[Middleware(EdgeMiddleware, keys=keys, policy=edge_policy(settings), limiter=service.limiter)],
     )
     app.state.service = service
     app.state.settings = settings

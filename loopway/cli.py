@@ -14,18 +14,35 @@ from loopway.settings import Settings
 
 
 class _Flag:
-    def __init__(self, name: str, kind: Callable[[str], Any], default: Any, help: str) -> None:
-        self.name, self.kind, self.default, self.help = name, kind, default, help
+    """One ``serve`` flag: its settings field (of ``Settings``, or of ``SimSettings`` for ``sim-*``),
+    its parser, its help; the default is the field's own, and ``LOOPWAY_<NAME>`` overrides it."""
+
+    def __init__(self, name: str, kind: Callable[[str], Any], help: str, field: str | None = None) -> None:
+        self.name, self.kind, self.help = name, kind, help
+        self.sim = name.startswith("sim-")
+        self.field = field or (name.removeprefix("sim-") if self.sim else name).replace("-", "_")
 
     @property
     def env(self) -> str:
         return "LOOPWAY_" + self.name.upper().replace("-", "_")
 
+    @property
+    def default(self) -> str:
+        value = getattr(SimSettings() if self.sim else Settings(), self.field)
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, list):
+            return ",".join(value)
+        return "" if value is None else str(value)
+
     def add(self, parser: argparse.ArgumentParser) -> None:
-        raw = os.environ.get(self.env)
-        default = self.kind(raw) if raw is not None else self.default
+        default = os.environ.get(self.env, self.default)
         parser.add_argument(
-            f"--{self.name}", type=self.kind, default=default, help=f"{self.help} [env {self.env}; default {self.default!r}]"
+            f"--{self.name}",
+            type=self.kind,
+            default=default,
+            dest=self.name.replace("-", "_"),
+            help=f"{self.help} [env {self.env}; default {self.default!r}]",
         )
 
 
@@ -41,118 +58,83 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-_s, _sim = Settings(), SimSettings()
+def _optional(value: str) -> str | None:
+    return value or None
+
+
 SERVE_FLAGS = [
-    _Flag("host", str, _s.host, "address to listen on"),
-    _Flag("port", int, _s.port, "port to listen on"),
-    _Flag("engine", str, _s.engine, "inference engine: sim, openai-chat or openai-responses"),
+    _Flag("host", str, "address to listen on"),
+    _Flag("port", int, "port to listen on"),
+    _Flag("engine", str, "inference engine: sim, openai-chat or openai-responses"),
+    _Flag("store", str, "response store: memory, sqlite:PATH or redis://HOST:PORT/DB (default: SQLite in the data dir)"),
+    _Flag("data-dir", str, "where the SQLite store and the sealing key live (default: $XDG_DATA_HOME/loopway)"),
+    _Flag("websocket", _on_off, "WebSocket mode on /v1/responses (off: upgrades are answered 426)"),
+    # Who may call, and from where.
+    _Flag("api-keys", str, "a file of 'KEY TENANT' lines (reloaded on SIGHUP); without it the server is open"),
     _Flag(
-        "store",
-        str,
-        _s.store,
-        "response store: memory, sqlite:PATH or redis://HOST:PORT/DB (default: SQLite in the data dir)",
+        "allowed-hosts",
+        _csv,
+        "Host header names served besides the bound address and localhost (comma-separated; '*': any); "
+        "unset: only those when bound to loopback, any host otherwise",
     ),
-    _Flag(
-        "data-dir",
-        str,
-        _s.data_dir,
-        "where the SQLite store and the sealing key live (default: $XDG_DATA_HOME/loopway or ~/.local/share/loopway)",
-    ),
-    _Flag("max-body-bytes", int, _s.max_body_bytes, "largest HTTP request body accepted (413 beyond)"),
-    _Flag("max-frame-bytes", int, _s.max_frame_bytes, "largest WebSocket frame accepted"),
-    _Flag("websocket", _on_off, "on", "WebSocket mode on /v1/responses (off: upgrades are answered 426)"),
-    _Flag("ws-connection-max-age-s", float, _s.ws_connection_max_age_s, "WebSocket connection age limit"),
-    _Flag(
-        "api-keys",
-        str,
-        _s.api_keys,
-        "a file of 'KEY TENANT' lines (reloaded on SIGHUP); without it the server is open to anyone who can reach it",
-    ),
-    _Flag("rate-limit-rpm", int, _s.rate_limit_rpm, "requests per minute per tenant (0: off); 429 + retry-after"),
-    _Flag(
-        "max-connections-per-tenant",
-        int,
-        _s.max_connections_per_tenant,
-        "open WebSocket connections per tenant (0: unlimited)",
-    ),
-    _Flag("ws-max-in-flight", int, _s.ws_max_in_flight, "responses in flight per WebSocket connection (more queue)"),
-    _Flag("ws-max-streams", int, _s.ws_max_streams, "distinct named stream_id lanes per WebSocket connection"),
-    _Flag(
-        "handshake-timeout-s",
-        float,
-        _s.handshake_timeout_s,
-        "close connections that have not sent a complete request head (or upgrade) by then",
-    ),
-    _Flag("ws-idle-timeout-s", float, _s.ws_idle_timeout_s, "close WebSocket connections idle this long"),
-    _Flag("ws-ping-interval-s", float, _s.ws_ping_interval_s, "WebSocket keepalive ping interval (0: off)"),
+    _Flag("allowed-origins", _csv, "browser Origins allowed besides the server's own (comma-separated; '*': any)"),
+    _Flag("require-json", _on_off, "POST bodies must be Content-Type: application/json (on|off)"),
+    # How much a client may ask for.
+    _Flag("max-body-bytes", int, "largest HTTP request body accepted (413 beyond)"),
+    _Flag("max-frame-bytes", int, "largest WebSocket message, after decompression (the socket closes with 1009)"),
+    _Flag("max-json-values", int, "JSON values in one body or frame, counted before decoding"),
+    _Flag("max-json-depth", int, "how deep a body or frame may nest JSON"),
+    _Flag("max-input-items", int, "input items in one request"),
+    _Flag("offload-bytes", int, "bodies and frames larger than this are parsed and tokenized off the event loop"),
+    _Flag("rate-limit-rpm", int, "requests per minute per tenant (0: off); 429 + retry-after"),
+    # How long and how many.
+    _Flag("max-connections", int, "open connections, HTTP and WebSocket (0: from the file-descriptor limit)"),
+    _Flag("max-connections-per-tenant", int, "open WebSocket connections per tenant (0: unlimited)"),
+    _Flag("head-timeout-s", float, "every request head (the first and each keep-alive one) must arrive within this"),
+    _Flag("body-timeout-s", float, "a request body must arrive within this, plus 1 s per --body-min-rate bytes"),
+    _Flag("body-min-rate", int, "bytes per second a slow request body must keep up"),
+    _Flag("ws-connection-max-age-s", float, "WebSocket connection age limit"),
+    _Flag("ws-idle-timeout-s", float, "close WebSocket connections idle this long"),
+    _Flag("ws-ping-interval-s", float, "WebSocket keepalive ping interval (0: off)"),
+    _Flag("ws-max-in-flight", int, "responses in flight per WebSocket connection (more queue)"),
+    _Flag("ws-max-streams", int, "distinct named stream_id lanes per WebSocket connection"),
+    _Flag("ws-max-queued", int, "response.create waiting for a lane, per WebSocket connection"),
+    _Flag("ws-max-pending-bytes", int, "bytes of requests queued or running, per WebSocket connection"),
     _Flag(
         "ws-durable-store",
         _on_off,
-        "off",
         "store=true over WebSocket: persist before response.completed, "
         "giving up the overlap for kill -9 durability (on|off)",
     ),
-    _Flag("drain-timeout-s", float, _s.drain_timeout_s, "on SIGTERM, how long in-flight responses may take"),
-    _Flag("log-level", str, _s.log_level, "debug, info, warning or error"),
-    _Flag("log-format", str, _s.log_format, "text, or json (one object a line, with response ids)"),
-    _Flag("upstream", str, _s.upstream, "the upstream server's /v1 URL (openai-chat, openai-responses)"),
-    _Flag("upstream-model", str, _s.upstream_model, "served models: NAME or PUBLIC=UPSTREAM, comma-separated"),
-    _Flag("upstream-api-key-env", str, _s.upstream_api_key_env, "environment variable holding the upstream key"),
-    _Flag("upstream-context-window", int, _s.upstream_context_window, "the upstream model's context window"),
-    _Flag("upstream-timeout-s", float, _s.upstream_timeout_s, "upstream read timeout"),
-    _Flag("upstream-retries", int, _s.upstream_retries, "connection retries before the first token"),
-    _Flag("upstream-chain", _on_off, "off", "openai-responses: store turns upstream and chain them by id (on|off)"),
-    _Flag("sim-models", _csv, ",".join(_sim.models), "model names the sim engine serves (comma-separated)"),
-    _Flag("sim-context-window", int, _sim.context_window, "sim context window in tokens"),
-    _Flag("sim-seed", int, _sim.seed, "sim seed: same seed and input, same output"),
-    _Flag("sim-base-latency-ms", float, _sim.base_latency_ms, "sim time to first token before prefill"),
-    _Flag("sim-prefill-tps", float, _sim.prefill_tokens_per_s, "sim prefill rate, uncached tokens per second"),
-    _Flag("sim-decode-tps", float, _sim.decode_tokens_per_s, "sim decode rate, output tokens per second"),
-    _Flag("sim-trace", str, _sim.trace, "a rollout file the sim engine replays (at turn k, these items)"),
+    _Flag("drain-timeout-s", float, "on SIGTERM, how long in-flight responses (background ones too) may take"),
+    _Flag("background-claim-s", float, "a stopped process's unfinished background responses end as failed after this"),
+    _Flag("log-level", str, "debug, info, warning or error"),
+    _Flag("log-format", str, "text, or json (one object a line, with response ids)"),
+    # Upstream engines.
+    _Flag("upstream", str, "the upstream server's /v1 URL (openai-chat, openai-responses)"),
+    _Flag("upstream-model", str, "served models: NAME or PUBLIC=UPSTREAM, comma-separated"),
+    _Flag("upstream-api-key-env", str, "environment variable holding the upstream key"),
+    _Flag("upstream-context-window", int, "the upstream model's context window"),
+    _Flag("upstream-timeout-s", float, "upstream read timeout"),
+    _Flag("upstream-retries", int, "connection retries before the first token"),
+    _Flag("upstream-chain", _on_off, "openai-responses: store turns upstream and chain them by id (on|off)"),
+    # The simulated engine.
+    _Flag("sim-models", _csv, "model names the sim engine serves (comma-separated)"),
+    _Flag("sim-context-window", int, "sim context window in tokens"),
+    _Flag("sim-seed", int, "sim seed: same seed and input, same output"),
+    _Flag("sim-base-latency-ms", float, "sim time to first token before prefill"),
+    _Flag("sim-prefill-tps", float, "sim prefill rate, uncached tokens per second", "prefill_tokens_per_s"),
+    _Flag("sim-decode-tps", float, "sim decode rate, output tokens per second", "decode_tokens_per_s"),
+    _Flag("sim-max-output-tokens", int, "the most the sim says in one response when the request sets no limit"),
+    _Flag("sim-trace", _optional, "a rollout file the sim engine replays (at turn k, these items)"),
 ]
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     # argparse applies each flag's type to string defaults too, so every value here is already typed.
-    return Settings(
-        host=args.host,
-        port=args.port,
-        engine=args.engine,
-        store=args.store,
-        data_dir=args.data_dir,
-        max_body_bytes=args.max_body_bytes,
-        max_frame_bytes=args.max_frame_bytes,
-        websocket=args.websocket,
-        ws_connection_max_age_s=args.ws_connection_max_age_s,
-        api_keys=args.api_keys,
-        rate_limit_rpm=args.rate_limit_rpm,
-        max_connections_per_tenant=args.max_connections_per_tenant,
-        ws_idle_timeout_s=args.ws_idle_timeout_s,
-        handshake_timeout_s=args.handshake_timeout_s,
-        ws_max_in_flight=args.ws_max_in_flight,
-        ws_max_streams=args.ws_max_streams,
-        ws_ping_interval_s=args.ws_ping_interval_s,
-        drain_timeout_s=args.drain_timeout_s,
-        ws_durable_store=args.ws_durable_store,
-        log_level=args.log_level,
-        log_format=args.log_format,
-        upstream=args.upstream,
-        upstream_model=args.upstream_model,
-        upstream_api_key_env=args.upstream_api_key_env,
-        upstream_context_window=args.upstream_context_window,
-        upstream_timeout_s=args.upstream_timeout_s,
-        upstream_retries=args.upstream_retries,
-        upstream_chain=args.upstream_chain,
-        sim=SimSettings(
-            models=args.sim_models,
-            context_window=args.sim_context_window,
-            seed=args.sim_seed,
-            base_latency_ms=args.sim_base_latency_ms,
-            prefill_tokens_per_s=args.sim_prefill_tps,
-            decode_tokens_per_s=args.sim_decode_tps,
-            trace=args.sim_trace,
-        ),
-    )
+    values = {flag: getattr(args, flag.name.replace("-", "_")) for flag in SERVE_FLAGS}
+    sim = SimSettings(**{flag.field: value for flag, value in values.items() if flag.sim})
+    return Settings(**{flag.field: value for flag, value in values.items() if not flag.sim}, sim=sim)
 
 
 def serve(settings: Settings) -> int:
@@ -161,7 +143,7 @@ def serve(settings: Settings) -> int:
     from loopway.app import ConfigError, DrainingServer, build_service, create_app
     from loopway.core.auth import KeyFileError, KeyRing
     from loopway.engines.sim.trace import TraceError
-    from loopway.transports.handshake import guarded_protocol
+    from loopway.transports.guard import ConnectionGuard, GuardedWebSocketProtocol, guarded_protocol
 
     logs.configure(settings.log_level, settings.log_format)
     try:
@@ -185,12 +167,13 @@ def serve(settings: Settings) -> int:
         port=settings.port,
         log_level=settings.log_level,
         log_config=None,
-        ws_max_size=settings.ws_hard_frame_bytes(),
+        ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=True,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         ws_ping_interval=settings.ws_ping_interval_s or None,
         ws_ping_timeout=settings.ws_ping_interval_s or None,
-        http=guarded_protocol(settings.handshake_timeout_s),
+        http=guarded_protocol(ConnectionGuard(settings.max_connections, settings.head_timeout_s)),
+        ws=GuardedWebSocketProtocol,
     )
     DrainingServer(config, service, settings.drain_timeout_s).run()
     return 0

@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 
 from loopway.engines.sim import SimSettings
+from loopway.protocol.bounds import JsonBounds
 
 
 def default_data_dir() -> Path:
@@ -27,18 +28,31 @@ class Settings(msgspec.Struct, kw_only=True):
     store: str = ""  # "memory", "sqlite:PATH"; empty: SQLite in the data dir
     data_dir: str = ""
     max_body_bytes: int = 32 * 1024 * 1024
-    max_frame_bytes: int = 32 * 1024 * 1024
+    max_frame_bytes: int = 16 * 1024 * 1024  # after decompression; larger frames close the socket with 1009
+    max_json_values: int = 1_000_000  # JSON values in one body or frame, bounded before decoding
+    max_json_depth: int = 64
+    max_input_items: int = 50_000
+    offload_bytes: int = 256 * 1024  # bodies and frames larger than this are parsed and prepared off the loop
+    body_timeout_s: float = 30.0  # a request body must arrive within this, plus 1 s per body_min_rate bytes
+    body_min_rate: int = 4096
+    max_connections: int = 0  # open connections (HTTP and WebSocket); 0: from the file-descriptor limit
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)  # empty: the bound address (+ localhost)
+    allowed_origins: list[str] = msgspec.field(default_factory=list)  # browser origins allowed besides our own
+    require_json: bool = True  # POST bodies must say Content-Type: application/json (no simple CORS requests)
     websocket: bool = True  # off: upgrades get 426, and clients such as Codex fall back to HTTP
     ws_connection_max_age_s: float = 3600.0
     ws_max_in_flight: int = 16
     ws_max_streams: int = 32
+    ws_max_queued: int = 64  # response.create waiting for a lane, per connection
+    ws_max_pending_bytes: int = 64 * 1024 * 1024  # frames of requests queued or running, per connection
     api_keys: str = ""  # a file of "KEY TENANT" lines; empty: the server is open
     rate_limit_rpm: int = 0  # requests per minute per tenant (HTTP requests and response.create); 0: off
     max_connections_per_tenant: int = 0  # open WebSocket connections per tenant; 0: unlimited
-    handshake_timeout_s: float = 10.0  # a connection must send its first request head (or upgrade) in time
+    head_timeout_s: float = 10.0  # every request head (or upgrade) must arrive within this
     ws_idle_timeout_s: float = 900.0  # close a connection with nothing in flight and no frame for this long
     ws_ping_interval_s: float = 20.0  # keepalive pings; a peer that misses the pong is dropped
-    drain_timeout_s: float = 30.0  # on SIGTERM, how long in-flight responses may take to finish
+    drain_timeout_s: float = 30.0  # on SIGTERM, how long in-flight responses (background too) may take
+    background_claim_s: float = 15.0  # a dead process's background runs are ended this long after it stopped
     ws_durable_store: bool = False  # store=true over WebSocket: persist before response.completed (no overlap)
     log_level: str = "info"
     log_format: str = "text"  # or "json"
@@ -51,11 +65,10 @@ class Settings(msgspec.Struct, kw_only=True):
     upstream_chain: bool = False  # openai-responses: chain upstream ids instead of resending the input
     sim: SimSettings = msgspec.field(default_factory=SimSettings)
 
-    def ws_hard_frame_bytes(self) -> int:
-        """The protocol-level frame cap. Frames between ``max_frame_bytes`` and this get an ``error``
-        event and the connection stays usable; beyond it the socket closes with 1009, since the
-        frame cannot be buffered at all."""
-        return 4 * self.max_frame_bytes + (1 << 20)
+    def json_bounds(self) -> JsonBounds:
+        return JsonBounds(
+            max_values=self.max_json_values, max_depth=self.max_json_depth, max_input_items=self.max_input_items
+        )
 
     def data_path(self) -> Path:
         return Path(self.data_dir) if self.data_dir else default_data_dir()

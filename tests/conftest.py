@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -22,7 +22,9 @@ from loopway.bench.server import free_port  # noqa: F401 (tests import it from h
 class Server:
     """A ``loopway serve`` subprocess; ``url`` is its ``/v1`` base URL."""
 
-    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, tmp: Path, *args: str, env: dict[str, str] | None = None, preexec: Callable[[], None] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.log_path = tmp / f"server-{self.port}.log"
@@ -41,7 +43,7 @@ class Server:
         ]
         self.log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, preexec_fn=preexec
         )
         self._wait()
 

@@ -46,7 +46,7 @@ class InProcessServer:
             host=settings.host,
             port=settings.port,
             log_level="warning",
-            ws_max_size=settings.ws_hard_frame_bytes(),
+            ws_max_size=settings.max_frame_bytes,
         )
         self._server = uvicorn.Server(config)
         self.loop = asyncio.new_event_loop()

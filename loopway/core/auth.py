@@ -39,6 +39,11 @@ def parse_keys(text: str, source: str = "api keys") -> dict[str, str]:
         parts = line.split()
         if len(parts) != 2:
             raise KeyFileError(f"{source}:{number}: expected 'KEY TENANT'")
+        if not (parts[0].isascii() and parts[0].isprintable()):
+            raise KeyFileError(
+                f"{source}:{number}: the key has characters outside printable ASCII, which an HTTP "
+                "Authorization header cannot carry, so it could never match"
+            )
         keys[_digest(parts[0])] = parts[1]
     return keys
 

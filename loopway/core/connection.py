@@ -15,6 +15,7 @@ every rule of WebSocket mode is unit-tested without a socket.
 | steering: accepted, refused (not found, completed, compaction, too many, bad input) | ``steer`` |
 | after a steered turn: wait for tool output (pending) or start a successor at once | ``ended`` |
 | steering input goes first in the next request that continues the steered response | ``submit`` |
+| bounded per connection: requests waiting for a lane, and bytes of requests not yet ended | ``submit`` |
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from loopway.protocol.errors import ApiError
 from loopway.protocol.events import Event, SteerAccepted, SteerFailed, SteerPending, SteerRef
 from loopway.protocol.items import FunctionCall, Item, Message, parse_input
 from loopway.protocol.request import CreateRequest
+from loopway.tokens.render import Renderer
 
 MAX_PENDING_STEERS = 8
 
@@ -52,12 +54,14 @@ class OpenConnection(Protocol):
 class Job:
     """A validated ``response.create`` waiting for (or running on) its lane."""
 
-    __slots__ = ("request", "lane", "times", "submitted", "pinned")
+    __slots__ = ("request", "lane", "times", "renderer", "size", "submitted", "pinned")
 
-    def __init__(self, request: CreateRequest, times: StageTimes) -> None:
+    def __init__(self, request: CreateRequest, times: StageTimes, renderer: Renderer | None = None, size: int = 0) -> None:
         self.request = request
         self.lane = request.stream_id
         self.times = times
+        self.renderer = renderer  # the request's tokens, when they were rendered ahead (core.offload)
+        self.size = size  # the frame's length, counted against the connection's pending bytes
         self.submitted = time.perf_counter()
         self.pinned: str | None = None  # the cached parent this job keeps alive until it ends
 
@@ -88,11 +92,19 @@ class ConnectionState:
     """One WebSocket connection's lanes, cache, running turns and queued steering."""
 
     def __init__(
-        self, max_in_flight: int = 16, max_named_lanes: int = 32, max_pending_steers: int = MAX_PENDING_STEERS
+        self,
+        max_in_flight: int = 16,
+        max_named_lanes: int = 32,
+        max_pending_steers: int = MAX_PENDING_STEERS,
+        max_queued: int = 64,
+        max_pending_bytes: int = 64 << 20,
     ) -> None:
         self.cache = ConnectionCache()
         self.lanes: LaneScheduler[Job] = LaneScheduler(max_in_flight, max_named_lanes)
         self.max_pending_steers = max_pending_steers
+        self.max_queued = max_queued
+        self.max_pending_bytes = max_pending_bytes
+        self._pending_bytes = 0  # frames of the jobs submitted and not yet ended
         self._active: dict[str, tuple[Turn, Job]] = {}  # running turns by response id
         self._steers: dict[str, list[_Steer]] = {}  # steering input queued by the response it steers
         self._lanes_used: set[str | None] = set()
@@ -108,11 +120,15 @@ class ConnectionState:
 
     # response.create -------------------------------------------------------------------------
 
-    def submit(self, request: CreateRequest, times: StageTimes) -> list[Job]:
+    def submit(
+        self, request: CreateRequest, times: StageTimes, renderer: Renderer | None = None, size: int = 0
+    ) -> list[Job]:
         """Queue a validated request on its lane; returns the jobs that may start now.
 
-        Raises ``ApiError`` (``websocket_stream_limit_reached``) for one lane too many.
+        Raises ``ApiError`` for one lane too many (``websocket_stream_limit_reached``), or when the
+        connection already holds as much waiting work as it may (``websocket_queue_full``).
         """
+        self._check_room(request.stream_id, size)
         try:
             self.lanes.admit(request.stream_id)
         except LaneLimitReached as exc:
@@ -121,10 +137,20 @@ class ConnectionState:
         steering = self._take_steers(request.previous_response_id)
         if steering:
             request = msgspec.structs.replace(request, input=[*steering, *request.input])
-        job = Job(request, times)
+        job = Job(request, times, renderer, size)
+        self._pending_bytes += size
         if request.previous_response_id and self.cache.pin(request.previous_response_id):
             job.pinned = request.previous_response_id
         return _jobs(self.lanes.submit(job.lane, job))
+
+    def _check_room(self, lane: str | None, size: int) -> None:
+        if self.lanes.queued() >= self.max_queued and self.lanes.would_wait(lane):
+            raise _queue_full(f"at most {self.max_queued} requests may wait for a lane on one connection")
+        if self._pending_bytes and self._pending_bytes + size > self.max_pending_bytes:
+            raise _queue_full(
+                f"the requests not yet finished on this connection already hold {self._pending_bytes:,} bytes "
+                f"(at most {self.max_pending_bytes:,})"
+            )
 
     def parent(self, response_id: str) -> Parent | None:
         """The cached response a continuation continues from, rendered; None on a miss."""
@@ -159,6 +185,7 @@ class ConnectionState:
             after = self._after_steered(job, turn)
         if job.pinned is not None:
             self.cache.unpin(job.pinned)
+        self._pending_bytes -= job.size
         after.start += _jobs(self.lanes.finish(job.lane))
         return after
 
@@ -178,11 +205,7 @@ class ConnectionState:
         """A ``response.steer``: accepted (numbered in the target's sequence) or failed, as the event to send."""
         refusal = self._steer_refusal(target, raw_input)
         if refusal is not None:
-            code, message = refusal
-            error = {"type": "invalid_request_error", "code": code, "message": message}
-            return Outbound(
-                SteerFailed(sequence_number=0, steer={"previous_response_id": target, "input": raw_input}, error=error)
-            )
+            return steer_failed(target, raw_input, *refusal)
         turn, job = self._active[target]
         steer = _Steer(id=ids.new_id(ids.STEER), items=parse_input(raw_input))
         self._steers.setdefault(target, []).append(steer)
@@ -225,6 +248,21 @@ class ConnectionState:
         if self.cache.pin(turn.id):
             follow.pinned = turn.id
         return AfterTurn(send=[], start=_jobs(self.lanes.submit(job.lane, follow, front=True)))
+
+
+def steer_failed(target: Any, raw_input: Any, code: str, message: str, kind: str = "invalid_request_error") -> Outbound:
+    """A refused steer: the client gets its input back with the reason."""
+    steer = {"previous_response_id": target, "input": raw_input}
+    return Outbound(SteerFailed(sequence_number=0, steer=steer, error={"type": kind, "code": code, "message": message}))
+
+
+def _queue_full(reason: str) -> ApiError:
+    return ApiError(
+        429,
+        f"Too much work is waiting on this connection: {reason}. Wait for a response to finish, or open another connection.",
+        type="requests",
+        code="websocket_queue_full",
+    )
 
 
 def _jobs(startable: list[tuple[str | None, Job]]) -> list[Job]:

@@ -45,6 +45,10 @@ class LaneScheduler(Generic[J]):
     def queued(self) -> int:
         return sum(len(q) for q in self._queues.values())
 
+    def would_wait(self, lane: str | None) -> bool:
+        """Whether a job submitted on ``lane`` now would be queued rather than started."""
+        return lane in self._busy or bool(self._queues.get(lane)) or len(self._busy) >= self.max_in_flight
+
     def admit(self, lane: str | None) -> None:
         """Check a lane may be used, counting a new named lane; raises ``LaneLimitReached``."""
         if lane is not None and lane not in self._named:

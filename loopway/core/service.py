@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
 
 from loopway.core import compaction, history
-from loopway.core.background import BackgroundRuns
+from loopway.core.background import CLAIM_S, BackgroundRuns
 from loopway.core.connection import OpenConnection
 from loopway.core.driver import Persist, TurnDriver
 from loopway.core.history import Parent, ParentCache
@@ -40,6 +40,7 @@ from loopway.protocol.request import CreateRequest, shape_check
 from loopway.protocol.response import Response, Usage
 from loopway.protocol.tools import EMPTY_TOOLS
 from loopway.store.base import StoredResponse
+from loopway.tokens.render import Renderer
 
 
 class CompactBody(msgspec.Struct, kw_only=True):
@@ -61,6 +62,7 @@ class ResponsesService:
         metrics: Metrics | None = None,
         limiter: RateLimiter | None = None,
         connection_limit: ConnectionLimiter | None = None,
+        background_claim_s: float = CLAIM_S,
     ) -> None:
         self.engine = engine
         self.pipeline = pipeline
@@ -70,7 +72,7 @@ class ResponsesService:
         self.connection_limit = connection_limit or ConnectionLimiter(0)
         log.on_persisted = self.metrics.persisted
         self.driver = TurnDriver(pipeline, log, self.metrics)
-        self.background = BackgroundRuns(self.driver, log)
+        self.background = BackgroundRuns(self.driver, log, background_claim_s)
         self.open_connections: set[OpenConnection] = set()  # WebSocket sessions, for metrics and draining
         self.metrics.watch_connections(
             lambda: len(self.open_connections), lambda: sum(c.lanes_used for c in self.open_connections)
@@ -80,18 +82,24 @@ class ResponsesService:
     # Creating --------------------------------------------------------------------------------
 
     async def prepare(
-        self, request: CreateRequest, times: StageTimes | None = None, tenant: str = "", cache: ParentCache | None = None
+        self,
+        request: CreateRequest,
+        times: StageTimes | None = None,
+        tenant: str = "",
+        cache: ParentCache | None = None,
+        renderer: Renderer | None = None,
     ) -> Turn:
         """Everything before the first event: resolve, validate, render, and the engine's acceptance.
 
         ``cache`` is where a continuation looks first (a WebSocket connection's); a miss there goes
-        to the store only for ``store=true`` requests, as WebSocket mode requires.
+        to the store only for ``store=true`` requests, as WebSocket mode requires. ``renderer`` holds
+        the request's tokens when they were rendered ahead, off the loop (``core.offload``).
         """
         times = times or StageTimes()
         if request.store:
             await self.log.check()  # store=true needs the store: say so now, not after generating
         parent = await self.resolve(request, times, tenant, cache)
-        turn = self.pipeline.prepare(request, parent, times, tenant)
+        turn = self.pipeline.prepare(request, parent, times, tenant, renderer)
         await self.pipeline.start(turn)
         return turn
 
@@ -112,9 +120,11 @@ class ResponsesService:
                     raise previous_response_not_found(previous)
             return await history.load_parent(self.log, previous, tenant)
 
-    def run(self, turn: Turn, transport: str, persist: Persist) -> AsyncIterator[Event]:
+    def run(
+        self, turn: Turn, transport: str, persist: Persist, on_unsaved: Callable[[ApiError], None] | None = None
+    ) -> AsyncIterator[Event]:
         """The turn's events to send; see ``core.driver`` for where persistence sits."""
-        return self.driver.events(turn, transport, persist)
+        return self.driver.events(turn, transport, persist, on_unsaved)
 
     async def complete(self, turn: Turn) -> Response:
         """Run a turn to its end without streaming (HTTP JSON); durable before it returns."""
@@ -227,6 +237,14 @@ class ResponsesService:
             "usage": msgspec.to_builtins(Usage.of(before, 0, after)),
         }
 
+    # Health ----------------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        """``ok`` while default requests can be served: store=true (the default) needs the store."""
+        store = await self.log.health()
+        status = "ok" if store["state"] == "ok" else "degraded"
+        return {"status": status, "store": store, "draining": self.draining}
+
     # Models ----------------------------------------------------------------------------------
 
     def models(self) -> dict[str, Any]:
@@ -239,11 +257,12 @@ class ResponsesService:
         return describe(info)
 
     async def drain(self, timeout_s: float) -> None:
-        """Let every open connection finish its in-flight responses (up to ``timeout_s``), then close it."""
+        """Let in-flight responses finish (up to ``timeout_s``): every open connection's, then closing it,
+        and every background run's, ending the rest as failed."""
         self.draining = True
-        connections = list(self.open_connections)
-        if connections:
-            await asyncio.wait([asyncio.create_task(c.drain(timeout_s)) for c in connections], timeout=timeout_s + 1)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        work = [self.background.drain(deadline), *(c.drain(timeout_s) for c in list(self.open_connections))]
+        await asyncio.wait([asyncio.create_task(w) for w in work], timeout=timeout_s + 1)
 
     async def aclose(self) -> None:
         await self.background.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,7 @@ from starlette.responses import Response as HttpResponse
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
+from loopway.core import offload
 from loopway.core.driver import Persist
 from loopway.core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from loopway.core.pipeline import Turn
@@ -34,17 +36,31 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return HttpResponse(body, status_code=status, media_type="application/json", headers=headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float = 30.0, min_rate: int = 4096) -> bytes:
+    """The body, at most ``limit`` bytes, arriving within ``timeout_s`` plus one second per ``min_rate``
+    bytes received (so a large upload on a slow link passes and a trickle does not)."""
     declared = request.headers.get("content-length")
     too_large = ApiError(413, f"Request body too large: the maximum is {limit} bytes.", code="request_too_large")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        async with asyncio.timeout(timeout_s) as deadline:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+                deadline.reschedule(started + timeout_s + size / max(1, min_rate))
+    except TimeoutError:
+        raise ApiError(
+            408,
+            f"The request body did not arrive in time ({size} bytes after {loop.time() - started:.0f} s).",
+            code="request_timeout",
+            headers={"connection": "close"},
+        ) from None
     return b"".join(chunks)
 
 
@@ -89,16 +105,25 @@ class HttpApi:
     def __init__(self, service: ResponsesService, settings: Settings) -> None:
         self.service = service
         self.settings = settings
+        self.bounds = settings.json_bounds()
+
+    async def _read(self, request: Request) -> bytes:
+        s = self.settings
+        return await read_body(request, s.max_body_bytes, s.body_timeout_s, s.body_min_rate)
 
     async def _body(self, request: Request) -> Any:
-        return decode_json(await read_body(request, self.settings.max_body_bytes))
+        body = await self._read(request)
+        return await offload.call(len(body) > self.settings.offload_bytes, lambda: decode_json(body, self.bounds))
 
     async def create(self, request: Request) -> HttpResponse:
         times = StageTimes()
-        body = await read_body(request, self.settings.max_body_bytes)
+        body = await self._read(request)
         with times.measure("validate"):
-            create = parse_create(body)
-        turn = await self.service.prepare(create, times, tenant_of(request))
+            intake = await offload.intake(
+                len(body) > self.settings.offload_bytes, lambda: parse_create(body, limits=self.bounds)
+            )
+        create = intake.request
+        turn = await self.service.prepare(create, times, tenant_of(request), renderer=intake.renderer)
         if create.background:
             return await self._background(turn)
         if create.stream:  # Server-Timing can only carry what happened before the first byte
@@ -144,13 +169,16 @@ class HttpApi:
             raw = {**raw, "stream": None, "background": None}
             if raw.get("input") is None and raw.get("previous_response_id") is None:
                 raw["input"] = []
-        return json_response(await self.service.count_input_tokens(create_from(raw), tenant_of(request)))
+        create = create_from(raw, limits=self.bounds)
+        return json_response(await self.service.count_input_tokens(create, tenant_of(request)))
 
     async def compact(self, request: Request) -> HttpResponse:
         return json_response(await self.service.compact(await self._body(request), tenant_of(request)))
 
     async def health(self, request: Request) -> HttpResponse:
-        return json_response({"status": "ok"})
+        """200 while the server can answer its default requests (store=true needs the store); else 503."""
+        report = await self.service.health()
+        return json_response(report, 200 if report["status"] == "ok" else 503)
 
     async def metrics(self, request: Request) -> HttpResponse:
         return HttpResponse(self.service.metrics.render(), media_type=METRICS_CONTENT_TYPE)

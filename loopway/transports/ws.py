@@ -5,9 +5,16 @@ turn) live in ``core.connection.ConnectionState``; the turn itself runs on the s
 driver as HTTP. A session only turns frames into calls on them and their answers into frames.
 
 Close codes: 1000 when the client closes; 1001 ("going away") when the connection reaches its
-age limit (after a ``websocket_connection_limit_reached`` error) or sits idle too long; 1012
-("service restart") when the server shuts down, after its in-flight responses finished. SDKs
-reconnect on 1001 and 1012; the new connection starts with an empty cache.
+age limit (after a ``websocket_connection_limit_reached`` error) or sits idle too long; 1008
+("policy violation") when its API key has been revoked; 1009 when a frame is larger than
+``--max-frame-bytes`` after decompression (the protocol layer stops inflating there); 1012 ("service
+restart") when the server shuts down, after its in-flight responses finished. SDKs reconnect on 1001
+and 1012; the new connection starts with an empty cache.
+
+Every request is checked as it arrives, not only at the handshake: the key (revocation takes effect
+on open sockets), the rate limit (``response.steer`` too: every generation counts), the connection's
+age, and the work it may hold waiting (``core.connection``). Frames above ``--offload-bytes`` are
+parsed and rendered in a worker thread (``core.offload``).
 """
 
 from __future__ import annotations
@@ -15,18 +22,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-import msgspec
 from msgspec import UNSET
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from loopway.core.connection import ConnectionState, Job, Outbound
+from loopway.core import offload
+from loopway.core.auth import KeyRing
+from loopway.core.connection import ConnectionState, Job, Outbound, steer_failed
 from loopway.core.driver import Persist
 from loopway.core.pipeline import is_terminal
 from loopway.core.service import ResponsesService
 from loopway.core.timing import StageTimes
+from loopway.protocol import bounds
 from loopway.protocol.errors import ApiError
 from loopway.protocol.events import Event, WsError, encode_event
 from loopway.protocol.request import create_from, valid_stream_id
@@ -37,9 +47,8 @@ log = logging.getLogger("loopway.ws")
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_SERVICE_RESTART = 1012
-
-_DECODER = msgspec.json.Decoder()
 
 
 def ws_error(status: int, code: str, message: str, param: str | None = None) -> ApiError:
@@ -49,17 +58,46 @@ def ws_error(status: int, code: str, message: str, param: str | None = None) -> 
 
 SHUTTING_DOWN = ws_error(503, "server_shutting_down", "The server is restarting; reconnect to continue.")
 SERVER_ERROR = ws_error(500, "server_error", "The server had an error processing this request.")
+BINARY_FRAME = ws_error(
+    400, "binary_frames_not_supported", "Binary frames are not supported: send each event as a JSON text frame."
+)
+
+
+class RevokedKey(Exception):
+    """The connection's key no longer authenticates: the session says why and closes (1008)."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class ConnectionExpired(Exception):
+    """A request arrived after the age limit: the session says so and closes (1001)."""
+
+    def __init__(self, lane: object) -> None:
+        super().__init__("connection age limit reached")
+        self.lane = lane if valid_stream_id(lane) else None
 
 
 class Session:
     """One WebSocket connection: frames in, events out, a task per running turn."""
 
-    def __init__(self, service: ResponsesService, settings: Settings, websocket: WebSocket, tenant: str) -> None:
+    def __init__(
+        self, service: ResponsesService, settings: Settings, websocket: WebSocket, keys: KeyRing, tenant: str
+    ) -> None:
         self.service = service
         self.settings = settings
         self.websocket = websocket
+        self.keys = keys
+        self.authorization = websocket.headers.get("authorization")
         self.tenant = tenant
-        self.state = ConnectionState(settings.ws_max_in_flight, settings.ws_max_streams)
+        self.state = ConnectionState(
+            settings.ws_max_in_flight,
+            settings.ws_max_streams,
+            max_queued=settings.ws_max_queued,
+            max_pending_bytes=settings.ws_max_pending_bytes,
+        )
+        self.bounds = settings.json_bounds()
         self.persist = Persist.FIRST if settings.ws_durable_store else Persist.BEHIND
         self.expired = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -85,6 +123,11 @@ class Session:
                 await self._on_message(message)
         except WebSocketDisconnect:
             return
+        except RevokedKey as revoked:
+            await self.send_error(revoked.error)
+            await self._close(CLOSE_POLICY_VIOLATION, "API key revoked")
+        except ConnectionExpired as expired:
+            await self._connection_limit(expired.lane)
         finally:
             watchdog.cancel()
             await self._shutdown()
@@ -100,24 +143,40 @@ class Session:
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         times = StageTimes()
+        text = message.get("text")
+        if text is None:
+            await self.send_error(BINARY_FRAME)
+            return
+        large = len(text) > self.settings.offload_bytes
         try:
             with times.measure("validate"):
-                raw = self._decode(message)
+                raw = await offload.call(large, lambda: self._decode(text))
         except ApiError as err:
             await self.send_error(err)
             return
         lane = raw.get("stream_id")
         try:
-            await self._dispatch(raw, times)
+            await self._dispatch(raw, times, len(text) if large else 0)
         except ApiError as err:
             await self.send_error(err, lane if valid_stream_id(lane) else None)
+        except (RevokedKey, ConnectionExpired):
+            raise
+        except Exception:  # a bug must cost this request, never the connection and its other lanes
+            log.exception("websocket request failed")
+            await self.send_error(SERVER_ERROR, lane if valid_stream_id(lane) else None)
 
-    async def _dispatch(self, raw: dict[str, Any], times: StageTimes) -> None:
+    def _decode(self, text: str) -> dict[str, Any]:
+        raw = bounds.decode(text, self.bounds, "frame")
+        if not isinstance(raw, dict):
+            raise ws_error(400, "invalid_event", "Each frame must be a JSON object with a 'type'.")
+        return raw
+
+    async def _dispatch(self, raw: dict[str, Any], times: StageTimes, size: int) -> None:
         kind = raw.get("type")
         if kind == "response.create":
-            await self._on_create(raw, times)
+            await self._on_create(raw, times, size)
         elif kind == "response.steer":
-            await self._send(self.state.steer(raw.get("previous_response_id"), raw.get("input")))
+            await self._on_steer(raw)
         else:
             raise ws_error(
                 400,
@@ -126,39 +185,41 @@ class Session:
                 param="type",
             )
 
-    def _decode(self, message: dict[str, Any]) -> dict[str, Any]:
-        text = message.get("text")
-        if text is None:
-            raise ws_error(
-                400,
-                "binary_frames_not_supported",
-                "Binary frames are not supported: send each event as a JSON text frame.",
-            )
-        if len(text) > self.settings.max_frame_bytes:
-            raise ws_error(
-                413,
-                "frame_too_large",
-                f"The frame is {len(text)} bytes; the maximum is {self.settings.max_frame_bytes} bytes.",
-            )
+    def _check_key(self) -> None:
+        """The key must still be valid (and still the same tenant's) for every request on the socket."""
         try:
-            raw = _DECODER.decode(text)
-        except msgspec.DecodeError as exc:
-            raise ws_error(400, "invalid_json", f"The frame is not valid JSON ({exc}).") from None
-        if not isinstance(raw, dict):
-            raise ws_error(400, "invalid_event", "Each frame must be a JSON object with a 'type'.")
-        return raw
+            tenant = self.keys.tenant(self.authorization)
+        except ApiError as err:
+            raise RevokedKey(err) from None
+        if tenant != self.tenant:
+            raise RevokedKey(
+                ApiError(401, "This API key now belongs to another project; reconnect.", code="invalid_api_key")
+            )
 
-    async def _on_create(self, raw: dict[str, Any], times: StageTimes) -> None:
+    async def _on_create(self, raw: dict[str, Any], times: StageTimes, size: int) -> None:
+        self._check_key()
         if self.service.draining:
             raise SHUTTING_DOWN
         if self.expired:
-            lane = raw.get("stream_id")
-            await self._connection_limit(lane if valid_stream_id(lane) else None)
-            return
+            raise ConnectionExpired(raw.get("stream_id"))
         self.service.limiter.check(self.tenant)
         with times.measure("validate"):
-            request = create_from(raw, websocket=True)
-        self._start(self.state.submit(request, times))
+            intake = await offload.intake(size > 0, lambda: create_from(raw, websocket=True, limits=self.bounds))
+        self._start(self.state.submit(intake.request, times, intake.renderer, size))
+
+    async def _on_steer(self, raw: dict[str, Any]) -> None:
+        self._check_key()
+        target, raw_input = raw.get("previous_response_id"), raw.get("input")
+        if self.expired:
+            refusal = ("websocket_connection_limit_reached", "This connection has reached its age limit.")
+            await self._send(steer_failed(target, raw_input, *refusal))
+            return
+        try:
+            self.service.limiter.check(self.tenant)  # a steer starts a generation like any request
+        except ApiError as err:
+            await self._send(steer_failed(target, raw_input, "rate_limit_exceeded", err.message, "requests"))
+            return
+        await self._send(self.state.steer(target, raw_input))
 
     # Running turns ---------------------------------------------------------------------------
 
@@ -166,9 +227,7 @@ class Session:
         if self._closing:
             return
         for job in jobs:
-            task = asyncio.create_task(self._run(job))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._run(job))
 
     async def _run(self, job: Job) -> None:
         job.started()
@@ -176,7 +235,7 @@ class Session:
         try:
             turn = await self.service.prepare(job.request, job.times, self.tenant, cache=self.state)
             self.state.started(job, turn)
-            async for event in self.service.run(turn, "ws", self.persist):
+            async for event in self.service.run(turn, "ws", self.persist, self._unsaved_reporter(job.lane)):
                 if is_terminal(event):
                     self.state.completed(job, turn)
                 await self.send(event, job.lane)
@@ -195,6 +254,20 @@ class Session:
                 for outbound in after.send:
                     await self._send(outbound)
                 self._start(after.start)
+
+    def _unsaved_reporter(self, lane: str | None) -> Callable[[ApiError], None]:
+        """A write behind ``response.completed`` that fails is told to the client as an ``error`` event."""
+
+        def report(err: ApiError) -> None:
+            if not self._closing:
+                self._spawn(self.send_error(err, lane))
+
+        return report
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # Sending ---------------------------------------------------------------------------------
 
@@ -219,9 +292,12 @@ class Session:
     # Limits and shutdown ---------------------------------------------------------------------
 
     async def _age_limit(self) -> None:
+        """At the age limit, refuse new work; close once in-flight work ends, or after the drain timeout
+        at the latest (steering cannot keep an expired socket open)."""
         await asyncio.sleep(self.settings.ws_connection_max_age_s)
         self.expired = True
-        while self.state.busy:
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        while self.state.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await self._connection_limit(None)
 
@@ -236,17 +312,19 @@ class Session:
             ),
             lane,
         )
-        if self.websocket.application_state == WebSocketState.CONNECTED:
-            await self.websocket.close(CLOSE_GOING_AWAY)
+        await self._close(CLOSE_GOING_AWAY)
+
+    async def _close(self, code: int, reason: str = "") -> None:
+        async with self._send_lock:
+            if self.websocket.application_state == WebSocketState.CONNECTED:
+                await self.websocket.close(code, reason)
 
     async def drain(self, timeout_s: float) -> None:
         """Server shutdown: let in-flight responses finish, then close with 1012 so SDKs reconnect."""
         deadline = time.monotonic() + timeout_s
         while self.state.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        if self.websocket.application_state == WebSocketState.CONNECTED:
-            async with self._send_lock:
-                await self.websocket.close(CLOSE_SERVICE_RESTART, "server restarting")
+        await self._close(CLOSE_SERVICE_RESTART, "server restarting")
 
     async def _shutdown(self) -> None:
         self._closing = True
@@ -257,7 +335,7 @@ class Session:
         self.state.close()
 
 
-def routes(service: ResponsesService, settings: Settings) -> list[WebSocketRoute]:
+def routes(service: ResponsesService, settings: Settings, keys: KeyRing) -> list[WebSocketRoute]:
     async def refuse(websocket: WebSocket) -> None:
         err = ApiError(426, "WebSocket mode is turned off on this server; use HTTP.", code="websocket_disabled")
         await websocket.send_denial_response(error_response(err))
@@ -271,7 +349,7 @@ def routes(service: ResponsesService, settings: Settings) -> list[WebSocketRoute
             return
         try:
             await websocket.accept()
-            session = Session(service, settings, websocket, tenant)
+            session = Session(service, settings, websocket, keys, tenant)
             service.open_connections.add(session)
             try:
                 await session.serve()

@@ -145,6 +145,26 @@ def test_stream_id_is_websocket_only_and_validated():
     assert error_of({**BASE, "stream_id": "bad id!"}, websocket=True).code == "invalid_stream_id"
     assert error_of({**BASE, "stream_id": ""}, websocket=True).code == "invalid_stream_id"
     assert parse({**BASE, "stream_id": "lane_1.a-b"}, websocket=True).stream_id == "lane_1.a-b"
+    assert error_of({**BASE, "stream_id": "lane\n"}, websocket=True).code == "invalid_stream_id"  # no trailing newline
+
+
+@pytest.mark.parametrize("value", [-5, 0])
+def test_max_tool_calls_must_be_positive(value: int):
+    err = error_of({**BASE, "max_tool_calls": value})
+    assert err.param == "max_tool_calls" and err.code == "integer_below_min_value"
+
+
+def test_json_bounds_are_checked_before_building():
+    from loopway.protocol.bounds import JsonBounds
+
+    tight = JsonBounds(max_values=50, max_depth=8, max_input_items=3)
+    assert error_of({**BASE, "input": [1] * 60}, limits=tight).code == "json_too_large"
+    nested: Any = "x"
+    for _ in range(10):
+        nested = [nested]
+    assert error_of({**BASE, "metadata": nested}, limits=tight).code == "json_too_deep"
+    items = [{"type": "message", "role": "user", "content": "a"}] * 4
+    assert error_of({**BASE, "input": items}, limits=tight).code == "array_above_max_length"
 
 
 def test_background_is_refused_on_websocket_and_needs_store():

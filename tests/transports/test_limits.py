@@ -81,11 +81,11 @@ def test_idle_connections_are_closed(tmp_path: Path):
         server.stop()
 
 
-def test_connections_that_never_finish_their_handshake_are_closed(tmp_path: Path):
+def test_connections_that_never_finish_their_first_request_head_are_closed(tmp_path: Path):
     import socket
     import time
 
-    server = Server(tmp_path, "--handshake-timeout-s", "0.5", "--store", "memory")
+    server = Server(tmp_path, "--head-timeout-s", "0.5", "--store", "memory")
     try:
         silent = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         slow = socket.create_connection(("127.0.0.1", server.port), timeout=5)

@@ -38,6 +38,7 @@ http {{
         location / {{
             proxy_pass http://loopway;
             proxy_http_version 1.1;
+            proxy_set_header Host $host;
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;
             proxy_buffering off;

@@ -352,13 +352,15 @@ def test_binary_frames_are_refused(client: OpenAI):
         assert raw_turn(ws, {"input": "ok", "store": False})[-1]["type"] == "response.completed"
 
 
-def test_frames_over_the_size_limit(tmp_path_factory: pytest.TempPathFactory):
+def test_a_frame_over_the_size_limit_closes_with_1009_and_the_server_goes_on(tmp_path_factory: pytest.TempPathFactory):
     server = Server(tmp_path_factory.mktemp("frames"), "--max-frame-bytes", "2000", "--store", "memory")
     try:
         with connect(ws_url(server)) as ws:
             ws.send(json.dumps({"type": "response.create", "model": MODEL, "input": "x" * 5000}))
-            error = json.loads(ws.recv(timeout=10))
-            assert error["status"] == 413 and error["error"]["code"] == "frame_too_large"
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        with connect(ws_url(server)) as ws:
             assert raw_turn(ws, {"input": "ok", "store": False})[-1]["type"] == "response.completed"
     finally:
         server.stop()
