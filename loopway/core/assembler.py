@@ -182,6 +182,7 @@ class EventAssembler:
                 name=delta.name or "",
                 arguments="",
                 status="in_progress",
+                namespace=delta.namespace,
             )
             self.response.output.append(item)
             current = self._open = _OpenCall(item, index, delta.index)

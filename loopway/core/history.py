@@ -16,7 +16,7 @@ from loopway.core.conversation import Conversation
 from loopway.core.persistence import ResponseLog
 from loopway.protocol import response as wire
 from loopway.protocol.errors import ApiError, previous_response_not_found
-from loopway.protocol.items import Item, items_from_json
+from loopway.protocol.items import Item, ItemReference, item_id, items_from_json
 from loopway.protocol.response import Response
 from loopway.store.base import StoredResponse
 
@@ -79,6 +79,22 @@ async def load_parent(log: ResponseLog, response_id: str, tenant: str) -> Parent
             code="previous_response_in_progress",
         )
     return Parent(response=response, items=_context(records, include_last_output=True))
+
+
+async def stored_items(log: ResponseLog, item_ids: list[str], tenant: str) -> dict[str, Item]:
+    """Items of the tenant's stored responses, by id: what ``item_reference`` may name besides the
+    context (as OpenAI resolves any stored item of the project). Ids not found are left out."""
+    found: dict[str, Item] = {}
+    for wanted in item_ids:
+        response_id = await log.find_item(tenant, wanted)
+        record = await log.get(response_id, tenant) if response_id else None
+        if record is None:
+            continue
+        for item in [*items_from_json(record.input_items), *wire.decode(record.response).output]:
+            if item_id(item) == wanted and not isinstance(item, ItemReference):
+                found[wanted] = item
+                break
+    return found
 
 
 async def input_items(log: ResponseLog, record: StoredResponse) -> list[Item]:

@@ -146,6 +146,14 @@ class ResponseLog:
             return None
         return record
 
+    async def find_item(self, tenant: str, item_id: str) -> str | None:
+        """The response holding a stored item (pending writes first: read-your-writes holds here too)."""
+        for record in reversed(list(self._pending.values())):
+            if record.tenant == tenant and item_id in record.item_ids:
+                return record.id
+        with self._answering_503():
+            return await self.store.find_item(tenant, item_id)
+
     async def delete(self, response_id: str, tenant: str | None = None) -> bool:
         if tenant is not None and await self.get(response_id, tenant) is None:
             return False

@@ -104,10 +104,26 @@ def new_response(request: CreateRequest, response_id: str) -> Response:
     )
 
 
-def _resolve_references(items: list[Item], parent: Parent | None) -> list[Item]:
+def _indexed(item: Item) -> bool:
+    """Whether a stored item goes in the item index: it has an id, and is not itself a reference."""
+    return not isinstance(item, ItemReference) and bool(item_id(item))
+
+
+def unresolved_references(items: list[Item], parent: Parent | None) -> list[str]:
+    """Ids that ``item_reference`` items name and that neither the context nor the input holds."""
+    wanted = [i.id for i in items if isinstance(i, ItemReference)]
+    if not wanted:
+        return []
+    known = {item_id(i) for i in (parent.context() if parent else [])}
+    known.update(item_id(i) for i in items if not isinstance(i, ItemReference))
+    return [w for w in dict.fromkeys(wanted) if w not in known]
+
+
+def _resolve_references(items: list[Item], parent: Parent | None, stored: dict[str, Item] | None = None) -> list[Item]:
     if not any(isinstance(i, ItemReference) for i in items):
         return items
-    known = {item_id(i): i for i in (parent.context() if parent else [])}
+    known = dict(stored or {})
+    known.update({item_id(i): i for i in (parent.context() if parent else [])})
     known.update({item_id(i): i for i in items if not isinstance(i, ItemReference)})
     resolved = []
     for index, item in enumerate(items):
@@ -155,9 +171,11 @@ class TurnPipeline:
         times: StageTimes | None = None,
         tenant: str = "",
         renderer: Renderer | None = None,
+        stored: dict[str, Item] | None = None,
     ) -> Turn:
         """Everything before the engine. ``renderer`` may hold the request's tokens rendered ahead
-        (``tokens.render.prerender``, off the event loop for large requests)."""
+        (``tokens.render.prerender``, off the event loop for large requests); ``stored`` holds items
+        that ``item_reference`` names from other stored responses (``history.stored_items``)."""
         times = times or StageTimes()
         renderer = renderer or self.renderer
         with times.measure("validate"):
@@ -166,7 +184,7 @@ class TurnPipeline:
                 raise model_not_found(request.model)
             new_items = [normalized(item) for item in request.input]
         with times.measure("render"):
-            resolved = _resolve_references(new_items, parent)
+            resolved = _resolve_references(new_items, parent, stored)
             conversation, known, known_items = self._context(request, parent, resolved, renderer)
             _check_tool_outputs(conversation, new_items)
             conversation = self._fit(request, conversation, info.context_window)
@@ -177,7 +195,7 @@ class TurnPipeline:
                 known = known_items = 0
         response = new_response(request, ids.new_id(ids.RESPONSE))
         self.stage_log.add(response.id, times)
-        turn = Turn(request, response, conversation, new_items, known, compacted, times, known_items)
+        turn = Turn(request, response, conversation, resolved, known, compacted, times, known_items)
         turn.tenant = tenant
         return turn
 
@@ -237,9 +255,11 @@ class TurnPipeline:
             )
         return conversation.suffix(start)
 
-    def count_input_tokens(self, request: CreateRequest, parent: Parent | None) -> int:
+    def count_input_tokens(
+        self, request: CreateRequest, parent: Parent | None, stored: dict[str, Item] | None = None
+    ) -> int:
         """``POST /v1/responses/input_tokens``: the context as the engine would see it, counted."""
-        resolved = _resolve_references(list(request.input), parent)
+        resolved = _resolve_references(list(request.input), parent, stored)
         conversation, _, _ = self._context(request, parent, resolved, self.renderer)
         return len(conversation.tokens)
 
@@ -356,6 +376,7 @@ class TurnPipeline:
             input_items=ITEMS_ENCODER.encode(turn.new_items),
             events=b"[" + b",".join(encode_event(e) for e in turn.events) + b"]" if turn.events is not None else None,
             tenant=turn.tenant,
+            item_ids=[item_id(i) for i in [*turn.new_items, *turn.response.output] if _indexed(i)],
         )
 
 

@@ -20,7 +20,7 @@ from loopway.core.history import Parent, ParentCache
 from loopway.core.limits import ConnectionLimiter, RateLimiter
 from loopway.core.metrics import Metrics
 from loopway.core.persistence import ResponseLog
-from loopway.core.pipeline import Turn, TurnPipeline
+from loopway.core.pipeline import Turn, TurnPipeline, unresolved_references
 from loopway.core.replay import rebuild_events
 from loopway.core.timing import StageTimes
 from loopway.engines.base import Engine, describe, find_model
@@ -35,7 +35,7 @@ from loopway.protocol.errors import (
     response_not_found,
 )
 from loopway.protocol.events import Event
-from loopway.protocol.items import Message, item_id, normalized, parse_input, to_builtins
+from loopway.protocol.items import Item, Message, item_id, normalized, parse_input, to_builtins
 from loopway.protocol.request import CreateRequest, shape_check
 from loopway.protocol.response import Response, Usage
 from loopway.protocol.tools import EMPTY_TOOLS
@@ -99,9 +99,15 @@ class ResponsesService:
         if request.store:
             await self.log.check()  # store=true needs the store: say so now, not after generating
         parent = await self.resolve(request, times, tenant, cache)
-        turn = self.pipeline.prepare(request, parent, times, tenant, renderer)
+        stored = await self._referenced(request, parent, tenant)
+        turn = self.pipeline.prepare(request, parent, times, tenant, renderer, stored)
         await self.pipeline.start(turn)
         return turn
+
+    async def _referenced(self, request: CreateRequest, parent: Parent | None, tenant: str) -> dict[str, Item]:
+        """Stored items that the input's ``item_reference`` names beyond its own context."""
+        missing = unresolved_references(request.input, parent)
+        return await history.stored_items(self.log, missing, tenant) if missing else {}
 
     async def resolve(
         self, request: CreateRequest, times: StageTimes, tenant: str, cache: ParentCache | None = None
@@ -207,7 +213,9 @@ class ResponsesService:
         if find_model(self.engine, request.model) is None:
             raise model_not_found(request.model)
         parent = await self.resolve(request, StageTimes(), tenant)
-        return {"object": "response.input_tokens", "input_tokens": self.pipeline.count_input_tokens(request, parent)}
+        stored = await self._referenced(request, parent, tenant)
+        count = self.pipeline.count_input_tokens(request, parent, stored)
+        return {"object": "response.input_tokens", "input_tokens": count}
 
     async def compact(self, raw: Any, tenant: str = "") -> dict[str, Any]:
         body: CompactBody = shape_check(raw, CompactBody)

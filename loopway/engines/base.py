@@ -47,12 +47,14 @@ class TextDelta(msgspec.Struct):
 
 
 class ToolCallDelta(msgspec.Struct):
-    """A piece of the ``index``-th tool call; ``call_id`` and ``name`` come with its first piece."""
+    """A piece of the ``index``-th tool call; ``call_id``, ``name`` (and the ``namespace`` of a tool
+    declared inside a namespace tool) come with its first piece."""
 
     index: int
     arguments: str
     call_id: str | None = None
     name: str | None = None
+    namespace: str | None = None
 
 
 class Finish(msgspec.Struct, kw_only=True):

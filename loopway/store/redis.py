@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -20,6 +21,18 @@ from loopway.store.base import StoredResponse, StoreUnavailable
 
 TTL_S = 30 * 24 * 3600
 CLAIMS = "loopway:claims"  # sorted set: background response id → until (epoch seconds)
+# Delete a response and those of its items' index entries that still point at it (a later response may
+# have indexed the same item id since).
+_DELETE = """
+local ids = redis.call('HGET', KEYS[1], 'item_ids')
+if ids then
+    for _, item in ipairs(cjson.decode(ids)) do
+        local key = ARGV[1] .. item
+        if redis.call('GET', key) == ARGV[2] then redis.call('DEL', key) end
+    end
+end
+return redis.call('DEL', KEYS[1])
+"""
 _FIELDS = ("created_at", "previous_response_id", "response", "input_items", "events", "tenant")
 
 
@@ -44,6 +57,10 @@ class RedisStore:
     def _key(response_id: str) -> str:
         return f"loopway:response:{response_id}"
 
+    @staticmethod
+    def _item_key(tenant: str, item_id: str = "") -> str:
+        return f"loopway:item:{tenant}:{item_id}"
+
     async def put(self, record: StoredResponse) -> None:
         mapping = {
             "created_at": record.created_at,
@@ -53,11 +70,14 @@ class RedisStore:
             "events": record.events or b"",
             "tenant": record.tenant,
             "has_events": int(record.events is not None),
+            "item_ids": msgspec.json.encode(record.item_ids),
         }
         with _reachable():
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hset(self._key(record.id), mapping=mapping)
                 pipe.expire(self._key(record.id), self.ttl_s)
+                for item_id in record.item_ids:
+                    pipe.set(self._item_key(record.tenant, item_id), record.id, ex=self.ttl_s)
                 await pipe.execute()
 
     async def get(self, response_id: str) -> StoredResponse | None:
@@ -77,7 +97,14 @@ class RedisStore:
 
     async def delete(self, response_id: str) -> bool:
         with _reachable():
-            return bool(await self._redis.delete(self._key(response_id)))
+            tenant = await self._redis.hget(self._key(response_id), "tenant")
+            prefix = self._item_key(tenant.decode() if tenant else "")
+            return bool(await self._redis.eval(_DELETE, 1, self._key(response_id), prefix, response_id))
+
+    async def find_item(self, tenant: str, item_id: str) -> str | None:
+        with _reachable():
+            found = await self._redis.get(self._item_key(tenant, item_id))
+        return found.decode() if found else None
 
     async def claim(self, response_id: str, until: float) -> None:
         with _reachable():

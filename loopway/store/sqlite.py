@@ -31,6 +31,13 @@ CREATE TABLE IF NOT EXISTS responses (
     events BLOB,
     tenant TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS items (
+    tenant TEXT NOT NULL,
+    id TEXT NOT NULL,
+    response_id TEXT NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+CREATE INDEX IF NOT EXISTS items_by_response ON items (response_id);
 CREATE TABLE IF NOT EXISTS claims (
     id TEXT PRIMARY KEY,
     until REAL NOT NULL
@@ -74,11 +81,17 @@ class SqliteStore:
 
     def _put(self, r: StoredResponse) -> None:
         assert self._db is not None
-        self._db.execute(
-            "INSERT OR REPLACE INTO responses (id, created_at, previous_response_id, response, input_items, events,"
-            " tenant) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (r.id, r.created_at, r.previous_response_id, r.response, r.input_items, r.events, r.tenant),
-        )
+        with self._db:  # the response and its items' index entries, in one transaction
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT OR REPLACE INTO responses (id, created_at, previous_response_id, response, input_items, events,"
+                " tenant) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (r.id, r.created_at, r.previous_response_id, r.response, r.input_items, r.events, r.tenant),
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO items (tenant, id, response_id) VALUES (?, ?, ?)",
+                [(r.tenant, item_id, r.id) for item_id in r.item_ids],
+            )
 
     def _get(self, response_id: str) -> StoredResponse | None:
         assert self._db is not None
@@ -100,7 +113,15 @@ class SqliteStore:
 
     def _delete(self, response_id: str) -> bool:
         assert self._db is not None
-        return self._db.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM items WHERE response_id = ?", (response_id,))
+            return self._db.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
+
+    def _find_item(self, tenant: str, item_id: str) -> str | None:
+        assert self._db is not None
+        row = self._db.execute("SELECT response_id FROM items WHERE tenant = ? AND id = ?", (tenant, item_id)).fetchone()
+        return row[0] if row else None
 
     async def put(self, record: StoredResponse) -> None:
         await self._run(self._put, record)
@@ -122,6 +143,9 @@ class SqliteStore:
     def _orphans(self, now: float) -> list[str]:
         assert self._db is not None
         return [row[0] for row in self._db.execute("SELECT id FROM claims WHERE until < ?", (now,))]
+
+    async def find_item(self, tenant: str, item_id: str) -> str | None:
+        return await self._run(self._find_item, tenant, item_id)
 
     async def claim(self, response_id: str, until: float) -> None:
         await self._run(self._claim, response_id, until)

@@ -134,7 +134,8 @@ class Renderer:
         if isinstance(item, Message):
             return self._frame(item.role, item.content)
         if isinstance(item, FunctionCall):
-            return self._encode(f"<|start|>assistant to={item.name}<|call|>{item.arguments}<|end|>")
+            name = f"{item.namespace}.{item.name}" if item.namespace else item.name
+            return self._encode(f"<|start|>assistant to={name}<|call|>{item.arguments}<|end|>")
         if isinstance(item, FunctionCallOutput):
             return self._frame(f"tool {item.call_id}", item.output)
         if isinstance(item, Reasoning):

@@ -10,7 +10,7 @@ import msgspec
 from loopway.core.assembler import EventAssembler
 from loopway.core.conversation import Conversation
 from loopway.engines.base import EngineRequest, Finish, TextDelta, ToolCallDelta
-from loopway.engines.upstream.chat import ChunkDecoder, body_of, messages_of
+from loopway.engines.upstream.chat import ChunkDecoder, ToolNames, body_of, messages_of
 from loopway.protocol.events import encode_event
 from loopway.protocol.items import FunctionCall, FunctionCallOutput, InputImage, InputText, Message
 from loopway.protocol.request import JsonSchemaFormat
@@ -203,3 +203,40 @@ def test_upstream_errors_map_to_client_errors_or_engine_failures():
     assert isinstance(limited, ApiError) and limited.status == 429 and "slow down" in limited.message
     for status in (401, 403, 500, 503):
         assert isinstance(upstream_error(_Reply(status, {"error": {"message": "x"}}).response), EngineError)
+
+
+NAMESPACED = parse_tools(
+    [
+        {"type": "function", "name": "spawn_agent", "parameters": {"type": "object", "properties": {}}},
+        {
+            "type": "namespace",
+            "name": "multi_agent_v1",
+            "description": "Sub-agents",
+            "tools": [{"type": "function", "name": "spawn_agent", "parameters": {"type": "object", "properties": {}}}],
+        },
+    ]
+)
+
+
+def test_namespaced_tools_go_upstream_under_unique_flat_names_and_come_back_with_their_namespace():
+    items = [
+        Message(role="user", content="spawn one"),
+        FunctionCall(call_id="c1", name="spawn_agent", arguments="{}", namespace="multi_agent_v1"),
+        FunctionCallOutput(call_id="c1", output="started"),
+    ]
+    body = body_of(request(items, tools=NAMESPACED), "m")
+    assert [t["function"]["name"] for t in body["tools"]] == ["spawn_agent", "multi_agent_v1__spawn_agent"]
+    assert body["messages"][2]["tool_calls"][0]["function"]["name"] == "multi_agent_v1__spawn_agent"
+    decoder = ChunkDecoder(ToolNames(NAMESPACED.functions))
+    call = {"index": 0, "id": "c2", "function": {"name": "multi_agent_v1__spawn_agent", "arguments": "{}"}}
+    (delta,) = decoder.feed({"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]})
+    assert (delta.namespace, delta.name) == ("multi_agent_v1", "spawn_agent")
+    plain = {"index": 1, "id": "c3", "function": {"name": "spawn_agent", "arguments": "{}"}}
+    (delta,) = decoder.feed({"choices": [{"index": 0, "delta": {"tool_calls": [plain]}}]})
+    assert (delta.namespace, delta.name) == (None, "spawn_agent")
+
+
+def test_flat_names_stay_within_the_chat_completions_limits():
+    long = parse_tools([{"type": "namespace", "name": "n" * 40, "tools": [{"type": "function", "name": "f" * 40}]}])
+    flat = ToolNames(long.functions).flat("n" * 40, "f" * 40)
+    assert len(flat) <= 64 and ToolNames(long.functions).original(flat) == ("n" * 40, "f" * 40)

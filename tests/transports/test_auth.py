@@ -75,6 +75,9 @@ def test_tenants_never_see_each_other(secured: tuple[Server, Path]):
     with pytest.raises(openai.BadRequestError) as info:
         bob.responses.create(model=MODEL, input="continue", previous_response_id=mine.id)
     assert info.value.code == "previous_response_not_found"
+    with pytest.raises(openai.BadRequestError) as info:  # nor name one of its items
+        bob.responses.create(model=MODEL, input=[{"type": "item_reference", "id": mine.output[0].id}])
+    assert info.value.code == "item_not_found"
     with bob.responses.connect() as conn:
         conn.response.create(model=MODEL, input="continue", previous_response_id=mine.id, store=True)
         error = next(iter(conn))

@@ -110,3 +110,25 @@ def test_codex_exec_finishes_a_shell_task(task_dir: tuple[Path, Path, Path], tmp
             assert 'POST /v1/responses HTTP/1.1" 200' in log
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("websocket", ["on", "off"])
+def test_codex_runs_two_commands_with_the_default_sim(tmp_path: Path, websocket: str):
+    """No trace: the default sim picks Codex's own shell tool (``exec_command``) for each command in
+    turn, out of Codex's real tool list (namespaces included), then answers in text."""
+    work, home = tmp_path / "work", tmp_path / "codex-home"
+    work.mkdir()
+    home.mkdir()
+    (work / "README.md").write_text("# Demo\nThe answer is forty-two.\n")
+    (work / "main.py").write_text("print('hi')\n")
+    server = Server(tmp_path, "--sim-models", MODEL, "--store", "memory", "--websocket", websocket)
+    try:
+        events = run_codex(server, work, home, "Please run `ls` and then `cat README.md`", websockets=True)
+    finally:
+        server.stop()
+    commands = [e["item"] for e in events if e["type"] == "item.completed" and e["item"]["type"] == "command_execution"]
+    assert [c["exit_code"] for c in commands] == [0, 0], commands
+    assert "main.py" in commands[0]["aggregated_output"] and "forty-two" in commands[1]["aggregated_output"]
+    messages = [e["item"]["text"] for e in events if e["type"] == "item.completed" and e["item"]["type"] == "agent_message"]
+    assert messages and "forty-two" in messages[-1]  # the answer cites what the commands printed
+    assert events[-1]["type"] == "turn.completed"

@@ -336,6 +336,41 @@ def test_images_and_files_are_counted_as_tokens(client: OpenAI):
     assert with_image.usage.input_tokens >= base.input_tokens + 85
 
 
+def test_item_reference_names_any_stored_item_of_the_project(client: OpenAI, server: Server):
+    """The Vercel AI SDK's second user turn: an earlier assistant message by reference, no previous_response_id."""
+    first = client.responses.create(model=MODEL, input="Say hello")
+    answer = first.output[0]
+    second = raw(
+        server,
+        "POST",
+        "/responses",
+        json={
+            "model": MODEL,
+            "input": [
+                {"role": "user", "content": "Say hello"},
+                {"type": "item_reference", "id": answer.id},
+                {"role": "user", "content": "And again"},
+            ],
+        },
+    )
+    assert second.status_code == 200, second.text
+    items = client.responses.input_items.list(second.json()["id"], order="asc").data
+    assert [i.type for i in items] == ["message", "message", "message"] and items[1].id == answer.id
+    assert items[1].content[0].text == answer.content[0].text
+    unknown = raw(
+        server, "POST", "/responses", json={"model": MODEL, "input": [{"type": "item_reference", "id": "msg_nope"}]}
+    )
+    assert_error(unknown, 400, "item_not_found", "input[0].id")
+    private = client.responses.create(model=MODEL, input="Say hello", store=False)
+    unstored = raw(
+        server,
+        "POST",
+        "/responses",
+        json={"model": MODEL, "input": [{"type": "item_reference", "id": private.output[0].id}]},
+    )
+    assert_error(unstored, 400, "item_not_found")  # store=false items are never indexed
+
+
 def test_item_reference_resolves_against_the_previous_context(client: OpenAI):
     first = client.responses.create(model=MODEL, input="Please read src/app.py", tools=[READ_FILE])
     call = first.output[0]
@@ -469,3 +504,45 @@ def test_unknown_route_and_method_are_openai_shaped(server: Server):
 def test_server_says_where_it_listens_and_stores(server: Server):
     output = server.output()
     assert f"http://127.0.0.1:{server.port}/v1" in output and "sqlite:" in output
+
+
+SPAWN = {
+    "type": "namespace",
+    "name": "multi_agent_v1",
+    "description": "Tools for spawning and managing sub-agents.",
+    "tools": [
+        {
+            "type": "function",
+            "name": "spawn_agent",
+            "description": "Spawn a sub-agent",
+            "parameters": {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]},
+        }
+    ],
+}
+
+
+def test_calls_to_a_namespaced_tool_carry_its_namespace(server: Server):
+    """Codex looks calls up by namespace and name: JSON, SSE and WebSocket all say which namespace."""
+    body = {
+        "model": MODEL,
+        "input": "Spawn a helper for 'docs'",
+        "tools": [SPAWN, READ_FILE],
+        "tool_choice": {"type": "function", "name": "spawn_agent"},
+        "store": False,
+    }
+    response = raw(server, "POST", "/responses", json=body).json()
+    validate("Response", response)
+    call = response["output"][0]
+    assert (call["type"], call["name"], call["namespace"]) == ("function_call", "spawn_agent", "multi_agent_v1")
+    events = sse_events(raw(server, "POST", "/responses", json={**body, "stream": True}).text)
+    for event in events:
+        validate_event(event)
+    items = [e["item"] for e in events if e["type"] in ("response.output_item.added", "response.output_item.done")]
+    assert items and all(i["namespace"] == "multi_agent_v1" for i in items)
+    from websockets.sync.client import connect
+
+    with connect(server.url.replace("http://", "ws://") + "/responses") as ws:
+        ws.send(json.dumps({"type": "response.create", **body}))
+        while (event := json.loads(ws.recv(timeout=30)))["type"] != "response.completed":
+            validate_event(event, websocket=True)
+        assert event["response"]["output"][0]["namespace"] == "multi_agent_v1"

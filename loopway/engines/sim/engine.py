@@ -94,6 +94,7 @@ class SimEngine:
                         arguments=text,
                         call_id=planned.call_id if first else None,
                         name=planned.name if first else None,
+                        namespace=planned.namespace if first else None,
                     )
                 elif text:
                     yield TextDelta(text)

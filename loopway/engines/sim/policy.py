@@ -31,6 +31,7 @@ class PlannedCall(msgspec.Struct):
     name: str
     arguments: str
     call_id: str | None = None
+    namespace: str | None = None  # the namespace tool that declares it (Codex's ``multi_agent_v1``)
 
 
 Plan = list[PlannedText | PlannedCall]
@@ -98,9 +99,10 @@ def stable_seed(*parts: object) -> int:
 
 
 def latest_user_index(items: Sequence[Item]) -> int:
+    """The latest user message that says something (clients such as ``llm`` send empty ones)."""
     for i in range(len(items) - 1, -1, -1):
         item = items[i]
-        if isinstance(item, Message) and item.role == "user":
+        if isinstance(item, Message) and item.role == "user" and text_of(item.content).strip():
             return i
     return -1
 
@@ -136,22 +138,98 @@ def targets_of(text: str) -> list[str]:
     return [t for i, t in enumerate(found) if t and t not in found[:i]]
 
 
-def _tool_score(tool: FunctionTool, message: str, target: str) -> int:
-    words = set(re.findall(r"[a-z]+", message.lower()))
+# What a tool is for, from its name (first) and the parameter it takes: a role the message can ask for.
+_ROLE_NAMES = {
+    "shell": ("exec", "shell", "bash", "terminal", "command", "run"),
+    "read": ("read", "open", "cat", "view", "show", "get_file", "file_content"),
+    "search": ("search", "grep", "find", "rg"),
+    "list": ("list", "ls", "tree", "glob", "dir"),
+    "write": ("write", "edit", "patch", "create_file", "apply", "replace"),
+}
+_ROLE_SLOTS = {
+    "shell": ("cmd", "command", "commands", "script"),
+    "read": ("path", "file", "file_path", "filepath", "filename"),
+    "search": ("pattern", "query", "regex"),
+}
+_PROGRAMS = frozenset(
+    "ls cat grep rg find pwd echo head tail wc sed awk python python3 pytest pip npm node make git cargo go uv "
+    "bash sh cd mkdir touch cp mv rm diff sort uniq which env date tree du df curl".split()
+)
+_IMAGE = re.compile(r"\.(png|jpe?g|gif|webp|bmp|svg)$", re.I)
+
+
+def tool_roles(tool: FunctionTool) -> set[str]:
+    """The roles a tool plays: ``exec_command`` (a ``cmd`` slot) is a shell, ``read_file`` reads, ..."""
     name = tool.name.lower()
-    blob = f"{name} {(tool.description or '').lower()}"
-    score = 0
-    for stem, verbs in _VERBS.items():
-        if stem in blob and any(v in message.lower() for v in verbs):
-            score += 3 + (2 if stem in name else 0)
-    score += len(words & set(re.findall(r"[a-z]+", blob)))
-    if "." in target and ("file" in blob or "path" in blob):
-        score += 1
-    return score
+    slots = set((tool.parameters or {}).get("properties") or {}) if isinstance(tool.parameters, dict) else set()
+    roles = {role for role, words in _ROLE_NAMES.items() if any(w in name for w in words)}
+    roles |= {role for role, names in _ROLE_SLOTS.items() if slots & set(names)}
+    if "image" in name:
+        roles.discard("read")
+        roles.add("image")
+    if "shell" in roles and not slots & set(_ROLE_SLOTS["shell"]):
+        roles.discard("shell")  # "run_tests" runs, but takes no command
+    return roles
+
+
+def intent_of(message: str, target: str) -> str:
+    """What the message asks to do with one target: run it, read it, search for it, list it, write it."""
+    lowered = message.lower()
+    first = target.split()[0].lower() if target.split() else ""
+    is_path = bool(_PATH.fullmatch(target.strip()))
+    if first in _PROGRAMS or (not is_path and re.search(r"\b(run|exec|execute)\b", lowered)):
+        return "run"
+    if re.search(r"\b(search|grep|find|look for)\b", lowered) and not is_path:
+        return "search"
+    if re.search(r"\b(list|ls)\b", lowered) and (target.endswith("/") or not is_path):
+        return "list"
+    if re.search(r"\b(write|edit|fix|patch|modify|create)\b", lowered):
+        return "write"
+    return "read" if is_path else "run" if " " in target.strip() else "read"
+
+
+def _fallback_argument(intent: str, target: str) -> str:
+    """How a shell tool does what the message asked when no tool has that role."""
+    return {"read": f"cat {target}", "list": f"ls {target}", "search": f"grep -rn '{target}' ."}.get(intent, target)
+
+
+def _overlap(tool: FunctionTool, message: str) -> int:
+    """Words the message shares with the tool's name and the first sentence of its description."""
+    summary = (tool.description or "").strip().split(".")[0][:160]
+    blob = set(re.findall(r"[a-z]+", f"{tool.name.replace('_', ' ')} {summary}".lower())) - _GENERIC
+    return len(set(re.findall(r"[a-z]+", message.lower())) & blob)
+
+
+def choose(tools: Sequence[FunctionTool], message: str, target: str) -> tuple[FunctionTool, str]:
+    """The tool for one target, and the value for its target slot.
+
+    A tool whose role is what the message asks for wins; with none, a shell does it the shell's way
+    (``cat``, ``ls``, ``grep``); then the tool the message's words name best, the earliest on a tie.
+    """
+    intent = intent_of(message, target)
+    wanted = "shell" if intent == "run" else intent
+
+    def score(tool: FunctionTool) -> tuple[int, int, int]:
+        roles = tool_roles(tool)
+        if wanted in roles and not (wanted == "read" and _IMAGE.search(target)):
+            fit = 3
+        elif "image" in roles and _IMAGE.search(target):
+            fit = 3
+        elif "shell" in roles and intent in ("read", "list", "search"):
+            fit = 2
+        else:
+            fit = 0
+        return fit, _overlap(tool, message), -tools.index(tool)
+
+    tool = max(tools, key=score)
+    roles = tool_roles(tool)
+    if "shell" in roles and wanted not in roles:
+        return tool, _fallback_argument(intent, target)
+    return tool, target
 
 
 def best_tool(tools: Sequence[FunctionTool], message: str, target: str) -> FunctionTool:
-    return max(tools, key=lambda t: (_tool_score(t, message, target), -tools.index(t)))
+    return choose(tools, message, target)[0]
 
 
 _GENERIC = frozenset(
@@ -251,7 +329,8 @@ class DefaultPolicy:
             asked = asked_for(tools, message)
             if asked is not None:  # no explicit target, but the message plainly asks for this tool
                 tool, subject = asked
-                return [PlannedCall(name=tool.name, arguments=arguments_for(tool, subject, message, budget))]
+                arguments = arguments_for(tool, subject, message, budget)
+                return [PlannedCall(name=tool.name, arguments=arguments, namespace=tool.namespace)]
         if not pending:
             if not required:
                 return []
@@ -261,8 +340,10 @@ class DefaultPolicy:
             pending = pending[:1]
         plan: Plan = []
         for target in pending:
-            tool = best_tool(tools, message, target)
-            plan.append(PlannedCall(name=tool.name, arguments=arguments_for(tool, target, message, budget)))
+            tool, value = choose(tools, message, target)
+            plan.append(
+                PlannedCall(name=tool.name, arguments=arguments_for(tool, value, message, budget), namespace=tool.namespace)
+            )
         return plan
 
     def _structured(self, request: EngineRequest, message: str, budget: Budget) -> str:

@@ -36,7 +36,13 @@ def _planned(raw: Any, where: str) -> PlannedText | PlannedCall:
             arguments = msgspec.json.encode(arguments).decode()
         if not raw.get("name"):
             raise TraceError(f"{where}: function_call needs a name")
-        return PlannedCall(name=str(raw["name"]), arguments=arguments, call_id=raw.get("call_id"))
+        namespace = raw.get("namespace")
+        return PlannedCall(
+            name=str(raw["name"]),
+            arguments=arguments,
+            call_id=raw.get("call_id"),
+            namespace=str(namespace) if namespace else None,
+        )
     raise TraceError(f"{where}: unknown item type {kind!r}")
 
 

@@ -1,5 +1,9 @@
 """Responses ↔ Chat Completions, both ways, as pure functions and a chunk decoder (sans-I/O).
 
+Tools declared inside a ``namespace`` tool (Codex's ``multi_agent_v1``) have no namespaces in Chat
+Completions: they go upstream under unique flat names (``multi_agent_v1__spawn_agent``), and calls
+come back under their own name with their namespace (``ToolNames``).
+
 Outbound: instructions become the system message; items become messages (consecutive function
 calls fold into one assistant message's ``tool_calls``; outputs become ``tool`` messages); function
 tools, ``tool_choice``, parallel calls, ``json_schema`` formats and ``max_output_tokens`` map to
@@ -10,6 +14,9 @@ keyed by their index and keep the upstream ``call_id``; finish reasons map to ``
 
 from __future__ import annotations
 
+import hashlib
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from loopway.engines.base import Delta, EngineRequest, Finish, TextDelta, ToolCallDelta
@@ -24,6 +31,7 @@ from loopway.protocol.items import (
     Refusal,
     text_of,
 )
+from loopway.protocol.tools import FunctionTool
 
 _FINISH = {
     "stop": "stop",
@@ -52,7 +60,36 @@ def _content(content: Any) -> str | list[dict[str, Any]]:
     return parts
 
 
-def messages_of(instructions: str | None, items: Any) -> list[dict[str, Any]]:
+class ToolNames:
+    """Flat Chat Completions names for a request's function tools, and the way back."""
+
+    def __init__(self, functions: Sequence[FunctionTool]) -> None:
+        self._flat: dict[tuple[str | None, str], str] = {}
+        self._back: dict[str, tuple[str | None, str]] = {}
+        taken = {t.name for t in functions if t.namespace is None}
+        for tool in functions:
+            flat = tool.name if tool.namespace is None else _unique(f"{tool.namespace}__{tool.name}", taken)
+            taken.add(flat)
+            self._flat[(tool.namespace, tool.name)] = flat
+            self._back[flat] = (tool.namespace, tool.name)
+
+    def flat(self, namespace: str | None, name: str) -> str:
+        return self._flat.get((namespace, name)) or (f"{namespace}__{name}" if namespace else name)
+
+    def original(self, flat: str) -> tuple[str | None, str]:
+        return self._back.get(flat, (None, flat))
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """A Chat Completions function name: at most 64 of ``[A-Za-z0-9_-]``, not already used."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", name)
+    if len(name) > 64 or name in taken:
+        digest = hashlib.blake2b(name.encode(), digest_size=4).hexdigest()
+        name = f"{name[:55]}_{digest}"
+    return name
+
+
+def messages_of(instructions: str | None, items: Any, names: ToolNames | None = None) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     if instructions:
         messages.append({"role": "system", "content": instructions})
@@ -61,7 +98,8 @@ def messages_of(instructions: str | None, items: Any) -> list[dict[str, Any]]:
             role = "system" if item.role == "developer" else item.role
             messages.append({"role": role, "content": _content(item.content)})
         elif isinstance(item, FunctionCall):
-            call = {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
+            name = names.flat(item.namespace, item.name) if names else item.name
+            call = {"id": item.call_id, "type": "function", "function": {"name": name, "arguments": item.arguments}}
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant" and "tool_calls" in last:
                 last["tool_calls"].append(call)
@@ -75,17 +113,19 @@ def messages_of(instructions: str | None, items: Any) -> list[dict[str, Any]]:
     return messages
 
 
-def _tool_choice(request: EngineRequest) -> Any:
+def _tool_choice(request: EngineRequest, names: ToolNames) -> Any:
     choice = request.tool_choice
     if choice.names is not None and len(choice.names) == 1 and choice.mode == "required":
-        return {"type": "function", "function": {"name": choice.names[0]}}
+        tool = request.tools.function(choice.names[0])
+        return {"type": "function", "function": {"name": names.flat(tool.namespace if tool else None, choice.names[0])}}
     return choice.mode
 
 
 def body_of(request: EngineRequest, upstream_model: str) -> dict[str, Any]:
+    tool_names = ToolNames(request.tools.functions)
     body: dict[str, Any] = {
         "model": upstream_model,
-        "messages": messages_of(request.instructions, request.items),
+        "messages": messages_of(request.instructions, request.items, tool_names),
         "stream": True,
         "stream_options": {"include_usage": True},
         "temperature": request.temperature,
@@ -100,7 +140,7 @@ def body_of(request: EngineRequest, upstream_model: str) -> dict[str, Any]:
                 "function": {
                     k: v
                     for k, v in {
-                        "name": t.name,
+                        "name": tool_names.flat(t.namespace, t.name),
                         "description": t.description,
                         "parameters": t.parameters or {"type": "object", "properties": {}},
                         "strict": t.strict,
@@ -110,7 +150,7 @@ def body_of(request: EngineRequest, upstream_model: str) -> dict[str, Any]:
             }
             for t in functions
         ]
-        body["tool_choice"] = _tool_choice(request)
+        body["tool_choice"] = _tool_choice(request, tool_names)
         body["parallel_tool_calls"] = request.parallel_tool_calls
     if request.json_schema is not None:
         schema = request.json_schema
@@ -126,7 +166,8 @@ def body_of(request: EngineRequest, upstream_model: str) -> dict[str, Any]:
 class ChunkDecoder:
     """Chat Completions stream chunks → engine deltas; ``finish`` once the stream has ended."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: ToolNames | None = None) -> None:
+        self.names = names or ToolNames([])
         self.reason = "stop"
         self.finished = False  # a finish_reason arrived: the upstream ended the answer on purpose
         self.usage: dict[str, Any] | None = None
@@ -147,12 +188,14 @@ class ChunkDecoder:
                 function = call.get("function") or {}
                 arguments = function.get("arguments") or ""
                 self.output_chars += len(arguments)
+                namespace, name = self.names.original(function["name"]) if function.get("name") else (None, None)
                 deltas.append(
                     ToolCallDelta(
                         index=int(call.get("index", 0)),
                         arguments=arguments,
                         call_id=call.get("id"),
-                        name=function.get("name"),
+                        name=name,
+                        namespace=namespace,
                     )
                 )
             if choice.get("finish_reason"):

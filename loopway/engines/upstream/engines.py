@@ -15,7 +15,7 @@ import httpx
 import msgspec
 
 from loopway.engines.base import Delta, EngineError, EngineRequest, Finish, ModelInfo, TextDelta, ToolCallDelta
-from loopway.engines.upstream.chat import ChunkDecoder, body_of
+from loopway.engines.upstream.chat import ChunkDecoder, ToolNames, body_of
 from loopway.engines.upstream.http import Upstream
 from loopway.protocol.errors import ApiError
 from loopway.protocol.items import to_builtins
@@ -64,7 +64,7 @@ class ChatEngine(_UpstreamEngine):
         return self._deltas(await self.upstream.open("/chat/completions", body), request)
 
     async def _deltas(self, response: httpx.Response, request: EngineRequest) -> AsyncIterator[Delta]:
-        decoder = ChunkDecoder()
+        decoder = ChunkDecoder(ToolNames(request.tools.functions))
         text: list[str] = []
         async for chunk in self.upstream.events(response):
             for delta in decoder.feed(chunk):
