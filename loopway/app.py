@@ -18,6 +18,7 @@ from loopway.core.auth import KeyRing
 from loopway.core.limits import ConnectionLimiter, RateLimiter
 from loopway.core.persistence import ResponseLog
 from loopway.core.pipeline import TurnPipeline
+from loopway.core.reasoning import ReasoningVault
 from loopway.core.sealing import Sealer
 from loopway.core.service import ResponsesService
 from loopway.engines.base import Engine
@@ -55,6 +56,7 @@ def make_engine(settings: Settings) -> Engine:
             timeout_s=settings.upstream_timeout_s,
             retries=settings.upstream_retries,
             chain=settings.upstream_chain,
+            reasoning_field=settings.upstream_reasoning_field,
         )
         return ChatEngine(upstream) if settings.engine == "openai-chat" else ResponsesEngine(upstream)
     raise ConfigError(f"unknown engine {settings.engine!r} (available: sim, openai-chat, openai-responses)")
@@ -76,7 +78,7 @@ def make_store(settings: Settings) -> Store:
 
 def build_service(settings: Settings) -> ResponsesService:
     engine = make_engine(settings)
-    pipeline = TurnPipeline(engine, Sealer(settings.secret()))
+    pipeline = TurnPipeline(engine, Sealer(settings.secret()), vault=ReasoningVault(settings.reasoning_keys()))
     return ResponsesService(
         engine,
         pipeline,

@@ -110,6 +110,13 @@ SERVE_FLAGS = [
     _Flag("background-claim-s", float, "a stopped process's unfinished background responses end as failed after this"),
     _Flag("log-level", str, "debug, info, warning or error"),
     _Flag("log-format", str, "text, or json (one object a line, with response ids)"),
+    _Flag(
+        "reasoning-keys",
+        str,
+        "a file of reasoning encryption keys (base64, newest first; older ones still "
+        "decrypt); default: reasoning.keys in the data dir",
+        "reasoning_keys_file",
+    ),
     # Upstream engines.
     _Flag("upstream", str, "the upstream server's /v1 URL (openai-chat, openai-responses)"),
     _Flag("upstream-model", str, "served models: NAME or PUBLIC=UPSTREAM, comma-separated"),
@@ -118,6 +125,12 @@ SERVE_FLAGS = [
     _Flag("upstream-timeout-s", float, "upstream read timeout"),
     _Flag("upstream-retries", int, "connection retries before the first token"),
     _Flag("upstream-chain", _on_off, "openai-responses: store turns upstream and chain them by id (on|off)"),
+    _Flag(
+        "upstream-reasoning-field",
+        str,
+        "openai-chat: the assistant-message field earlier reasoning goes back "
+        "in: reasoning_content, reasoning, none, or auto (the one the upstream streams)",
+    ),
     # The simulated engine.
     _Flag("sim-models", _csv, "model names the sim engine serves (comma-separated)"),
     _Flag("sim-context-window", int, "sim context window in tokens"),
@@ -125,6 +138,11 @@ SERVE_FLAGS = [
     _Flag("sim-base-latency-ms", float, "sim time to first token before prefill"),
     _Flag("sim-prefill-tps", float, "sim prefill rate, uncached tokens per second", "prefill_tokens_per_s"),
     _Flag("sim-decode-tps", float, "sim decode rate, output tokens per second", "decode_tokens_per_s"),
+    _Flag(
+        "sim-reasoning-models",
+        _csv,
+        "sim models that reason by default (effort medium); others reason when the request sets reasoning.effort",
+    ),
     _Flag("sim-max-output-tokens", int, "the most the sim says in one response when the request sets no limit"),
     _Flag("sim-trace", _optional, "a rollout file the sim engine replays (at turn k, these items)"),
 ]
@@ -149,7 +167,7 @@ def serve(settings: Settings) -> int:
     try:
         service = build_service(settings)
         keys = KeyRing(settings.api_keys or None)
-    except (ConfigError, TraceError, KeyFileError, OSError) as exc:
+    except (ConfigError, TraceError, KeyFileError, OSError, ValueError) as exc:
         print(f"loopway: {exc}", file=sys.stderr)
         return 2
     app = create_app(settings, service, keys)

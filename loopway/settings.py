@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 
+from loopway.core.reasoning import load_keys
 from loopway.engines.sim import SimSettings
 from loopway.protocol.bounds import JsonBounds
 
@@ -56,6 +57,7 @@ class Settings(msgspec.Struct, kw_only=True):
     ws_durable_store: bool = False  # store=true over WebSocket: persist before response.completed (no overlap)
     log_level: str = "info"
     log_format: str = "text"  # or "json"
+    reasoning_keys_file: str = ""  # reasoning encryption keys, newest first; empty: the data dir's
     upstream: str = ""  # the upstream server's /v1 URL (engines openai-chat and openai-responses)
     upstream_model: str = ""  # "name" or "public=upstream", comma-separated
     upstream_api_key_env: str = ""  # the environment variable holding the upstream's key
@@ -63,12 +65,23 @@ class Settings(msgspec.Struct, kw_only=True):
     upstream_timeout_s: float = 600.0
     upstream_retries: int = 2
     upstream_chain: bool = False  # openai-responses: chain upstream ids instead of resending the input
+    upstream_reasoning_field: str = "auto"  # openai-chat: where earlier reasoning goes on assistant messages
     sim: SimSettings = msgspec.field(default_factory=SimSettings)
 
     def json_bounds(self) -> JsonBounds:
         return JsonBounds(
             max_values=self.max_json_values, max_depth=self.max_json_depth, max_input_items=self.max_input_items
         )
+
+    def reasoning_keys(self) -> list[bytes]:
+        """Keys for reasoning's ``encrypted_content``: ``--reasoning-keys`` (the newest first, one base64
+        key a line), else a file in the data dir created on first use; with the memory store, one key
+        per process (nothing is written to disk)."""
+        if self.reasoning_keys_file:
+            return load_keys(Path(self.reasoning_keys_file))
+        if self.store == "memory":
+            return [secrets.token_bytes(32)]
+        return load_keys(self.data_path() / "reasoning.keys")
 
     def data_path(self) -> Path:
         return Path(self.data_dir) if self.data_dir else default_data_dir()

@@ -2,7 +2,10 @@
 
 One place owns ordering: an item opens with ``output_item.added``; text goes
 ``content_part.added`` → ``output_text.delta``… → ``output_text.done`` → ``content_part.done``;
-a function call goes ``function_call_arguments.delta``… → ``.done``; the item closes with
+a function call goes ``function_call_arguments.delta``… → ``.done``; reasoning goes
+``content_part.added`` (``reasoning_text``) → ``reasoning_text.delta``… → ``reasoning_text.done`` →
+``content_part.done``, then ``reasoning_summary_part.added`` → ``reasoning_summary_text.delta``… →
+``.done`` → ``reasoning_summary_part.done`` for its summary; the item closes with
 ``output_item.done``; a terminal event ends the response. ``sequence_number`` starts at 0.
 
 Events carry snapshots: nothing emitted earlier changes when the response moves on.
@@ -11,10 +14,11 @@ Events carry snapshots: nothing emitted earlier changes when the response moves 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import msgspec
 
-from loopway.engines.base import Delta, Finish, TextDelta, ToolCallDelta
+from loopway.engines.base import Delta, Finish, ReasoningDelta, TextDelta, ToolCallDelta
 from loopway.protocol import ids
 from loopway.protocol.events import (
     ContentPartAdded,
@@ -26,6 +30,12 @@ from loopway.protocol.events import (
     OutputItemDone,
     OutputTextDelta,
     OutputTextDone,
+    ReasoningSummaryPartAdded,
+    ReasoningSummaryPartDone,
+    ReasoningSummaryTextDelta,
+    ReasoningSummaryTextDone,
+    ReasoningTextDelta,
+    ReasoningTextDone,
     ResponseCompleted,
     ResponseCreated,
     ResponseFailed,
@@ -33,7 +43,7 @@ from loopway.protocol.events import (
     ResponseInProgress,
     ResponseQueued,
 )
-from loopway.protocol.items import FunctionCall, Message, OutputText
+from loopway.protocol.items import FunctionCall, Message, OutputText, Reasoning, ReasoningText, SummaryText
 from loopway.protocol.response import IncompleteDetails, OutputItem, Response, ResponseError, Usage
 
 
@@ -47,13 +57,25 @@ class _OpenCall:
         self.item, self.index, self.engine_index, self.chunks = item, index, engine_index, []
 
 
+class _OpenReasoning:
+    def __init__(self, item: Reasoning, index: int) -> None:
+        self.item, self.index = item, index
+        self.text: list[str] | None = None  # the reasoning text part, while it is open
+        self.summary: list[str] | None = None  # the summary part now streaming
+
+
 class EventAssembler:
-    """Builds one response's events; ``response`` is the live object it completes."""
+    """Builds one response's events; ``response`` is the live object it completes.
+
+    ``seal`` (set by the pipeline when the client asked for it) gives a finished reasoning item its
+    ``encrypted_content``.
+    """
 
     def __init__(self, response: Response) -> None:
         self.response = response
         self._seq = 0
-        self._open: _OpenText | _OpenCall | None = None
+        self._open: _OpenText | _OpenCall | _OpenReasoning | None = None
+        self.seal: Callable[[Reasoning], str] | None = None
 
     def _stamp(self, event: Event) -> Event:
         event.sequence_number = self._seq
@@ -86,6 +108,8 @@ class EventAssembler:
     def feed(self, delta: Delta) -> list[Event]:
         if isinstance(delta, TextDelta):
             return self._text(delta.text)
+        if isinstance(delta, ReasoningDelta):
+            return self._reasoning(delta)
         if isinstance(delta, ToolCallDelta):
             return self._call(delta)
         if isinstance(delta, Finish):
@@ -99,6 +123,8 @@ class EventAssembler:
             return isinstance(current, _OpenText)
         if isinstance(delta, ToolCallDelta):
             return isinstance(current, _OpenCall) and current.engine_index == delta.index
+        if isinstance(delta, ReasoningDelta):
+            return isinstance(current, _OpenReasoning)
         return False
 
     def add_item(self, item: OutputItem) -> list[Event]:
@@ -170,6 +196,85 @@ class EventAssembler:
         )
         return events
 
+    def _reasoning(self, delta: ReasoningDelta) -> list[Event]:
+        events: list[Event] = []
+        current = self._open
+        if not isinstance(current, _OpenReasoning):
+            events += self._close()
+            index = len(self.response.output)
+            item = Reasoning(id=ids.new_id(ids.REASONING), summary=[], status="in_progress")
+            self.response.output.append(item)
+            current = self._open = _OpenReasoning(item, index)
+            events.append(self._stamp(OutputItemAdded(output_index=index, item=msgspec.structs.replace(item, summary=[]))))
+        item_id, index = current.item.id or "", current.index
+        if not delta.summary:
+            if current.text is None:
+                events += self._end_summary(current)
+                current.text = []
+                part = ReasoningText(text="")
+                events.append(self._stamp(ContentPartAdded(item_id=item_id, output_index=index, content_index=0, part=part)))
+            current.text.append(delta.text)
+            events.append(
+                self._stamp(ReasoningTextDelta(item_id=item_id, output_index=index, content_index=0, delta=delta.text))
+            )
+            return events
+        if current.summary is None:
+            events += self._end_text(current)
+            current.summary = []
+            part = SummaryText(text="")
+            summary_index = len(current.item.summary)
+            events.append(
+                self._stamp(
+                    ReasoningSummaryPartAdded(item_id=item_id, output_index=index, summary_index=summary_index, part=part)
+                )
+            )
+        current.summary.append(delta.text)
+        events.append(
+            self._stamp(
+                ReasoningSummaryTextDelta(
+                    item_id=item_id, output_index=index, summary_index=len(current.item.summary), delta=delta.text
+                )
+            )
+        )
+        return events
+
+    def _end_text(self, current: _OpenReasoning) -> list[Event]:
+        if current.text is None:
+            return []
+        text, current.text = "".join(current.text), None
+        part = ReasoningText(text=text)
+        current.item.content = [*(current.item.content or []), part]
+        item_id, index = current.item.id or "", current.index
+        return [
+            self._stamp(ReasoningTextDone(item_id=item_id, output_index=index, content_index=0, text=text)),
+            self._stamp(ContentPartDone(item_id=item_id, output_index=index, content_index=0, part=part)),
+        ]
+
+    def _end_summary(self, current: _OpenReasoning) -> list[Event]:
+        if current.summary is None:
+            return []
+        text, current.summary = "".join(current.summary), None
+        part = SummaryText(text=text)
+        summary_index = len(current.item.summary)
+        current.item.summary.append(part)
+        item_id, index = current.item.id or "", current.index
+        return [
+            self._stamp(
+                ReasoningSummaryTextDone(item_id=item_id, output_index=index, summary_index=summary_index, text=text)
+            ),
+            self._stamp(
+                ReasoningSummaryPartDone(item_id=item_id, output_index=index, summary_index=summary_index, part=part)
+            ),
+        ]
+
+    def _close_reasoning(self, current: _OpenReasoning, status: str) -> list[Event]:
+        events = self._end_text(current) + self._end_summary(current)
+        item = current.item
+        item.status = status
+        if self.seal is not None:
+            item.encrypted_content = self.seal(item)
+        return events + [self._stamp(OutputItemDone(output_index=current.index, item=msgspec.structs.replace(item)))]
+
     def _call(self, delta: ToolCallDelta) -> list[Event]:
         events: list[Event] = []
         current = self._open
@@ -200,6 +305,8 @@ class EventAssembler:
         current, self._open = self._open, None
         if current is None:
             return []
+        if isinstance(current, _OpenReasoning):
+            return self._close_reasoning(current, status)
         item = current.item
         if isinstance(current, _OpenText):
             text = "".join(current.chunks)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 
@@ -20,6 +21,7 @@ from loopway.core import compaction
 from loopway.core.assembler import EventAssembler
 from loopway.core.conversation import Conversation
 from loopway.core.history import Parent
+from loopway.core.reasoning import ReasoningVault
 from loopway.core.sealing import Sealer
 from loopway.core.timing import StageLog, StageTimes
 from loopway.engines.base import Delta, Engine, EngineError, EngineRequest, Finish, find_model
@@ -28,7 +30,7 @@ from loopway.protocol import response as wire
 from loopway.protocol.errors import ApiError, invalid_request, model_not_found
 from loopway.protocol.events import TERMINAL_EVENTS, Event, encode_event
 from loopway.protocol.items import ENCODER as ITEMS_ENCODER
-from loopway.protocol.items import Compaction, FunctionCallOutput, Item, ItemReference, item_id, normalized
+from loopway.protocol.items import Compaction, FunctionCallOutput, Item, ItemReference, Reasoning, item_id, normalized
 from loopway.protocol.request import CreateRequest
 from loopway.protocol.response import Response, Usage
 from loopway.store.base import StoredResponse
@@ -156,10 +158,13 @@ def _check_tool_outputs(conversation: Conversation, new_items: list[Item]) -> No
 
 
 class TurnPipeline:
-    def __init__(self, engine: Engine, sealer: Sealer, renderer: Renderer | None = None) -> None:
+    def __init__(
+        self, engine: Engine, sealer: Sealer, renderer: Renderer | None = None, vault: ReasoningVault | None = None
+    ) -> None:
         self.engine = engine
         self.sealer = sealer
         self.renderer = renderer or Renderer()
+        self.vault = vault or ReasoningVault([secrets.token_bytes(32)])
         self.stage_log = StageLog()
 
     # Before the engine -----------------------------------------------------------------------
@@ -183,6 +188,7 @@ class TurnPipeline:
             if info is None:
                 raise model_not_found(request.model)
             new_items = [normalized(item) for item in request.input]
+            self._restore_reasoning(new_items, tenant)
         with times.measure("render"):
             resolved = _resolve_references(new_items, parent, stored)
             conversation, known, known_items = self._context(request, parent, resolved, renderer)
@@ -197,7 +203,15 @@ class TurnPipeline:
         self.stage_log.add(response.id, times)
         turn = Turn(request, response, conversation, resolved, known, compacted, times, known_items)
         turn.tenant = tenant
+        if "reasoning.encrypted_content" in request.include or not request.store:
+            turn.assembler.seal = lambda item: self.vault.seal(item, tenant)  # the client carries it
         return turn
+
+    def _restore_reasoning(self, items: list[Item], tenant: str) -> None:
+        """Reasoning items that come back with ``encrypted_content`` get their text back for the engine."""
+        for index, item in enumerate(items):
+            if isinstance(item, Reasoning) and item.encrypted_content:
+                self.vault.restore(item, tenant, f"input[{index}].encrypted_content")
 
     def _compact(
         self, request: CreateRequest, conversation: Conversation, new_items: list[Item], renderer: Renderer
@@ -357,6 +371,8 @@ class TurnPipeline:
             json_schema=request.json_schema,
             temperature=request.temperature,
             top_p=request.top_p,
+            reasoning_effort=request.reasoning.get("effort"),
+            reasoning_summary=request.reasoning.get("summary"),
         )
 
     def _terminal(self, turn: Turn, events: list[Event]) -> list[Event]:

@@ -20,11 +20,17 @@ from loopway.protocol.events import (
     OutputItemDone,
     OutputTextDelta,
     OutputTextDone,
+    ReasoningSummaryPartAdded,
+    ReasoningSummaryPartDone,
+    ReasoningSummaryTextDelta,
+    ReasoningSummaryTextDone,
+    ReasoningTextDelta,
+    ReasoningTextDone,
     ResponseCompleted,
     ResponseFailed,
     ResponseIncomplete,
 )
-from loopway.protocol.items import FunctionCall, Message, OutputText
+from loopway.protocol.items import FunctionCall, Message, OutputText, Reasoning, ReasoningText, SummaryText
 from loopway.protocol.response import Response, Usage
 
 _TERMINAL = {"completed": ResponseCompleted, "incomplete": ResponseIncomplete, "failed": ResponseFailed}
@@ -44,6 +50,8 @@ def _item_events(index: int, item: object) -> list[Event]:
                 ContentPartDone(item_id=item.id or "", output_index=index, content_index=c, part=part),
             ]
         return events + [OutputItemDone(output_index=index, item=item)]
+    if isinstance(item, Reasoning):
+        return _reasoning_events(index, item)
     if isinstance(item, FunctionCall):
         opened = msgspec.structs.replace(item, arguments="", status="in_progress")
         return [
@@ -53,6 +61,27 @@ def _item_events(index: int, item: object) -> list[Event]:
             OutputItemDone(output_index=index, item=item),
         ]
     return [OutputItemAdded(output_index=index, item=item), OutputItemDone(output_index=index, item=item)]
+
+
+def _reasoning_events(index: int, item: Reasoning) -> list[Event]:
+    rid = item.id or ""
+    opened = msgspec.structs.replace(item, summary=[], content=None, encrypted_content=None, status="in_progress")
+    events: list[Event] = [OutputItemAdded(output_index=index, item=opened)]
+    for c, part in enumerate(item.content or []):
+        events += [
+            ContentPartAdded(item_id=rid, output_index=index, content_index=c, part=ReasoningText(text="")),
+            ReasoningTextDelta(item_id=rid, output_index=index, content_index=c, delta=part.text),
+            ReasoningTextDone(item_id=rid, output_index=index, content_index=c, text=part.text),
+            ContentPartDone(item_id=rid, output_index=index, content_index=c, part=part),
+        ]
+    for n, summary in enumerate(item.summary):
+        events += [
+            ReasoningSummaryPartAdded(item_id=rid, output_index=index, summary_index=n, part=SummaryText(text="")),
+            ReasoningSummaryTextDelta(item_id=rid, output_index=index, summary_index=n, delta=summary.text),
+            ReasoningSummaryTextDone(item_id=rid, output_index=index, summary_index=n, text=summary.text),
+            ReasoningSummaryPartDone(item_id=rid, output_index=index, summary_index=n, part=summary),
+        ]
+    return events + [OutputItemDone(output_index=index, item=item)]
 
 
 def rebuild_events(response: Response) -> list[Event]:

@@ -40,10 +40,19 @@ class EngineRequest(msgspec.Struct, kw_only=True):
     json_schema: JsonSchemaFormat | None
     temperature: float
     top_p: float
+    reasoning_effort: str | None = None  # "minimal" … "xhigh"; None: the model's default
+    reasoning_summary: str | None = None  # "auto", "concise", "detailed"; None: no summary
 
 
 class TextDelta(msgspec.Struct):
     text: str
+
+
+class ReasoningDelta(msgspec.Struct):
+    """A piece of the model's reasoning: its raw text, or (``summary``) its summary for the user."""
+
+    text: str
+    summary: bool = False
 
 
 class ToolCallDelta(msgspec.Struct):
@@ -65,7 +74,7 @@ class Finish(msgspec.Struct, kw_only=True):
     reasoning_tokens: int = 0
 
 
-Delta = TextDelta | ToolCallDelta | Finish
+Delta = TextDelta | ReasoningDelta | ToolCallDelta | Finish
 
 
 class ModelInfo(msgspec.Struct):

@@ -12,7 +12,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from loopway.protocol.errors import ApiError
-from loopway.protocol.items import ContentPart, encode_hook
+from loopway.protocol.items import ContentPart, ReasoningText, SummaryText, encode_hook
 from loopway.protocol.response import OutputItem, Response
 
 
@@ -70,14 +70,14 @@ class ContentPartAdded(Event, tag="response.content_part.added", kw_only=True):
     item_id: str
     output_index: int
     content_index: int
-    part: ContentPart
+    part: ContentPart | ReasoningText
 
 
 class ContentPartDone(Event, tag="response.content_part.done", kw_only=True):
     item_id: str
     output_index: int
     content_index: int
-    part: ContentPart
+    part: ContentPart | ReasoningText
 
 
 class OutputTextDelta(Event, tag="response.output_text.delta", kw_only=True):
@@ -107,6 +107,48 @@ class FunctionCallArgumentsDone(Event, tag="response.function_call_arguments.don
     output_index: int
     name: str
     arguments: str
+
+
+class ReasoningTextDelta(Event, tag="response.reasoning_text.delta", kw_only=True):
+    item_id: str
+    output_index: int
+    content_index: int
+    delta: str
+
+
+class ReasoningTextDone(Event, tag="response.reasoning_text.done", kw_only=True):
+    item_id: str
+    output_index: int
+    content_index: int
+    text: str
+
+
+class ReasoningSummaryPartAdded(Event, tag="response.reasoning_summary_part.added", kw_only=True):
+    item_id: str
+    output_index: int
+    summary_index: int
+    part: SummaryText
+
+
+class ReasoningSummaryPartDone(Event, tag="response.reasoning_summary_part.done", kw_only=True):
+    item_id: str
+    output_index: int
+    summary_index: int
+    part: SummaryText
+
+
+class ReasoningSummaryTextDelta(Event, tag="response.reasoning_summary_text.delta", kw_only=True):
+    item_id: str
+    output_index: int
+    summary_index: int
+    delta: str
+
+
+class ReasoningSummaryTextDone(Event, tag="response.reasoning_summary_text.done", kw_only=True):
+    item_id: str
+    output_index: int
+    summary_index: int
+    text: str
 
 
 class StreamError(Event, tag="error", kw_only=True):

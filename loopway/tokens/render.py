@@ -138,9 +138,9 @@ class Renderer:
             return self._encode(f"<|start|>assistant to={name}<|call|>{item.arguments}<|end|>")
         if isinstance(item, FunctionCallOutput):
             return self._frame(f"tool {item.call_id}", item.output)
-        if isinstance(item, Reasoning):
-            summary = "".join(s.text for s in item.summary)
-            return self._encode(f"<|start|>assistant<|channel|>analysis<|message|>{summary}<|end|>")
+        if isinstance(item, Reasoning):  # the raw reasoning where there is some, else its summary
+            thought = "".join(p.text for p in item.content) if item.content else "".join(s.text for s in item.summary)
+            return self._encode(f"<|start|>assistant<|channel|>analysis<|message|>{thought}<|end|>")
         if isinstance(item, OtherItem):
             return self._encode(f"<|start|>{item.type}<|message|>{msgspec.json.encode(item.raw).decode()}<|end|>")
         if isinstance(item, (Compaction, ItemReference)):

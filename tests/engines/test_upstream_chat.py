@@ -6,13 +6,23 @@ import json
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from loopway.core.assembler import EventAssembler
 from loopway.core.conversation import Conversation
 from loopway.engines.base import EngineRequest, Finish, TextDelta, ToolCallDelta
 from loopway.engines.upstream.chat import ChunkDecoder, ToolNames, body_of, messages_of
 from loopway.protocol.events import encode_event
-from loopway.protocol.items import FunctionCall, FunctionCallOutput, InputImage, InputText, Message
+from loopway.protocol.items import (
+    FunctionCall,
+    FunctionCallOutput,
+    InputImage,
+    InputText,
+    Message,
+    Reasoning,
+    ReasoningText,
+    SummaryText,
+)
 from loopway.protocol.request import JsonSchemaFormat
 from loopway.protocol.response import Response
 from loopway.protocol.tools import ToolChoice, parse_tool_choice, parse_tools
@@ -240,3 +250,47 @@ def test_flat_names_stay_within_the_chat_completions_limits():
     long = parse_tools([{"type": "namespace", "name": "n" * 40, "tools": [{"type": "function", "name": "f" * 40}]}])
     flat = ToolNames(long.functions).flat("n" * 40, "f" * 40)
     assert len(flat) <= 64 and ToolNames(long.functions).original(flat) == ("n" * 40, "f" * 40)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "field", "reasoning", "answer"),
+    [
+        ("vllm-reasoning-content.sse", "reasoning_content", "The user wants the file read.", None),
+        ("vllm-gpt-oss-reasoning.sse", "reasoning", "We have the output; answer briefly.", "It prints hi."),
+        ("llamacpp-deepseek-reasoning.sse", "reasoning_content", "Two plus two is four.", "4"),
+    ],
+)
+def test_upstream_reasoning_streams_become_a_reasoning_item(fixture: str, field: str, reasoning: str, answer: str | None):
+    decoder = ChunkDecoder()
+    deltas: list = []
+    for line in (FIXTURES / fixture).read_text().splitlines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            deltas += decoder.feed(json.loads(line[6:]))
+    finish = decoder.finish(999, lambda: 7, lambda: 3)
+    assert decoder.reasoning_field == field
+    events = assemble(deltas, finish)
+    response = events[-1]["response"]
+    thought = response["output"][0]
+    assert thought["type"] == "reasoning" and thought["content"][0]["text"] == reasoning
+    if answer is not None:
+        assert response["output"][1]["content"][0]["text"] == answer
+    assert response["usage"]["output_tokens_details"]["reasoning_tokens"] in (8, 3)
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning", None])
+def test_earlier_reasoning_goes_back_on_the_assistant_message_it_preceded(field: str | None):
+    items = [
+        Message(role="user", content="read a.py"),
+        Reasoning(id="rs_1", summary=[], content=[ReasoningText(text="Read it first.")]),
+        FunctionCall(call_id="c1", name="read_file", arguments='{"path":"a.py"}'),
+        FunctionCallOutput(call_id="c1", output="print('hi')"),
+        Reasoning(id="rs_2", summary=[SummaryText(text="Now answer.")]),
+        Message(role="assistant", content="It prints hi."),
+    ]
+    messages = messages_of(None, items, reasoning_field=field)
+    assistant = [m for m in messages if m["role"] == "assistant"]
+    if field is None:
+        assert all("reasoning_content" not in m and "reasoning" not in m for m in assistant)
+    else:
+        assert [m.get(field) for m in assistant] == ["Read it first.", "Now answer."]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant"]

@@ -132,3 +132,28 @@ def test_codex_runs_two_commands_with_the_default_sim(tmp_path: Path, websocket:
     messages = [e["item"]["text"] for e in events if e["type"] == "item.completed" and e["item"]["type"] == "agent_message"]
     assert messages and "forty-two" in messages[-1]  # the answer cites what the commands printed
     assert events[-1]["type"] == "turn.completed"
+
+
+@pytest.mark.parametrize("websocket", ["on", "off"])
+def test_codex_with_a_reasoning_model_carries_its_reasoning_across_turns(tmp_path: Path, websocket: str):
+    """A reasoning model: Codex asks for ``reasoning.encrypted_content`` with store=false. Over WebSocket the
+    connection cache holds the reasoning; over HTTP Codex sends every reasoning item back each turn, and each
+    must open (or the turn would be a 400)."""
+    work, home = tmp_path / "work", tmp_path / "codex-home"
+    work.mkdir()
+    home.mkdir()
+    (work / "README.md").write_text("# Demo\nThe answer is forty-two.\n")
+    server = Server(
+        tmp_path, "--sim-models", MODEL, "--sim-reasoning-models", MODEL, "--store", "memory", "--log-level", "info"
+    )
+    try:
+        events = run_codex(server, work, home, "Please run `ls` and then `cat README.md`", websockets=True)
+        log = server.output()
+    finally:
+        server.stop()
+    thoughts = [e["item"] for e in events if e["type"] == "item.completed" and e["item"]["type"] == "reasoning"]
+    assert len(thoughts) >= 3 and all(t["text"] for t in thoughts), thoughts  # one a turn, shown to the user
+    commands = [e["item"] for e in events if e["type"] == "item.completed" and e["item"]["type"] == "command_execution"]
+    assert [c["exit_code"] for c in commands] == [0, 0]
+    assert events[-1]["type"] == "turn.completed" and events[-1]["usage"]["output_tokens"] > 0
+    assert "invalid_encrypted_content" not in log

@@ -546,3 +546,73 @@ def test_calls_to_a_namespaced_tool_carry_its_namespace(server: Server):
         while (event := json.loads(ws.recv(timeout=30)))["type"] != "response.completed":
             validate_event(event, websocket=True)
         assert event["response"]["output"][0]["namespace"] == "multi_agent_v1"
+
+
+def test_a_reasoning_request_streams_a_reasoning_item_before_its_answer(server: Server):
+    body = {
+        "model": MODEL,
+        "input": "Please read src/app.py",
+        "tools": [READ_FILE],
+        "store": False,
+        "reasoning": {"effort": "low", "summary": "auto"},
+        "include": ["reasoning.encrypted_content"],
+        "stream": True,
+    }
+    events = sse_events(raw(server, "POST", "/responses", json=body).text)
+    for event in events:
+        validate_event(event)
+    kinds = [e["type"] for e in events]
+    first_reasoning = kinds.index("response.reasoning_text.delta")
+    assert (
+        kinds.index("response.output_item.added") < first_reasoning < kinds.index("response.function_call_arguments.delta")
+    )
+    assert kinds[first_reasoning - 1] == "response.content_part.added"
+    for kind in (
+        "response.reasoning_text.done",
+        "response.reasoning_summary_part.added",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_summary_text.done",
+        "response.reasoning_summary_part.done",
+    ):
+        assert kind in kinds, kind
+    response = events[-1]["response"]
+    validate("Response", response)
+    reasoning, call = response["output"]
+    assert reasoning["type"] == "reasoning" and reasoning["content"][0]["text"] and reasoning["summary"][0]["text"]
+    assert reasoning["encrypted_content"] and call["type"] == "function_call"
+    details = response["usage"]["output_tokens_details"]
+    assert 0 < details["reasoning_tokens"] < response["usage"]["output_tokens"]
+
+
+def test_encrypted_reasoning_comes_back_on_the_next_turn_and_forgeries_are_refused(server: Server):
+    first = raw(
+        server,
+        "POST",
+        "/responses",
+        json={
+            "model": MODEL,
+            "input": "Please read src/app.py",
+            "tools": [READ_FILE],
+            "store": False,
+            "reasoning": {"effort": "minimal"},
+            "include": ["reasoning.encrypted_content"],
+        },
+    ).json()
+    reasoning, call = first["output"]
+    carried = {
+        "type": "reasoning",
+        "id": reasoning["id"],
+        "summary": [],
+        "encrypted_content": reasoning["encrypted_content"],
+    }  # what a store=false client sends back
+    history = [
+        {"role": "user", "content": "Please read src/app.py"},
+        carried,
+        call,
+        {"type": "function_call_output", "call_id": call["call_id"], "output": "print('hi')"},
+    ]
+    second = raw(server, "POST", "/responses", json={"model": MODEL, "input": history, "tools": [READ_FILE], "store": False})
+    assert second.status_code == 200, second.text
+    forged = dict(carried, encrypted_content=carried["encrypted_content"][:-8] + "AAAAAAAA")
+    refused = raw(server, "POST", "/responses", json={"model": MODEL, "input": [history[0], forged], "store": False})
+    assert_error(refused, 400, "invalid_encrypted_content", "input[1].encrypted_content")

@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
-from loopway.engines.base import Delta, EngineRequest, Finish, ModelInfo, TextDelta, ToolCallDelta
+from loopway.engines.base import Delta, EngineRequest, Finish, ModelInfo, ReasoningDelta, TextDelta, ToolCallDelta
 from loopway.engines.sim.cost import CostModel, PrefixCache
-from loopway.engines.sim.policy import DefaultPolicy, PlannedCall
+from loopway.engines.sim.policy import DefaultPolicy, Plan, PlannedCall
 from loopway.engines.sim.schema_instance import Budget
+from loopway.engines.sim.thinking import PlannedReasoning, effort_of, reasoning_of
 from loopway.engines.sim.trace import TracePolicy, load_trace
 from loopway.tokens.render import encode_long, encoding
 from loopway.tokens.sequence import BLOCK_SIZE
@@ -25,6 +26,7 @@ class SimSettings(msgspec.Struct, kw_only=True):
     prefill_tokens_per_s: float = 20_000.0
     decode_tokens_per_s: float = 1_000.0
     max_output_tokens: int = 16_384  # the model's maximum output: what one response may say at most
+    reasoning_models: list[str] = msgspec.field(default_factory=list)  # reason by default (effort medium)
     trace: str | None = None
 
 
@@ -63,43 +65,97 @@ class SimEngine:
         limit = min(request.max_output_tokens or cap, cap)
         budget = Budget.for_tokens(limit)
         plan = self.policy.plan(request, budget)
+        effort = effort_of(request, self.settings.reasoning_models)
+        thought = reasoning_of(request, plan, effort, self.settings.seed) if effort else None
         hashes = request.tokens.block_hashes()
         cached = min(self.cache.cached_tokens(hashes), len(request.tokens))
         self.cache.insert(hashes, start_block=cached // BLOCK_SIZE)
         await asyncio.sleep(self.cost.time_to_first_token(len(request.tokens) - cached))
 
-        loop = asyncio.get_running_loop()
-        start, produced, truncated = loop.time(), 0, budget.exhausted
-        rate = self.cost.decode_tokens_per_s
-        for index, planned in enumerate(plan):
-            is_call = isinstance(planned, PlannedCall)
-            ids = encode_long(planned.arguments if is_call else planned.text)
-            if produced + len(ids) > limit:
-                ids, truncated = ids[: limit - produced], True
-            pieces = token_pieces(ids)
-            first = True
-            i = 0
-            while i < len(pieces) or (first and is_call):
-                due = int((loop.time() - start) * rate) - produced
-                if due <= 0 and i < len(pieces):
-                    await asyncio.sleep((produced + 1) / rate - (loop.time() - start))
-                    continue
-                step = max(0, min(due, len(pieces) - i))
-                text = "".join(pieces[i : i + step])
-                i += step
-                produced += step
-                if is_call:
-                    yield ToolCallDelta(
-                        index=index,
-                        arguments=text,
-                        call_id=planned.call_id if first else None,
-                        name=planned.name if first else None,
-                        namespace=planned.namespace if first else None,
-                    )
-                elif text:
-                    yield TextDelta(text)
-                first = False
-            if truncated:
+        pace = _Pace(asyncio.get_running_loop(), self.cost.decode_tokens_per_s, limit)
+        reasoning_tokens = 0
+        for segment in _segments(thought, plan):
+            async for delta in pace.stream(segment):
+                yield delta
+            if segment.reasoning:
+                reasoning_tokens = pace.produced
+            if pace.truncated:
                 break
+        truncated = pace.truncated or budget.exhausted
         reason = "length" if truncated else ("tool_calls" if any(isinstance(p, PlannedCall) for p in plan) else "stop")
-        yield Finish(reason=reason, input_tokens=len(request.tokens), cached_tokens=cached, output_tokens=produced)
+        yield Finish(
+            reason=reason,
+            input_tokens=len(request.tokens),
+            cached_tokens=cached,
+            output_tokens=pace.produced,
+            reasoning_tokens=reasoning_tokens,
+        )
+
+
+class _Segment(msgspec.Struct):
+    """One stream of tokens: reasoning text or summary, an answer, or one call's arguments."""
+
+    text: str
+    reasoning: bool = False
+    summary: bool = False
+    call: PlannedCall | None = None
+    index: int = 0
+
+
+def _segments(thought: PlannedReasoning | None, plan: Plan) -> list[_Segment]:
+    segments = []
+    if thought is not None:
+        segments.append(_Segment(thought.text, reasoning=True))
+        if thought.summary:
+            segments.append(_Segment(thought.summary, reasoning=True, summary=True))
+    for index, planned in enumerate(plan):
+        if isinstance(planned, PlannedCall):
+            segments.append(_Segment(planned.arguments, call=planned, index=index))
+        else:
+            segments.append(_Segment(planned.text))
+    return segments
+
+
+class _Pace:
+    """Releases tokens at the decode rate, as many as are due at each wake-up, up to the output limit."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, rate: float, limit: int) -> None:
+        self.loop, self.rate, self.limit = loop, rate, limit
+        self.start = loop.time()
+        self.produced = 0
+        self.truncated = False
+
+    async def stream(self, segment: _Segment) -> AsyncIterator[Delta]:
+        ids = encode_long(segment.text)
+        if self.produced + len(ids) > self.limit:
+            ids, self.truncated = ids[: self.limit - self.produced], True
+        pieces = token_pieces(ids)
+        first, i = True, 0
+        while i < len(pieces) or (first and segment.call is not None):
+            due = int((self.loop.time() - self.start) * self.rate) - self.produced
+            if due <= 0 and i < len(pieces):
+                await asyncio.sleep((self.produced + 1) / self.rate - (self.loop.time() - self.start))
+                continue
+            step = max(0, min(due, len(pieces) - i))
+            text = "".join(pieces[i : i + step])
+            i += step
+            self.produced += step
+            delta = _delta(segment, text, first)
+            if delta is not None:
+                yield delta
+            first = False
+
+
+def _delta(segment: _Segment, text: str, first: bool) -> Delta | None:
+    call = segment.call
+    if call is not None:
+        return ToolCallDelta(
+            index=segment.index,
+            arguments=text,
+            call_id=call.call_id if first else None,
+            name=call.name if first else None,
+            namespace=call.namespace if first else None,
+        )
+    if not text:
+        return None
+    return ReasoningDelta(text, summary=segment.summary) if segment.reasoning else TextDelta(text)

@@ -66,7 +66,7 @@ _TARGET_SLOTS = (
     "input",
     "text",
 )
-_WORDS = (
+WORDS = (
     "the",
     "change",
     "keeps",
@@ -376,6 +376,6 @@ class DefaultPolicy:
                     summary += f" and ending with \u201c{lines[-1][:80]}\u201d"
                 sentences.append(summary + ".")
         for _ in range(rng.randint(3, 9)):
-            words = [rng.choice(_WORDS) for _ in range(rng.randint(6, 14))]
+            words = [rng.choice(WORDS) for _ in range(rng.randint(6, 14))]
             sentences.append(" ".join(words).capitalize() + ".")
         return " ".join(sentences)

@@ -1,5 +1,11 @@
 """Responses ↔ Chat Completions, both ways, as pure functions and a chunk decoder (sans-I/O).
 
+Reasoning models stream their thought as ``delta.reasoning_content`` (vLLM's reasoning parsers,
+SGLang, llama.cpp, DeepSeek, Qwen3) or ``delta.reasoning`` (newer vLLM, gpt-oss): either becomes
+reasoning deltas. Going out, a reasoning item's text goes back on the assistant message that follows
+it, in the field the upstream reads (``reasoning_field``; the one it streamed, by default), since
+gpt-oss needs its earlier reasoning across tool calls.
+
 Tools declared inside a ``namespace`` tool (Codex's ``multi_agent_v1``) have no namespaces in Chat
 Completions: they go upstream under unique flat names (``multi_agent_v1__spawn_agent``), and calls
 come back under their own name with their namespace (``ToolNames``).
@@ -19,7 +25,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from loopway.engines.base import Delta, EngineRequest, Finish, TextDelta, ToolCallDelta
+from loopway.engines.base import Delta, EngineRequest, Finish, ReasoningDelta, TextDelta, ToolCallDelta
 from loopway.protocol.items import (
     FunctionCall,
     FunctionCallOutput,
@@ -28,6 +34,7 @@ from loopway.protocol.items import (
     InputText,
     Message,
     OutputText,
+    Reasoning,
     Refusal,
     text_of,
 )
@@ -89,11 +96,21 @@ def _unique(name: str, taken: set[str]) -> str:
     return name
 
 
-def messages_of(instructions: str | None, items: Any, names: ToolNames | None = None) -> list[dict[str, Any]]:
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+def messages_of(
+    instructions: str | None, items: Any, names: ToolNames | None = None, reasoning_field: str | None = "reasoning_content"
+) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     if instructions:
         messages.append({"role": "system", "content": instructions})
+    thought: str | None = None  # reasoning waiting for the assistant message it preceded
     for item in items:
+        if isinstance(item, Reasoning):
+            text = "".join(p.text for p in item.content) if item.content else "".join(s.text for s in item.summary)
+            thought = (thought or "") + text
+            continue
         if isinstance(item, Message):
             role = "system" if item.role == "developer" else item.role
             messages.append({"role": role, "content": _content(item.content)})
@@ -109,7 +126,12 @@ def messages_of(instructions: str | None, items: Any, names: ToolNames | None = 
                 messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
         elif isinstance(item, FunctionCallOutput):
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": text_of(item.output)})
-        # Reasoning and hosted-tool items have no Chat Completions form; the upstream does not see them.
+        else:  # hosted-tool items have no Chat Completions form; the upstream does not see them
+            continue
+        last = messages[-1]
+        if thought and reasoning_field and last["role"] == "assistant" and reasoning_field not in last:
+            last[reasoning_field] = thought
+        thought = None
     return messages
 
 
@@ -121,11 +143,13 @@ def _tool_choice(request: EngineRequest, names: ToolNames) -> Any:
     return choice.mode
 
 
-def body_of(request: EngineRequest, upstream_model: str) -> dict[str, Any]:
+def body_of(
+    request: EngineRequest, upstream_model: str, reasoning_field: str | None = "reasoning_content"
+) -> dict[str, Any]:
     tool_names = ToolNames(request.tools.functions)
     body: dict[str, Any] = {
         "model": upstream_model,
-        "messages": messages_of(request.instructions, request.items, tool_names),
+        "messages": messages_of(request.instructions, request.items, tool_names, reasoning_field),
         "stream": True,
         "stream_options": {"include_usage": True},
         "temperature": request.temperature,
@@ -160,6 +184,8 @@ def body_of(request: EngineRequest, upstream_model: str) -> dict[str, Any]:
         }
     if request.max_output_tokens is not None:
         body["max_tokens"] = request.max_output_tokens
+    if request.reasoning_effort is not None:
+        body["reasoning_effort"] = request.reasoning_effort
     return body
 
 
@@ -168,6 +194,8 @@ class ChunkDecoder:
 
     def __init__(self, names: ToolNames | None = None) -> None:
         self.names = names or ToolNames([])
+        self.reasoning_field: str | None = None  # which field the upstream streamed its reasoning in
+        self.reasoning_chars = 0
         self.reason = "stop"
         self.finished = False  # a finish_reason arrived: the upstream ended the answer on purpose
         self.usage: dict[str, Any] | None = None
@@ -181,6 +209,11 @@ class ChunkDecoder:
             if choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
+            for field in REASONING_FIELDS:
+                if delta.get(field):
+                    self.reasoning_field = field
+                    self.reasoning_chars += len(delta[field])
+                    deltas.append(ReasoningDelta(delta[field]))
             if delta.get("content"):
                 self.output_chars += len(delta["content"])
                 deltas.append(TextDelta(delta["content"]))
@@ -203,15 +236,16 @@ class ChunkDecoder:
                 self.finished = True
         return deltas
 
-    def finish(self, prompt_tokens: int, count_output: Any) -> Finish:
+    def finish(self, prompt_tokens: int, count_output: Any, count_reasoning: Any = lambda: 0) -> Finish:
         """The Finish delta; without upstream usage, tokens are counted here (o200k_base)."""
         usage = self.usage or {}
         details = usage.get("prompt_tokens_details") or {}
         output_details = usage.get("completion_tokens_details") or {}
+        reasoning = output_details.get("reasoning_tokens")
         return Finish(
             reason=self.reason,  # type: ignore[arg-type]
             input_tokens=int(usage.get("prompt_tokens", prompt_tokens)),
             cached_tokens=int(details.get("cached_tokens") or 0),
             output_tokens=int(usage["completion_tokens"]) if "completion_tokens" in usage else count_output(),
-            reasoning_tokens=int(output_details.get("reasoning_tokens") or 0),
+            reasoning_tokens=int(reasoning) if reasoning is not None else count_reasoning(),
         )

@@ -14,7 +14,16 @@ from typing import Any
 import httpx
 import msgspec
 
-from loopway.engines.base import Delta, EngineError, EngineRequest, Finish, ModelInfo, TextDelta, ToolCallDelta
+from loopway.engines.base import (
+    Delta,
+    EngineError,
+    EngineRequest,
+    Finish,
+    ModelInfo,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+)
 from loopway.engines.upstream.chat import ChunkDecoder, ToolNames, body_of
 from loopway.engines.upstream.http import Upstream
 from loopway.protocol.errors import ApiError
@@ -30,6 +39,7 @@ class UpstreamSettings(msgspec.Struct, kw_only=True):
     timeout_s: float = 600.0
     retries: int = 2
     chain: bool = False  # openai-responses: continue upstream responses by id instead of resending
+    reasoning_field: str = "auto"  # openai-chat: reasoning_content, reasoning, none, or auto (as streamed)
 
 
 def parse_model_map(spec: str) -> dict[str, str]:
@@ -59,20 +69,39 @@ class _UpstreamEngine:
 class ChatEngine(_UpstreamEngine):
     """Translates each turn to Chat Completions and its stream back to Responses deltas."""
 
+    def __init__(self, settings: UpstreamSettings) -> None:
+        super().__init__(settings)
+        # Where earlier reasoning goes on an assistant message: configured, or the field the upstream
+        # itself streamed reasoning in (learned from its first reasoning answer).
+        self.reasoning_field = None if settings.reasoning_field == "none" else settings.reasoning_field
+
+    def _outgoing_reasoning_field(self) -> str | None:
+        return "reasoning_content" if self.reasoning_field == "auto" else self.reasoning_field
+
     async def open(self, request: EngineRequest) -> AsyncIterator[Delta]:
-        body = body_of(request, self.settings.models[request.model])
+        body = body_of(request, self.settings.models[request.model], self._outgoing_reasoning_field())
         return self._deltas(await self.upstream.open("/chat/completions", body), request)
 
     async def _deltas(self, response: httpx.Response, request: EngineRequest) -> AsyncIterator[Delta]:
         decoder = ChunkDecoder(ToolNames(request.tools.functions))
         text: list[str] = []
+        thought: list[str] = []
         async for chunk in self.upstream.events(response):
             for delta in decoder.feed(chunk):
-                text.append(delta.text if isinstance(delta, TextDelta) else delta.arguments)  # type: ignore[union-attr]
+                if isinstance(delta, ReasoningDelta):
+                    thought.append(delta.text)
+                else:
+                    text.append(delta.text if isinstance(delta, TextDelta) else delta.arguments)  # type: ignore[union-attr]
                 yield delta
         if not decoder.finished:  # e.g. llama-cpp-python drops errors raised after its 200 (context overflow)
             raise EngineError("The upstream stream ended without a finish reason.")
-        yield decoder.finish(len(request.tokens), lambda: len(encode_long("".join(text))))
+        if self.reasoning_field == "auto" and decoder.reasoning_field is not None:
+            self.reasoning_field = decoder.reasoning_field
+        yield decoder.finish(
+            len(request.tokens),
+            lambda: len(encode_long("".join(thought) + "".join(text))),
+            lambda: len(encode_long("".join(thought))),
+        )
 
 
 class ResponsesEngine(_UpstreamEngine):
@@ -114,6 +143,8 @@ class ResponsesEngine(_UpstreamEngine):
             kind = event.get("type")
             if kind == "response.output_text.delta":
                 yield TextDelta(event.get("delta", ""))
+            elif kind in ("response.reasoning_text.delta", "response.reasoning_summary_text.delta"):
+                yield ReasoningDelta(event.get("delta", ""), summary=kind.startswith("response.reasoning_summary"))
             elif kind == "response.output_item.added" and event.get("item", {}).get("type") == "function_call":
                 calls = True
                 item = event["item"]
@@ -139,6 +170,7 @@ def responses_body(
     for item in list(request.items)[since:]:
         raw = dict(to_builtins(item))
         raw.pop("id", None)  # loopway's ids mean nothing upstream, and store=false cannot resolve them
+        raw.pop("encrypted_content", None)  # sealed by loopway for its client: the reasoning goes as text
         if raw.get("type") in ("function_call", "function_call_output", "message"):
             raw.pop("status", None)
         items.append(raw)
