@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 
 from loopway.core.conversation import Conversation
-from loopway.engines.base import EngineRequest, Finish, TextDelta, ToolCallDelta
+from loopway.engines.base import EngineRequest, Finish, ReasoningDelta, TextDelta, ToolCallDelta
 from loopway.engines.sim import SimEngine, SimSettings
 from loopway.engines.sim.cost import CostModel
 from loopway.engines.sim.policy import targets_of
@@ -45,9 +45,10 @@ TOOLS = parse_tools(
 FAST = SimSettings(base_latency_ms=0, prefill_tokens_per_s=1e12, decode_tokens_per_s=1e9)
 
 
-def request(items, tools=TOOLS, choice: ToolChoice | None = None, parallel=True, max_out=None, schema=None):
+def request(items, tools=TOOLS, choice: ToolChoice | None = None, parallel=True, max_out=None, schema=None, **kw):
     conversation = Conversation.start(R, None, tools, items)
     return EngineRequest(
+        **kw,
         model="loopway-sim",
         tokens=conversation.tokens,
         known_prefix=0,
@@ -284,3 +285,53 @@ async def test_a_tool_the_message_names_is_called_on_its_subject():
     ]
     answer = await collect(SimEngine(FAST), request(items, tools=weather))
     assert "Sunny, 21 C" in text_of(answer)  # acted on: it answers instead of calling again
+
+
+CODEX_TOOLS = parse_tools(json.loads((Path(__file__).parent / "fixtures" / "codex-0.169-tools.json").read_text())["tools"])
+
+
+async def test_with_codex_tools_commands_go_to_its_shell_tool_one_a_turn():
+    items = [Message(role="user", content="Please run `ls` and then `cat README.md`")]
+    first = await collect(SimEngine(FAST), request(items, tools=CODEX_TOOLS))
+    assert calls_of(first) == [("exec_command", {"cmd": "ls"})]
+    items += [
+        FunctionCall(call_id="c1", name="exec_command", arguments='{"cmd":"ls"}'),
+        FunctionCallOutput(call_id="c1", output="README.md"),
+    ]
+    second = await collect(SimEngine(FAST), request(items, tools=CODEX_TOOLS))
+    assert calls_of(second) == [("exec_command", {"cmd": "cat README.md"})]
+
+
+async def test_with_only_a_shell_a_path_to_read_is_read_with_cat():
+    items = [Message(role="user", content="Please open src/app.py")]
+    deltas = await collect(SimEngine(FAST), request(items, tools=CODEX_TOOLS))
+    assert calls_of(deltas) == [("exec_command", {"cmd": "cat src/app.py"})]
+
+
+async def test_an_empty_user_message_is_not_taken_as_the_request():
+    """The llm plugin sends an empty user message between a call and its output."""
+    items = [
+        Message(role="user", content="read src/a.py"),
+        FunctionCall(call_id="c1", name="read_file", arguments='{"path":"src/a.py"}'),
+        Message(role="user", content=""),
+        FunctionCallOutput(call_id="c1", output="def main():\n    pass\n"),
+    ]
+    deltas = await collect(SimEngine(FAST), request(items))
+    assert "def main():" in text_of(deltas) and deltas[-1].reason == "stop"
+
+
+async def test_a_reasoning_request_thinks_first_at_the_decode_rate_and_counts_it():
+    settings = SimSettings(base_latency_ms=0, prefill_tokens_per_s=1e12, decode_tokens_per_s=2000)
+    low = request([Message(role="user", content="Say hello")], reasoning_effort="low", reasoning_summary="concise")
+    started = time.perf_counter()
+    deltas = await collect(SimEngine(settings), low)
+    elapsed = time.perf_counter() - started
+    thought = [d for d in deltas if isinstance(d, ReasoningDelta)]
+    assert thought and not thought[0].summary and thought[-1].summary  # its text, then its summary
+    finish = deltas[-1]
+    assert finish.reasoning_tokens >= 48 and finish.output_tokens > finish.reasoning_tokens
+    assert elapsed >= finish.output_tokens / 2000 * 0.9
+    high = await collect(SimEngine(FAST), request([Message(role="user", content="Say hello")], reasoning_effort="high"))
+    assert high[-1].reasoning_tokens > finish.reasoning_tokens
+    plain = await collect(SimEngine(FAST), request([Message(role="user", content="Say hello")]))
+    assert plain[-1].reasoning_tokens == 0 and not any(isinstance(d, ReasoningDelta) for d in plain)

@@ -168,7 +168,8 @@ def tool_roles(tool: FunctionTool) -> set[str]:
         roles.discard("read")
         roles.add("image")
     if "shell" in roles and not slots & set(_ROLE_SLOTS["shell"]):
-        roles.discard("shell")  # "run_tests" runs, but takes no command
+        roles.discard("shell")  # "run_tests" runs something, but takes no command: a runner
+        roles.add("runner")
     return roles
 
 
@@ -177,7 +178,11 @@ def intent_of(message: str, target: str) -> str:
     lowered = message.lower()
     first = target.split()[0].lower() if target.split() else ""
     is_path = bool(_PATH.fullmatch(target.strip()))
-    if first in _PROGRAMS or (not is_path and re.search(r"\b(run|exec|execute)\b", lowered)):
+    at = lowered.find(target.lower())
+    just_before = lowered[max(0, at - 24) : at] if at >= 0 else ""
+    if first in _PROGRAMS or re.search(r"\b(run|exec|execute|test)\W*$", just_before):
+        return "run"
+    if not is_path and re.search(r"\b(run|exec|execute)\b", lowered):
         return "run"
     if re.search(r"\b(search|grep|find|look for)\b", lowered) and not is_path:
         return "search"
@@ -212,6 +217,8 @@ def choose(tools: Sequence[FunctionTool], message: str, target: str) -> tuple[Fu
     def score(tool: FunctionTool) -> tuple[int, int, int]:
         roles = tool_roles(tool)
         if wanted in roles and not (wanted == "read" and _IMAGE.search(target)):
+            fit = 3
+        elif intent == "run" and "runner" in roles:
             fit = 3
         elif "image" in roles and _IMAGE.search(target):
             fit = 3
@@ -323,11 +330,12 @@ class DefaultPolicy:
         self, request: EngineRequest, tools: list[FunctionTool], since_user: Sequence[Item], message: str, budget: Budget
     ) -> Plan:
         acted = " ".join(i.arguments for i in since_user if isinstance(i, FunctionCall))
+        called = {i.name for i in since_user if isinstance(i, FunctionCall)}
         pending = [t for t in targets_of(message) if t not in acted]
         required = request.tool_choice.mode == "required"
-        if not pending and not acted:
-            asked = asked_for(tools, message)
-            if asked is not None:  # no explicit target, but the message plainly asks for this tool
+        if not pending:  # targets done: a tool the message names and nothing has called yet (a handoff)
+            asked = asked_for([t for t in tools if t.name not in called], message)
+            if asked is not None:
                 tool, subject = asked
                 arguments = arguments_for(tool, subject, message, budget)
                 return [PlannedCall(name=tool.name, arguments=arguments, namespace=tool.namespace)]
