@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from loopway.core.assembler import EventAssembler
-from loopway.engines.base import Finish, TextDelta, ToolCallDelta
+from loopway.engines.base import Finish, ReasoningDelta, TextDelta, ToolCallDelta
 from loopway.protocol.events import encode_event
 from loopway.protocol.response import Response
 from tests.openapi import validate_event
@@ -104,3 +104,51 @@ def test_failure_is_a_failed_response():
     assert decoded[-1]["response"]["error"] == {"code": "server_error", "message": "boom"}
     for event in decoded:
         validate_event(event)
+
+
+def test_reasoning_then_its_summary_then_the_answer():
+    events = run(
+        ReasoningDelta("Think"),
+        ReasoningDelta("ing."),
+        ReasoningDelta("In short.", summary=True),
+        TextDelta("Answer"),
+        Finish(reason="stop", input_tokens=10, cached_tokens=0, output_tokens=8, reasoning_tokens=5),
+    )
+    assert [e["type"] for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.reasoning_text.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_text.done",
+        "response.content_part.done",
+        "response.reasoning_summary_part.added",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_summary_text.done",
+        "response.reasoning_summary_part.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    for event in events:
+        validate_event(event)
+    reasoning, answer = events[-1]["response"]["output"]
+    assert reasoning["content"] == [{"type": "reasoning_text", "text": "Thinking."}]
+    assert reasoning["summary"] == [{"type": "summary_text", "text": "In short."}]
+    assert events[2]["item"]["summary"] == [] and "content" not in events[2]["item"]  # added: empty
+    assert answer["content"][0]["text"] == "Answer"
+    assert events[-1]["response"]["usage"]["output_tokens_details"]["reasoning_tokens"] == 5
+
+
+def test_a_seal_gives_the_finished_reasoning_item_its_encrypted_content():
+    assembler = EventAssembler(Response(id="resp_1", created_at=1, status="in_progress", model="m"))
+    assembler.seal = lambda item: f"sealed:{item.content[0].text}"
+    events = assembler.opening() + assembler.feed(ReasoningDelta("Why")) + assembler.feed(TextDelta("x"))
+    done = [e for e in events if e.type == "response.output_item.done"][0]
+    assert done.item.encrypted_content == "sealed:Why"
