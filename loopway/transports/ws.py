@@ -156,7 +156,7 @@ class Session:
             return
         lane = raw.get("stream_id")
         try:
-            await self._dispatch(raw, times, len(text) if large else 0)
+            await self._dispatch(raw, times, len(text))
         except ApiError as err:
             await self.send_error(err, lane if valid_stream_id(lane) else None)
         except (RevokedKey, ConnectionExpired):
@@ -197,6 +197,7 @@ class Session:
             )
 
     async def _on_create(self, raw: dict[str, Any], times: StageTimes, size: int) -> None:
+        """``size``: the frame's length, counted against the connection's pending bytes."""
         self._check_key()
         if self.service.draining:
             raise SHUTTING_DOWN
@@ -204,7 +205,8 @@ class Session:
             raise ConnectionExpired(raw.get("stream_id"))
         self.service.limiter.check(self.tenant)
         with times.measure("validate"):
-            intake = await offload.intake(size > 0, lambda: create_from(raw, websocket=True, limits=self.bounds))
+            large = size > self.settings.offload_bytes
+            intake = await offload.intake(large, lambda: create_from(raw, websocket=True, limits=self.bounds))
         self._start(self.state.submit(intake.request, times, intake.renderer, size))
 
     async def _on_steer(self, raw: dict[str, Any]) -> None:

@@ -10,6 +10,8 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import MODEL, Server
 from tests.hostile.conftest import FAST, RawSocket, Watch, deflated, started
 
@@ -89,14 +91,17 @@ def test_queued_work_per_connection_is_capped_with_an_error(tmp_path: Path):
         server.stop()
 
 
-def test_queued_bytes_per_connection_are_capped(tmp_path: Path):
-    server = Server(tmp_path, "--sim-decode-tps", "20", "--store", "memory", "--ws-max-pending-bytes", "500000")
+@pytest.mark.parametrize("frame_bytes", [300_000, 150_000], ids=["parsed-off-the-loop", "parsed-on-the-loop"])
+def test_queued_bytes_per_connection_are_capped(tmp_path: Path, frame_bytes: int):
+    """Every frame counts, whether it is large enough to be parsed in a worker thread or not."""
+    cap = int(frame_bytes * 1.7)
+    server = Server(tmp_path, "--sim-decode-tps", "20", "--store", "memory", "--ws-max-pending-bytes", str(cap))
     try:
         ws = RawSocket(server)
         ws.send_text(create(input="a story"))
-        big = create(input="x" * 300_000)
-        ws.send_text(big)  # 300 KB waiting: fits
-        ws.send_text(big)  # another 300 KB: over 500 KB
+        big = create(input="x" * frame_bytes)
+        ws.send_text(big)  # one frame waiting: fits
+        ws.send_text(big)  # another: over the cap
         event = ws.events(until=("error",))[-1]
         assert event["error"]["code"] == "websocket_queue_full"
         ws.close()
