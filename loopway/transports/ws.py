@@ -63,6 +63,10 @@ BINARY_FRAME = ws_error(
 )
 
 
+def lane_of(value: object) -> str | None:
+    return value if isinstance(value, str) and valid_stream_id(value) else None
+
+
 class RevokedKey(Exception):
     """The connection's key no longer authenticates: the session says why and closes (1008)."""
 
@@ -76,7 +80,7 @@ class ConnectionExpired(Exception):
 
     def __init__(self, lane: object) -> None:
         super().__init__("connection age limit reached")
-        self.lane = lane if valid_stream_id(lane) else None
+        self.lane = lane_of(lane)
 
 
 class Session:
@@ -154,16 +158,16 @@ class Session:
         except ApiError as err:
             await self.send_error(err)
             return
-        lane = raw.get("stream_id")
+        lane = lane_of(raw.get("stream_id"))  # errors about a request go on its lane, when it named a valid one
         try:
             await self._dispatch(raw, times, len(text))
         except ApiError as err:
-            await self.send_error(err, lane if valid_stream_id(lane) else None)
+            await self.send_error(err, lane)
         except (RevokedKey, ConnectionExpired):
             raise
         except Exception:  # a bug must cost this request, never the connection and its other lanes
             log.exception("websocket request failed")
-            await self.send_error(SERVER_ERROR, lane if valid_stream_id(lane) else None)
+            await self.send_error(SERVER_ERROR, lane)
 
     def _decode(self, text: str) -> dict[str, Any]:
         raw = bounds.decode(text, self.bounds, "frame")
