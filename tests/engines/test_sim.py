@@ -335,3 +335,32 @@ async def test_a_reasoning_request_thinks_first_at_the_decode_rate_and_counts_it
     assert high[-1].reasoning_tokens > finish.reasoning_tokens
     plain = await collect(SimEngine(FAST), request([Message(role="user", content="Say hello")]))
     assert plain[-1].reasoning_tokens == 0 and not any(isinstance(d, ReasoningDelta) for d in plain)
+
+
+def test_decoding_waits_instead_of_spinning_under_uvloop():
+    """libuv's clock and timers are whole milliseconds: the pacer must sleep at least that long."""
+    import uvloop
+
+    from loopway.engines.sim import engine as sim_engine
+
+    wakeups = 0
+    real_sleep = asyncio.sleep
+
+    async def counting_sleep(delay: float) -> None:
+        nonlocal wakeups
+        wakeups += 1
+        await real_sleep(delay)
+
+    async def decode() -> int:
+        pace = sim_engine._Pace(asyncio.get_running_loop(), 2_000.0, 10_000)
+        async for _ in pace.stream(sim_engine._Segment("word " * 200)):
+            pass
+        return pace.produced
+
+    sim_engine.asyncio.sleep = counting_sleep  # type: ignore[assignment]
+    try:
+        produced = uvloop.run(decode())
+    finally:
+        sim_engine.asyncio.sleep = real_sleep  # type: ignore[assignment]
+    assert produced >= 200
+    assert wakeups <= produced  # at most one wake-up per token (it was ~300 per token)

@@ -17,6 +17,10 @@ from loopway.engines.sim.trace import TracePolicy, load_trace
 from loopway.tokens.render import encode_long, encoding
 from loopway.tokens.sequence import BLOCK_SIZE
 
+# libuv (uvloop) keeps its clock and timers in whole milliseconds: a shorter sleep fires at once with
+# the clock unchanged, so a pacer that sleeps "until the next token" spun ~300 times per token there.
+TIMER_RESOLUTION_S = 0.001
+
 
 class SimSettings(msgspec.Struct, kw_only=True):
     models: list[str] = msgspec.field(default_factory=lambda: ["loopway-sim"])
@@ -117,7 +121,12 @@ def _segments(thought: PlannedReasoning | None, plan: Plan) -> list[_Segment]:
 
 
 class _Pace:
-    """Releases tokens at the decode rate, as many as are due at each wake-up, up to the output limit."""
+    """Releases tokens at the decode rate, as many as are due at each wake-up, up to the output limit.
+
+    It sleeps until the next token is due, never less than the timer resolution: a late wake-up
+    (a loaded loop) releases every token due by then in one delta, which is how deltas coalesce at
+    the source under load while an idle server still sends each token as it is decoded.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, rate: float, limit: int) -> None:
         self.loop, self.rate, self.limit = loop, rate, limit
@@ -134,7 +143,8 @@ class _Pace:
         while i < len(pieces) or (first and segment.call is not None):
             due = int((self.loop.time() - self.start) * self.rate) - self.produced
             if due <= 0 and i < len(pieces):
-                await asyncio.sleep((self.produced + 1) / self.rate - (self.loop.time() - self.start))
+                wait = (self.produced + 1) / self.rate - (self.loop.time() - self.start)
+                await asyncio.sleep(max(wait, TIMER_RESOLUTION_S))
                 continue
             step = max(0, min(due, len(pieces) - i))
             text = "".join(pieces[i : i + step])
