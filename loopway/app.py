@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -106,9 +107,13 @@ def create_app(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread: no signals
             loop.add_signal_handler(signal.SIGHUP, keys.reload)
         service.background.keep_claims()  # and end what a stopped process left running
+        stop_watching_gc = service.metrics.watch_gc()
+        gc.collect()
+        gc.freeze()  # start-up's objects (modules, tokenizer tables) are never scanned by a collection again
         try:
             yield
         finally:
+            stop_watching_gc()
             await service.aclose()
             await service.log.store.aclose()
             await service.engine.aclose()

@@ -58,12 +58,25 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _workers(value: str) -> int:
+    if value == "auto":
+        return 0
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of workers or 'auto', got {value!r}") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError("workers must be 0 ('auto') or more")
+    return count
+
+
 def _optional(value: str) -> str | None:
     return value or None
 
 
 SERVE_FLAGS = [
     _Flag("host", str, "address to listen on"),
+    _Flag("workers", _workers, "server processes sharing the port, each a full server ('auto': one per core)"),
     _Flag("port", int, "port to listen on"),
     _Flag("engine", str, "inference engine: sim, openai-chat or openai-responses"),
     _Flag("store", str, "response store: memory, sqlite:PATH or redis://HOST:PORT/DB (default: SQLite in the data dir)"),
@@ -96,6 +109,9 @@ SERVE_FLAGS = [
     _Flag("ws-connection-max-age-s", float, "WebSocket connection age limit"),
     _Flag("ws-idle-timeout-s", float, "close WebSocket connections idle this long"),
     _Flag("ws-ping-interval-s", float, "WebSocket keepalive ping interval (0: off)"),
+    _Flag("ws-flush-ms", float, "under load, WebSocket deltas ready within this tick leave as one event (0: never)"),
+    _Flag("ws-deflate", _on_off, "offer permessage-deflate on WebSocket connections (on|off)"),
+    _Flag("ws-deflate-min-bytes", int, "WebSocket messages smaller than this are sent uncompressed (0: compress all)"),
     _Flag("ws-max-in-flight", int, "responses in flight per WebSocket connection (more queue)"),
     _Flag("ws-max-streams", int, "distinct named stream_id lanes per WebSocket connection"),
     _Flag("ws-max-queued", int, "response.create waiting for a lane, per WebSocket connection"),
@@ -161,7 +177,8 @@ def serve(settings: Settings) -> int:
     from loopway.app import ConfigError, DrainingServer, build_service, create_app
     from loopway.core.auth import KeyFileError, KeyRing
     from loopway.engines.sim.trace import TraceError
-    from loopway.transports.guard import ConnectionGuard, GuardedWebSocketProtocol, guarded_protocol
+    from loopway.transports.guard import ConnectionGuard, guarded_protocol
+    from loopway.transports.wsprotocol import websocket_protocol
 
     logs.configure(settings.log_level, settings.log_format)
     try:
@@ -186,12 +203,12 @@ def serve(settings: Settings) -> int:
         log_level=settings.log_level,
         log_config=None,
         ws_max_size=settings.max_frame_bytes,
-        ws_per_message_deflate=True,
+        ws_per_message_deflate=settings.ws_deflate,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
         ws_ping_interval=settings.ws_ping_interval_s or None,
         ws_ping_timeout=settings.ws_ping_interval_s or None,
         http=guarded_protocol(ConnectionGuard(settings.max_connections, settings.head_timeout_s)),
-        ws=GuardedWebSocketProtocol,
+        ws=websocket_protocol(settings.ws_deflate, settings.ws_deflate_min_bytes),
     )
     DrainingServer(config, service, settings.drain_timeout_s).run()
     return 0

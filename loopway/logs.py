@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+
+import msgspec
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
+def _flatten(value: object) -> object:
+    """``extra`` values that are msgspec structs (a finished response's record) spread into the line."""
+    return msgspec.structs.asdict(value) if isinstance(value, msgspec.Struct) else value
+
+
 class JsonFormatter(logging.Formatter):
-    """Each record as JSON: time, level, logger, message, and whatever ``extra`` fields it carries."""
+    """Each record as JSON: time, level, logger, message, and whatever ``extra`` fields it carries
+    (a struct's fields inline), encoded by msgspec."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -20,10 +27,19 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        for key, value in vars(record).items():
+            if key not in _STANDARD:
+                flat = _flatten(value)
+                if isinstance(flat, dict) and isinstance(value, msgspec.Struct):
+                    entry.update(flat)
+                else:
+                    entry[key] = flat
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _ENCODER.encode(entry).decode()
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=str)
 
 
 def configure(level: str, fmt: str) -> None:

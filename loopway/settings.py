@@ -52,6 +52,10 @@ class Settings(msgspec.Struct, kw_only=True):
     head_timeout_s: float = 10.0  # every request head (or upgrade) must arrive within this
     ws_idle_timeout_s: float = 900.0  # close a connection with nothing in flight and no frame for this long
     ws_ping_interval_s: float = 20.0  # keepalive pings; a peer that misses the pong is dropped
+    ws_flush_ms: float = 10.0  # under load, deltas ready within one tick leave as one event; 0: never coalesce
+    ws_deflate: bool = True  # offer permessage-deflate to clients that ask for it
+    ws_deflate_min_bytes: int = 512  # messages smaller than this go out uncompressed (0: compress all)
+    workers: int = 1  # server processes sharing the port; 0: one per core
     drain_timeout_s: float = 30.0  # on SIGTERM, how long in-flight responses (background too) may take
     background_claim_s: float = 15.0  # a dead process's background runs are ended this long after it stopped
     ws_durable_store: bool = False  # store=true over WebSocket: persist before response.completed (no overlap)

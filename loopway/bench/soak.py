@@ -1,231 +1,359 @@
-"""``loopway bench soak``: how many concurrent WebSocket agent sessions one box carries.
+"""``loopway bench soak``: how many streaming agent sessions one server carries, measured from outside.
 
-N sessions, each a loop of turns on its own socket (``store=false``, only new input each turn),
-against 1 or 2 server processes (sessions are spread over the replicas; a WebSocket session stays on
-its replica anyway). The sim engine decodes at 1,000 tokens/s. Per turn the client measures:
+The server runs in its own process, pinned to its own cores (``--workers`` of them); the load
+generators (``loopway.bench.soakload``) run in other processes pinned to the remaining cores, so
+neither's CPU counts against or slows the other. Each session loops back-to-back WebSocket turns of
+about ``--max-output-tokens`` tokens (the sim decodes at 1,000 tokens/s), continuing by
+``previous_response_id`` with ``store=false``. Per level, after a warm-up, for ``--duration-s``:
 
-- the server's per-turn overhead, engine excluded (validate + resolve + render + queue + persist, from
-  the servers' JSON log line for each response): this is the limit's "overhead";
-- the client-side view: time from sending ``response.create`` to ``response.completed`` minus the
-  engine time the cost model prescribes for that turn's usage (base latency + uncached tokens ÷
-  prefill rate + output tokens ÷ decode rate), which adds the socket, the client and timer jitter;
-- the largest gap between consecutive events while the answer streams.
+- p99 of every gap between consecutive delta events, and p99 of each turn's largest gap;
+- p1 of the sessions' stream rates (tokens over the time from first to last delta): a session
+  streaming at half rate fails the level, whatever the average;
+- the server's whole-process CPU (``/proc``, workers included) per delta event, per turn and per
+  token, tokens/s, and GC pauses (from ``/metrics``).
 
-N doubles until the p99 overhead passes 5 ms or the p99 gap passes 50 ms.
-
-Deltas coalesce adaptively at the source: the engine emits every token that is due when it wakes,
-so an idle server sends one token per delta and a loaded one (late timers) sends several, without
-ever holding text back. ``tokens/delta`` shows how much that happens at each load. Memory per session is
-the servers' resident memory growth over idle, divided by N, while the sessions are connected.
+A level passes with p99 gap ≤ 50 ms, p99 turn max gap ≤ 100 ms, p1 rate ≥ 900 tokens/s and no
+errors. The same load runs against the Python floor (``loopway.bench.floor``: a bare ``websockets``
+server sending the same frames at the same pace) in the same run. Memory per session is measured
+apart: sessions each holding a cached 100k-token conversation, resident memory growth ÷ sessions.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
-import statistics
+import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
+import msgspec
 from rich.console import Console
 from rich.table import Table
-from websockets.asyncio.client import connect
+from websockets.sync.client import connect
 
 from loopway.bench.server import free_port, wait_healthy
+from loopway.bench.soakload import Tally
 
-BASE_S, PREFILL_TPS, DECODE_TPS = 0.02, 20_000.0, 1_000.0
+GAP_P99_MS, TURN_GAP_P99_MS, RATE_P1 = 50.0, 100.0, 900.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# The server's processes, read from /proc ---------------------------------------------------------
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a multi-worker server's workers)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parents.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(parents.get(current, []))
+    return tree
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of the whole process tree (exited children included)."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15]) / CLOCK_TICKS  # utime stime cutime cstime
+    return total
 
 
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, StopIteration):
+            status = Path(f"/proc/{member}/status").read_text().splitlines()
+            total += next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+    return total
+
+
+# Cores ---------------------------------------------------------------------------------------------
+
+
+def split_cores(server_cores: int) -> tuple[list[int], list[int]]:
+    """The server's cores and the load generators' (shared with the server only if there are no others)."""
+    cores = sorted(os.sched_getaffinity(0))
+    server = cores[:server_cores]
+    load = cores[server_cores:] or cores
+    return server, load
+
+
+def pin(pid: int, cores: list[int]) -> None:
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(member, cores)
+
+
+# Servers ------------------------------------------------------------------------------------------
+
+
+def wait_listening(port: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on {port} after {timeout_s:g} s") from None
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager
-def replicas(count: int) -> Iterator[list[tuple[str, int, Path]]]:
-    processes, urls, logs = [], [], []
+def server(kind: str, args: argparse.Namespace, cores: list[int]) -> Iterator[tuple[int, int]]:
+    """A fresh server process (``loopway`` or ``floor``), pinned; yields (pid, port)."""
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="loopway-soak-") as tmp:
-        for i in range(count):
-            port = free_port()
-            logs.append(Path(tmp) / f"{i}.log")
-            processes.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "loopway",
-                        "serve",
-                        "--port",
-                        str(port),
-                        "--store",
-                        "memory",
-                        "--data-dir",
-                        f"{tmp}/{i}",
-                        "--log-level",
-                        "info",
-                        "--log-format",
-                        "json",
-                        "--sim-base-latency-ms",
-                        str(BASE_S * 1000),
-                        "--sim-prefill-tps",
-                        str(PREFILL_TPS),
-                        "--sim-decode-tps",
-                        str(DECODE_TPS),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=logs[-1].open("wb"),
-                )
-            )
-            urls.append(f"http://127.0.0.1:{port}")
+        if kind == "floor":
+            command = [sys.executable, "-m", "loopway.bench.floor", str(port)]
+        else:
+            command = [
+                sys.executable, "-m", "loopway", "serve", "--port", str(port), "--data-dir", tmp,
+                "--store", args.store or ("memory" if args.workers == 1 else f"sqlite:{tmp}/soak.db"),
+                "--workers", str(args.workers), "--sim-decode-tps", "1000", "--sim-base-latency-ms", "20",
+                *args.server_arg,
+            ]  # fmt: skip
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(f"{tmp}/server.log", "wb"))
         try:
-            for url in urls:
-                wait_healthy(url)
-            yield [(url, p.pid, log) for url, p, log in zip(urls, processes, logs)]
+            pin(process.pid, cores)
+            if kind == "floor":
+                wait_listening(port)
+            else:
+                wait_healthy(f"http://127.0.0.1:{port}")
+            time.sleep(0.5)
+            pin(process.pid, cores)  # workers started since
+            yield process.pid, port
         finally:
-            for p in processes:
-                p.terminate()
-                p.wait(timeout=15)
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            if process.returncode not in (0, -15):
+                print(Path(f"{tmp}/server.log").read_text()[-2000:], file=sys.stderr)
 
 
-async def session(
-    url: str, turns: int, ready: asyncio.Barrier, out: list[tuple[float, float]], deltas: list[tuple[int, int]]
-) -> None:
-    async with connect(url.replace("http", "ws", 1) + "/v1/responses", max_size=None) as ws:
-        await ready.wait()
-        previous = None
-        for turn in range(turns):
-            body = {
-                "type": "response.create",
-                "model": "loopway-sim",
-                "store": False,
-                "max_output_tokens": 200,
-                "input": f"Turn {turn}: tell me what changed in the module and why it matters.",
-            }
-            if previous:
-                body["previous_response_id"] = previous
-            sent = time.perf_counter()
-            await ws.send(json.dumps(body))
-            last, gap, count = None, 0.0, 0
-            while True:
-                event = json.loads(await ws.recv())
-                now = time.perf_counter()
-                if event["type"] == "response.output_text.delta":
-                    gap = max(gap, now - last) if last is not None else gap
-                    last = now
-                    count += 1
-                if event["type"] in ("response.completed", "response.incomplete"):
-                    usage = event["response"]["usage"]
-                    uncached = usage["input_tokens"] - usage["input_tokens_details"]["cached_tokens"]
-                    engine = BASE_S + uncached / PREFILL_TPS + usage["output_tokens"] / DECODE_TPS
-                    out.append((now - sent - engine, gap))
-                    deltas.append((count, usage["output_tokens"]))
-                    previous = event["response"]["id"]
-                    break
-                if event["type"] in ("error", "response.failed"):
-                    raise RuntimeError(json.dumps(event)[:300])
-
-
-def server_overheads(servers: list[tuple[str, int, Path]], seen: set[str]) -> list[float]:
-    """Per-turn server overhead (ms) of responses not counted before, from the JSON logs."""
-    out = []
-    for _, _, log in servers:
-        for line in log.read_text().splitlines():
-            if not line.startswith("{") or '"loopway.responses"' not in line:
-                continue
-            entry = json.loads(line)
-            if entry["response_id"] in seen:
-                continue
-            seen.add(entry["response_id"])
-            stages = entry["stages_ms"]
-            out.append(sum(stages[s] for s in ("validate", "resolve", "render", "queue", "persist")))
+def gc_pauses(port: int) -> dict[str, float]:
+    """The server's GC pause counts from /metrics: all of them, and those over 20 ms."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return {}
+    out = {"count": 0.0, "over_20ms": 0.0}
+    for line in text.splitlines():
+        if line.startswith("loopway_gc_pause_seconds_count"):
+            out["count"] += float(line.split()[-1])
+        elif line.startswith("loopway_gc_pause_seconds_bucket") and 'le="0.02"' in line:
+            out["over_20ms"] -= float(line.split()[-1])
+    out["over_20ms"] += out["count"]
     return out
 
 
-async def level(servers: list[tuple[str, int, Path]], sessions: int, turns: int, seen: set[str]) -> dict[str, float]:
-    samples: list[tuple[float, float]] = []
-    deltas: list[tuple[int, int]] = []
-    ready = asyncio.Barrier(sessions + 1)
-    server_overheads(servers, seen)  # forget earlier levels
-    idle = sum(rss_mb(pid) for _, pid, _ in servers)
-    tasks = [
-        asyncio.create_task(session(servers[i % len(servers)][0], turns, ready, samples, deltas)) for i in range(sessions)
-    ]
-    await ready.wait()
-    loaded = sum(rss_mb(pid) for _, pid, _ in servers)
-    await asyncio.gather(*tasks)
-    await asyncio.sleep(0.2)  # let the last log lines land
-    client = sorted(o * 1000 for o, _ in samples[sessions:])  # the first turn of each session warms up
-    gaps = sorted(g * 1000 for _, g in samples[sessions:])
-    server = sorted(server_overheads(servers, seen))
-    p99 = lambda xs: xs[min(len(xs) - 1, int(0.99 * len(xs)))]  # noqa: E731
-    return {
+# One level ----------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_level(kind: str, pid: int, port: int, sessions: int, args: argparse.Namespace, cores: list[int]) -> dict:
+    processes = max(1, min(args.load_processes or len(cores), sessions))
+    start_at = time.time() + 1.0
+    loads = []
+    for i in range(processes):
+        share = sessions // processes + (1 if i < sessions % processes else 0)
+        command = [
+            sys.executable, "-m", "loopway.bench.soakload", "--url", f"ws://127.0.0.1:{port}/v1/responses",
+            "--sessions", str(share), "--start-at", str(start_at), "--warmup-s", str(args.warmup_s),
+            "--duration-s", str(args.duration_s), "--max-output-tokens", str(args.max_output_tokens), "--seed", str(i),
+        ]  # fmt: skip
+        loads.append(subprocess.Popen(command, stdout=subprocess.PIPE))
+        os.sched_setaffinity(loads[-1].pid, [cores[i % len(cores)]])
+    window_start = start_at + args.warmup_s
+    time.sleep(max(0.0, window_start - time.time()))
+    cpu0, gc0 = cpu_s(pid), gc_pauses(port) if kind == "loopway" else {}
+    time.sleep(max(0.0, window_start + args.duration_s - time.time()))
+    cpu = cpu_s(pid) - cpu0
+    gc1 = gc_pauses(port) if kind == "loopway" else {}
+    tallies = [msgspec.json.decode(p.communicate()[0], type=Tally) for p in loads]
+    return summarize(kind, sessions, cpu, tallies, {k: gc1[k] - gc0.get(k, 0) for k in gc1}, args.duration_s)
+
+
+def summarize(kind: str, sessions: int, cpu: float, tallies: list[Tally], gc: dict[str, float], seconds: float) -> dict:
+    gaps = [g for t in tallies for g in t.event_gaps_ms]
+    turn_gaps = [g for t in tallies for g in t.turn_max_gaps_ms]
+    rates = [s.tokens / s.answer_s for t in tallies for s in t.sessions if s.answer_s > 0]
+    turns, deltas = sum(t.turns for t in tallies), sum(t.deltas for t in tallies)
+    tokens = sum(t.output_tokens for t in tallies)
+    errors = [e for t in tallies for e in t.errors]
+    starved = sum(1 for t in tallies for s in t.sessions if s.answer_s == 0)
+    row = {
+        "server": kind,
         "sessions": sessions,
-        "overhead_p50_ms": statistics.median(server),
-        "overhead_p99_ms": p99(server),
-        "client_overhead_p50_ms": statistics.median(client),
-        "client_overhead_p99_ms": p99(client),
-        "gap_p99_ms": p99(gaps),
-        "mb_per_session": max(0.0, loaded - idle) / sessions,
-        "tokens_per_delta": sum(t for _, t in deltas) / max(1, sum(c for c, _ in deltas)),
+        "gap_p99_ms": percentile(gaps, 0.99),
+        "turn_gap_p99_ms": percentile(turn_gaps, 0.99),
+        "rate_p1": percentile(rates, 0.01) if not starved else 0.0,
+        "tokens_per_s": tokens / seconds,
+        "turns_per_s": turns / seconds,
+        "tokens_per_delta": tokens / max(1, deltas + turns),
+        "cpu_share": cpu / seconds,
+        "cpu_us_per_delta": 1e6 * cpu / max(1, deltas + turns),  # every delta event, first ones included
+        "cpu_us_per_token": 1e6 * cpu / max(1, tokens),
+        "cpu_ms_per_turn": 1e3 * cpu / max(1, turns),
+        "gc_pauses": gc.get("count"),
+        "gc_pauses_over_20ms": gc.get("over_20ms"),
+        "errors": len(errors) + starved,
+        "error_sample": errors[:3],
     }
+    row["passes"] = (
+        row["gap_p99_ms"] <= GAP_P99_MS
+        and row["turn_gap_p99_ms"] <= TURN_GAP_P99_MS
+        and row["rate_p1"] >= RATE_P1
+        and row["errors"] == 0
+    )
+    return row
+
+
+# Memory per session with a cached 100k-token conversation -----------------------------------------
+
+
+def memory_per_session(port: int, pid: int, sessions: int, tokens: int) -> float:
+    """Resident memory growth per WebSocket session that holds a cached ``tokens``-token conversation."""
+    text = " ".join(f"w{i % 1000}" for i in range(tokens // 2))  # about two tokens a word
+
+    def turn(ws: Any, body: str) -> None:
+        ws.send(json.dumps({"type": "response.create", "model": "loopway-sim", "store": False,
+                            "max_output_tokens": 16, "input": body}))  # fmt: skip
+        while json.loads(ws.recv())["type"] not in ("response.completed", "response.incomplete"):
+            pass
+
+    with connect(f"ws://127.0.0.1:{port}/v1/responses", max_size=None) as warm:
+        turn(warm, text)  # tokenizer tables, buffers, first-use allocations
+    time.sleep(0.5)
+    before = rss_mb(pid)
+    sockets = [connect(f"ws://127.0.0.1:{port}/v1/responses", max_size=None) for _ in range(sessions)]
+    try:
+        for ws in sockets:
+            turn(ws, text)
+        time.sleep(0.5)
+        return (rss_mb(pid) - before) / sessions
+    finally:
+        for ws in sockets:
+            ws.close()
+
+
+# The command --------------------------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--replicas", type=int, default=1)
-    parser.add_argument("--start", type=int, default=4, help="first number of sessions (then doubled)")
-    parser.add_argument("--max-sessions", type=int, default=512)
-    parser.add_argument("--turns", type=int, default=6)
+    parser.add_argument("--levels", default="50,100,150,200,250", help="concurrent sessions per level")
+    parser.add_argument("--workers", type=int, default=1, help="server workers, each pinned to a core of its own")
+    parser.add_argument("--store", help="the server's store (default: memory with one worker, SQLite with more)")
+    parser.add_argument("--warmup-s", type=float, default=5.0)
+    parser.add_argument("--duration-s", type=float, default=20.0)
+    parser.add_argument("--max-output-tokens", type=int, default=90, help="each turn's answer length")
+    parser.add_argument("--load-processes", type=int, default=0, help="load generators (default: one per free core)")
+    parser.add_argument("--no-floor", action="store_true", help="skip the Python-floor server")
+    parser.add_argument("--memory-sessions", type=int, default=8, help="sessions for the memory measurement (0: skip)")
+    parser.add_argument("--memory-tokens", type=int, default=100_000)
+    parser.add_argument("--keep-going", action="store_true", help="run every level even after one fails")
+    parser.add_argument("--server-arg", action="append", default=[], help="an extra 'loopway serve' argument (repeatable)")
     parser.add_argument("--json", dest="json_path")
+    parser.add_argument("--plot", dest="plot_path")
 
 
 def run(args: argparse.Namespace) -> int:
-    rows: list[dict[str, float]] = []
-    seen: set[str] = set()
-    with replicas(args.replicas) as servers:
-        n = args.start
-        while n <= args.max_sessions:
-            row = asyncio.run(level(servers, n, args.turns, seen))
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr)
-            if row["overhead_p99_ms"] > 5 or row["gap_p99_ms"] > 50:
-                break
-            n *= 2
-    passing = [r for r in rows if r["overhead_p99_ms"] <= 5 and r["gap_p99_ms"] <= 50]
-    table = Table(title=f"Soak: {args.replicas} replica(s), sim at {DECODE_TPS:.0f} tokens/s, store=false")
-    for column in (
-        "sessions",
-        "server overhead p50 ms",
-        "p99 ms",
-        "client-seen p50 ms",
-        "p99 ms",
-        "event gap p99 ms",
-        "MB/session",
-        "tokens/delta",
-    ):
+    server_cores, load_cores = split_cores(args.workers)
+    levels = [int(n) for n in args.levels.split(",") if n.strip()]
+    rows: list[dict] = []
+    console = Console() if Console().is_terminal else Console(width=160)
+    console.print(f"server cores {server_cores}, load-generator cores {load_cores}")
+    for kind in ("loopway",) if args.no_floor else ("loopway", "floor"):
+        with server(kind, args, server_cores) as (pid, port):
+            for sessions in levels:
+                row = run_level(kind, pid, port, sessions, args, load_cores)
+                rows.append(row)
+                console.print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
+                if not row["passes"] and not args.keep_going:
+                    break
+    memory = None
+    if args.memory_sessions:
+        with server("loopway", args, server_cores) as (pid, port):
+            memory = memory_per_session(port, pid, args.memory_sessions, args.memory_tokens)
+    print_table(console, args, rows, memory)
+    document = {"workers": args.workers, "server_cores": server_cores, "levels": rows, "mb_per_session": memory}
+    document["max_sessions"] = max((r["sessions"] for r in rows if r["server"] == "loopway" and r["passes"]), default=0)
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(document, indent=1))
+    if args.plot_path:
+        plot(args.plot_path, rows)
+    return 0
+
+
+def print_table(console: Console, args: argparse.Namespace, rows: list[dict], memory: float | None) -> None:
+    table = Table(
+        title=f"Soak: {args.workers} worker(s), sim at 1,000 tokens/s, ~{args.max_output_tokens}-token turns, "
+        f"{args.duration_s:g} s per level"
+    )
+    columns = ("server", "sessions", "gap p99 ms", "turn gap p99 ms", "rate p1 tok/s", "tokens/s", "turns/s",
+               "tok/delta", "CPU", "µs/delta", "ms/turn", "GC>20ms", "errors", "pass")  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="right")
     for r in rows:
         table.add_row(
-            f"{r['sessions']:.0f}",
-            f"{r['overhead_p50_ms']:.2f}",
-            f"{r['overhead_p99_ms']:.2f}",
-            f"{r['client_overhead_p50_ms']:.2f}",
-            f"{r['client_overhead_p99_ms']:.2f}",
-            f"{r['gap_p99_ms']:.1f}",
-            f"{r['mb_per_session']:.2f}",
-            f"{r['tokens_per_delta']:.2f}",
-        )
-    console = Console() if Console().is_terminal else Console(width=120)
+            r["server"], str(r["sessions"]), f"{r['gap_p99_ms']:.1f}", f"{r['turn_gap_p99_ms']:.1f}",
+            f"{r['rate_p1']:.0f}", f"{r['tokens_per_s']:.0f}", f"{r['turns_per_s']:.0f}",
+            f"{r['tokens_per_delta']:.2f}", f"{r['cpu_share']:.0%}", f"{r['cpu_us_per_delta']:.1f}",
+            f"{r['cpu_ms_per_turn']:.2f}", "-" if r["gc_pauses_over_20ms"] is None else f"{r['gc_pauses_over_20ms']:.0f}",
+            str(r["errors"]), "yes" if r["passes"] else "NO",
+        )  # fmt: skip
     console.print(table)
-    best = passing[-1]["sessions"] if passing else 0
-    console.print(f"sessions within both limits: {best:.0f}")
-    if args.json_path:
-        Path(args.json_path).write_text(
-            json.dumps({"replicas": args.replicas, "max_sessions": best, "levels": rows}, indent=1)
-        )
-    return 0
+    best = max((r["sessions"] for r in rows if r["server"] == "loopway" and r["passes"]), default=0)
+    console.print(f"loopway sessions within every limit: {best}")
+    if memory is not None:
+        console.print(f"memory per session holding a cached {args.memory_tokens:,}-token conversation: {memory:.2f} MB")
+
+
+def plot(path: str, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for kind, style in (("loopway", "o-"), ("floor", "s--")):
+        mine = [r for r in rows if r["server"] == kind]
+        if not mine:
+            continue
+        x = [r["sessions"] for r in mine]
+        left.plot(x, [r["gap_p99_ms"] for r in mine], style, label=f"{kind} p99 event gap")
+        left.plot(x, [r["turn_gap_p99_ms"] for r in mine], style, alpha=0.5, label=f"{kind} p99 turn max gap")
+        right.plot(x, [r["cpu_us_per_delta"] for r in mine], style, label=f"{kind} CPU µs/delta")
+    left.axhline(GAP_P99_MS, color="grey", lw=0.8)
+    left.axhline(TURN_GAP_P99_MS, color="grey", lw=0.8, ls=":")
+    left.set(xlabel="concurrent sessions", ylabel="ms", title="stream gaps")
+    right.set(xlabel="concurrent sessions", ylabel="µs", title="server CPU per delta event")
+    left.legend(fontsize=7)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

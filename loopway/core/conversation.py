@@ -7,6 +7,7 @@ what a from-scratch render of the same history would give.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 
 import msgspec
@@ -73,7 +74,7 @@ class Conversation:
             AppendOnly(list(items)),
             TokenSequence.of(header + body),
             len(header),
-            AppendOnly(ends),
+            AppendOnly(array("q", ends)),
         )
 
     def append(self, renderer: Renderer, items: Sequence[Item]) -> Conversation:
@@ -94,14 +95,14 @@ class Conversation:
             return self
         items = self.items.to_list(start)
         cut = self.ends[start - 1]
-        tokens = self.tokens.ids()
+        tokens = self.tokens.tail(0)
         body_ends = [end - cut + self.header_length for end in self.ends.to_list(start)]
         return Conversation(
             self.key,
             AppendOnly(items),
             TokenSequence.of(tokens[: self.header_length] + tokens[cut:]),
             self.header_length,
-            AppendOnly(body_ends),
+            AppendOnly(array("q", body_ends)),
         )
 
     def item_tokens(self, index: int) -> int:

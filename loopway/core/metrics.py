@@ -6,10 +6,13 @@ one process (tests, benchmarks) never collide. Nothing here sees keys or request
 
 from __future__ import annotations
 
+import gc
 import logging
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from loopway.core.timing import STAGES
@@ -19,8 +22,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("loopway.responses")
 
+_GC_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1)
 _BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class TurnRecord(msgspec.Struct, gc=False):
+    """The one log line per finished response (``extra={"turn": ...}``; the JSON format encodes it)."""
+
+    response_id: str
+    status: str
+    transport: str
+    model: str
+    previous_response_id: str | None
+    stored: bool
+    stages_ms: dict[str, float]
+    usage: dict[str, int]
 
 
 class Metrics:
@@ -47,6 +64,31 @@ class Metrics:
         )
         self.connections = Gauge("loopway_open_connections", "Open WebSocket connections.", registry=self.registry)
         self.lanes = Gauge("loopway_open_lanes", "Lanes in use on open WebSocket connections.", registry=self.registry)
+        self.gc_pause = Histogram(
+            "loopway_gc_pause_seconds",
+            "Pauses of the cyclic garbage collector, by generation.",
+            ["generation"],
+            buckets=_GC_BUCKETS,
+            registry=self.registry,
+        )
+        self._stage_children = {stage: self.stage.labels(stage) for stage in STAGES}
+        self._response_children: dict[tuple[str, str], Any] = {}
+
+    def watch_gc(self) -> Callable[[], None]:
+        """Time every collection (a callback per GC run; a pause is the tail's usual suspect).
+
+        Returns the function that stops watching."""
+        started = [0.0]
+        children = [self.gc_pause.labels(str(generation)) for generation in range(3)]
+
+        def callback(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                children[info["generation"]].observe(time.perf_counter() - started[0])
+
+        gc.callbacks.append(callback)
+        return lambda: gc.callbacks.remove(callback)
 
     def watch_connections(self, connections: Callable[[], int], lanes: Callable[[], int]) -> None:
         """Read the open connections and their lanes at scrape time (nothing to keep in step)."""
@@ -55,32 +97,33 @@ class Metrics:
 
     def turn_finished(self, turn: Turn, transport: str) -> None:
         times = turn.times
-        for stage in STAGES:
+        for stage, child in self._stage_children.items():
             if stage != "persist":  # observed when the write lands (write-behind on WebSocket)
-                self.stage.labels(stage).observe(getattr(times, stage) / 1000)
+                child.observe(getattr(times, stage) / 1000)
         status = turn.response.status
-        self.responses.labels(status, transport).inc()
-        log.info(
-            "response %s %s",
-            turn.id,
-            status,
-            extra={
-                "response_id": turn.id,
-                "status": status,
-                "transport": transport,
-                "model": turn.request.model,
-                "previous_response_id": turn.request.previous_response_id,
-                "stored": turn.request.store,
-                "stages_ms": {stage: round(getattr(times, stage), 3) for stage in STAGES},
-                "usage": {
-                    "input_tokens": turn.response.usage.input_tokens,
-                    "output_tokens": turn.response.usage.output_tokens,
-                },
-            },
+        counter = self._response_children.get((status, transport))
+        if counter is None:
+            counter = self._response_children[(status, transport)] = self.responses.labels(status, transport)
+        counter.inc()
+        if log.isEnabledFor(logging.INFO):
+            log.info("response %s %s", turn.id, status, extra={"turn": self._record(turn, transport)})
+
+    @staticmethod
+    def _record(turn: Turn, transport: str) -> TurnRecord:
+        usage = turn.response.usage
+        return TurnRecord(
+            response_id=turn.id,
+            status=turn.response.status,
+            transport=transport,
+            model=turn.request.model,
+            previous_response_id=turn.request.previous_response_id,
+            stored=turn.request.store,
+            stages_ms={stage: round(value, 3) for stage, value in msgspec.structs.asdict(turn.times).items()},
+            usage={"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
         )
 
     def persisted(self, seconds: float) -> None:
-        self.stage.labels("persist").observe(seconds)
+        self._stage_children["persist"].observe(seconds)
 
     def cache_lookup(self, hit: bool) -> None:
         self.cache.labels("hit" if hit else "miss").inc()

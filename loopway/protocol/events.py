@@ -16,7 +16,7 @@ from loopway.protocol.items import ContentPart, ReasoningText, SummaryText, enco
 from loopway.protocol.response import OutputItem, Response
 
 
-class Event(msgspec.Struct, tag_field="type", kw_only=True):
+class Event(msgspec.Struct, gc=False, tag_field="type", kw_only=True):
     sequence_number: int | UnsetType = UNSET
     stream_id: str | UnsetType = UNSET
 
@@ -171,7 +171,7 @@ class WsError(Event, tag="error", kw_only=True):
         return cls(status=err.status, error=payload, stream_id=stream_id if stream_id else UNSET)
 
 
-class SteerRef(msgspec.Struct):
+class SteerRef(msgspec.Struct, gc=False):
     id: str
     previous_response_id: str
 

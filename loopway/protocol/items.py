@@ -4,6 +4,11 @@ Clients are lenient in what they send (Codex omits ``type`` on messages, sends i
 tool-specific items loopway does not run), so :func:`parse_items` normalises first, then
 converts each item with msgspec, turning its validation errors into ``ApiError``s that name the
 offending parameter path.
+
+Items are ``gc=False`` structs: they hold strings, numbers and lists of parts, never a reference
+back, so the cyclic collector need not track them. A connection cache holds thousands, and untracked
+objects neither trigger collections nor lengthen them. (``OtherItem`` wraps arbitrary JSON and stays
+tracked.)
 """
 
 from __future__ import annotations
@@ -16,38 +21,38 @@ from loopway.protocol import ids
 from loopway.protocol.errors import ApiError, invalid_request
 
 
-class InputText(msgspec.Struct, tag="input_text", tag_field="type"):
+class InputText(msgspec.Struct, gc=False, tag="input_text", tag_field="type"):
     text: str
 
 
-class InputImage(msgspec.Struct, tag="input_image", tag_field="type", omit_defaults=True):
+class InputImage(msgspec.Struct, gc=False, tag="input_image", tag_field="type", omit_defaults=True):
     image_url: str | None = None
     file_id: str | None = None
     detail: str = "auto"
 
 
-class InputFile(msgspec.Struct, tag="input_file", tag_field="type", omit_defaults=True):
+class InputFile(msgspec.Struct, gc=False, tag="input_file", tag_field="type", omit_defaults=True):
     file_id: str | None = None
     file_url: str | None = None
     file_data: str | None = None
     filename: str | None = None
 
 
-class OutputText(msgspec.Struct, tag="output_text", tag_field="type"):
+class OutputText(msgspec.Struct, gc=False, tag="output_text", tag_field="type"):
     text: str
     annotations: list[Any] = msgspec.field(default_factory=list)
     logprobs: list[Any] = msgspec.field(default_factory=list)
 
 
-class Refusal(msgspec.Struct, tag="refusal", tag_field="type"):
+class Refusal(msgspec.Struct, gc=False, tag="refusal", tag_field="type"):
     refusal: str
 
 
-class SummaryText(msgspec.Struct, tag="summary_text", tag_field="type"):
+class SummaryText(msgspec.Struct, gc=False, tag="summary_text", tag_field="type"):
     text: str
 
 
-class ReasoningText(msgspec.Struct, tag="reasoning_text", tag_field="type"):
+class ReasoningText(msgspec.Struct, gc=False, tag="reasoning_text", tag_field="type"):
     text: str
 
 
@@ -55,7 +60,7 @@ ContentPart = InputText | InputImage | InputFile | OutputText | Refusal
 Role = Literal["user", "assistant", "system", "developer"]
 
 
-class Message(msgspec.Struct, tag="message", tag_field="type", omit_defaults=True):
+class Message(msgspec.Struct, gc=False, tag="message", tag_field="type", omit_defaults=True):
     role: Role
     content: str | list[ContentPart]
     id: str | None = None
@@ -63,7 +68,7 @@ class Message(msgspec.Struct, tag="message", tag_field="type", omit_defaults=Tru
     phase: str | None = None
 
 
-class FunctionCall(msgspec.Struct, tag="function_call", tag_field="type", omit_defaults=True):
+class FunctionCall(msgspec.Struct, gc=False, tag="function_call", tag_field="type", omit_defaults=True):
     call_id: str
     name: str
     arguments: str
@@ -72,14 +77,14 @@ class FunctionCall(msgspec.Struct, tag="function_call", tag_field="type", omit_d
     namespace: str | None = None
 
 
-class FunctionCallOutput(msgspec.Struct, tag="function_call_output", tag_field="type", omit_defaults=True):
+class FunctionCallOutput(msgspec.Struct, gc=False, tag="function_call_output", tag_field="type", omit_defaults=True):
     call_id: str
     output: str | list[ContentPart]
     id: str | None = None
     status: str | None = None
 
 
-class Reasoning(msgspec.Struct, tag="reasoning", tag_field="type", omit_defaults=True):
+class Reasoning(msgspec.Struct, gc=False, tag="reasoning", tag_field="type", omit_defaults=True):
     summary: list[SummaryText]
     id: str | None = None
     content: list[ReasoningText] | None = None
@@ -87,11 +92,11 @@ class Reasoning(msgspec.Struct, tag="reasoning", tag_field="type", omit_defaults
     status: str | None = None
 
 
-class ItemReference(msgspec.Struct, tag="item_reference", tag_field="type"):
+class ItemReference(msgspec.Struct, gc=False, tag="item_reference", tag_field="type"):
     id: str
 
 
-class Compaction(msgspec.Struct, tag="compaction", tag_field="type", omit_defaults=True):
+class Compaction(msgspec.Struct, gc=False, tag="compaction", tag_field="type", omit_defaults=True):
     encrypted_content: str
     id: str | None = None
 

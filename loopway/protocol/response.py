@@ -1,7 +1,8 @@
 """The Response object and its usage, as OpenAI returns them.
 
 Every key of the schema's required set (and of the Open Responses suite's stricter set) is
-always present; absent values encode as ``null``.
+always present; absent values encode as ``null``. Like items and events, these structs are
+``gc=False``: they never refer back to anything that refers to them.
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ Status = Literal["queued", "in_progress", "completed", "incomplete", "failed", "
 OutputItem = Message | FunctionCall | Reasoning | Compaction | OtherItem
 
 
-class InputTokensDetails(msgspec.Struct):
+class InputTokensDetails(msgspec.Struct, gc=False):
     cached_tokens: int = 0
     cache_write_tokens: int = 0
 
 
-class OutputTokensDetails(msgspec.Struct):
+class OutputTokensDetails(msgspec.Struct, gc=False):
     reasoning_tokens: int = 0
 
 
-class Usage(msgspec.Struct):
+class Usage(msgspec.Struct, gc=False):
     input_tokens: int = 0
     input_tokens_details: InputTokensDetails = msgspec.field(default_factory=InputTokensDetails)
     output_tokens: int = 0
@@ -46,16 +47,16 @@ class Usage(msgspec.Struct):
         )
 
 
-class ResponseError(msgspec.Struct):
+class ResponseError(msgspec.Struct, gc=False):
     code: str
     message: str
 
 
-class IncompleteDetails(msgspec.Struct):
+class IncompleteDetails(msgspec.Struct, gc=False):
     reason: str
 
 
-class Response(msgspec.Struct, kw_only=True):
+class Response(msgspec.Struct, gc=False, kw_only=True):
     id: str
     object: Literal["response"] = "response"
     created_at: int

@@ -14,10 +14,8 @@ for as long as it likes. Here:
 Request bodies are timed by the routes that read them (``transports.http.read_body``).
 
 WebSocket frames are capped after decompression by the protocol layer itself (``ws_max_size``: it
-stops inflating there and closes with 1009). ``GuardedWebSocketProtocol`` lets go of what a refused
-frame inflated at once: the ``websockets`` parser keeps the exception, and its traceback kept the
-frame's inflated bytes alive until the cyclic garbage collector came by, so a burst of compression
-bombs held tens of megabytes each.
+stops inflating there and closes with 1009); ``transports.wsprotocol`` lets go of a refused frame's
+inflated bytes at once.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ import resource
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 OVERFLOW = "loopway.overflow"  # scope key: this connection is over the cap; answer and close it
 RESERVED_FDS = 64  # files, the store, upstream sockets: what the server needs beside its clients
@@ -106,11 +103,3 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
                 self.transport.close()
 
     return GuardedHttpToolsProtocol
-
-
-class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
-    def handle_parser_exception(self) -> None:
-        super().handle_parser_exception()
-        failure = self.conn.parser_exc
-        if failure is not None:
-            failure.__traceback__ = None  # frees the refused frame's inflated payload now

@@ -20,6 +20,7 @@ parsed and rendered in a worker thread (``core.offload``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -38,10 +39,12 @@ from loopway.core.service import ResponsesService
 from loopway.core.timing import StageTimes
 from loopway.protocol import bounds
 from loopway.protocol.errors import ApiError
-from loopway.protocol.events import Event, WsError, encode_event
+from loopway.protocol.events import Event, WsError
 from loopway.protocol.request import create_from, valid_stream_id
 from loopway.settings import Settings
 from loopway.transports.errors import error_response
+from loopway.transports.outbox import FlushClock, Outbox
+from loopway.transports.wsprotocol import WIRE, AsgiWire
 
 log = logging.getLogger("loopway.ws")
 
@@ -87,7 +90,13 @@ class Session:
     """One WebSocket connection: frames in, events out, a task per running turn."""
 
     def __init__(
-        self, service: ResponsesService, settings: Settings, websocket: WebSocket, keys: KeyRing, tenant: str
+        self,
+        service: ResponsesService,
+        settings: Settings,
+        websocket: WebSocket,
+        keys: KeyRing,
+        tenant: str,
+        outbox: Outbox,
     ) -> None:
         self.service = service
         self.settings = settings
@@ -105,8 +114,9 @@ class Session:
         self.persist = Persist.FIRST if settings.ws_durable_store else Persist.BEHIND
         self.expired = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._send_lock = asyncio.Lock()
         self._closing = False
+        self.last_activity = asyncio.get_running_loop().time()
+        self.outbox = outbox
 
     @property
     def lanes_used(self) -> int:
@@ -115,13 +125,12 @@ class Session:
     # Receiving -------------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        watchdog = asyncio.create_task(self._age_limit())
+        loop = asyncio.get_running_loop()
+        watchdogs = [asyncio.create_task(self._age_limit()), asyncio.create_task(self._idle_limit())]
         try:
             while True:
-                message = await self._receive()
-                if message is None:  # idle past the limit with nothing in flight
-                    await self.websocket.close(CLOSE_GOING_AWAY, "idle timeout")
-                    return
+                message = await self.websocket.receive()
+                self.last_activity = loop.time()
                 if message["type"] == "websocket.disconnect":
                     return
                 await self._on_message(message)
@@ -133,17 +142,9 @@ class Session:
         except ConnectionExpired as expired:
             await self._connection_limit(expired.lane)
         finally:
-            watchdog.cancel()
+            for watchdog in watchdogs:
+                watchdog.cancel()
             await self._shutdown()
-
-    async def _receive(self) -> dict[str, Any] | None:
-        """The next frame; None once the connection has been idle (nothing in flight) past the limit."""
-        while True:
-            try:
-                return await asyncio.wait_for(self.websocket.receive(), self.settings.ws_idle_timeout_s)
-            except TimeoutError:
-                if not self.state.busy:
-                    return None
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         times = StageTimes()
@@ -279,15 +280,7 @@ class Session:
 
     async def send(self, event: Event, lane: str | None = None) -> None:
         event.stream_id = lane if lane is not None else UNSET
-        data = encode_event(event).decode()
-        async with self._send_lock:
-            if self.websocket.application_state != WebSocketState.CONNECTED:
-                return
-            try:
-                await self.websocket.send_text(data)
-            except (OSError, RuntimeError, WebSocketDisconnect):
-                # The client is gone; the receive loop sees it and cancels this connection's turns.
-                log.debug("send on a closed WebSocket dropped")
+        await self.outbox.send(event)
 
     async def _send(self, outbound: Outbound) -> None:
         await self.send(outbound.event, outbound.lane)
@@ -321,9 +314,23 @@ class Session:
         await self._close(CLOSE_GOING_AWAY)
 
     async def _close(self, code: int, reason: str = "") -> None:
-        async with self._send_lock:
-            if self.websocket.application_state == WebSocketState.CONNECTED:
+        self.outbox.flush()  # what was said before the close frame leaves before it
+        await self.outbox.wire.drained()
+        if self.websocket.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(OSError, RuntimeError, WebSocketDisconnect):
                 await self.websocket.close(code, reason)
+
+    async def _idle_limit(self) -> None:
+        """One timer per connection: close (1001) once nothing has arrived and nothing has run for the
+        idle limit. Re-armed only when it fires, so frames cost no timer work."""
+        loop, idle = asyncio.get_running_loop(), self.settings.ws_idle_timeout_s
+        while True:
+            await asyncio.sleep(max(0.0, self.last_activity + idle - loop.time()))
+            if self.state.busy:
+                self.last_activity = loop.time()
+            elif loop.time() - self.last_activity >= idle:
+                await self._close(CLOSE_GOING_AWAY, "idle timeout")
+                return
 
     async def drain(self, timeout_s: float) -> None:
         """Server shutdown: let in-flight responses finish, then close with 1012 so SDKs reconnect."""
@@ -342,6 +349,8 @@ class Session:
 
 
 def routes(service: ResponsesService, settings: Settings, keys: KeyRing) -> list[WebSocketRoute]:
+    clock = FlushClock(settings.ws_flush_ms / 1000)
+
     async def refuse(websocket: WebSocket) -> None:
         err = ApiError(426, "WebSocket mode is turned off on this server; use HTTP.", code="websocket_disabled")
         await websocket.send_denial_response(error_response(err))
@@ -355,7 +364,9 @@ def routes(service: ResponsesService, settings: Settings, keys: KeyRing) -> list
             return
         try:
             await websocket.accept()
-            session = Session(service, settings, websocket, keys, tenant)
+            clock.start(asyncio.get_running_loop())
+            wire = websocket.scope["extensions"].get(WIRE) or AsgiWire(websocket.send)
+            session = Session(service, settings, websocket, keys, tenant, Outbox(wire, clock))
             service.open_connections.add(session)
             try:
                 await session.serve()

@@ -1,0 +1,34 @@
+"""Deflate where it pays: small messages go out uncompressed, and a client still reads every one."""
+
+from __future__ import annotations
+
+from websockets.extensions.permessage_deflate import PerMessageDeflate
+from websockets.frames import OP_TEXT, Frame
+
+from loopway.transports.wsprotocol import SelectiveDeflate
+
+
+def pair(min_bytes: int) -> tuple[SelectiveDeflate, PerMessageDeflate]:
+    server = SelectiveDeflate(PerMessageDeflate(False, False, 12, 12, {"memLevel": 5}), min_bytes)
+    client = PerMessageDeflate(False, False, 12, 12)
+    return server, client
+
+
+def test_small_messages_are_sent_as_they_are_and_large_ones_compressed():
+    server, _ = pair(512)
+    small = server.encode(Frame(OP_TEXT, b'{"type":"response.output_text.delta","delta":"hi"}'))
+    large = server.encode(Frame(OP_TEXT, b'{"text":"' + b"abc " * 500 + b'"}'))
+    assert not small.rsv1 and small.data.startswith(b'{"type"')
+    assert large.rsv1 and len(large.data) < 200
+
+
+def test_a_client_decodes_a_mix_of_compressed_and_plain_messages_with_context_takeover():
+    server, client = pair(64)
+    messages = [b"x" * 10, b"hello world " * 20, b"y" * 5, b"hello world " * 20 + b"again", b"z"]
+    decoded = [client.decode(server.encode(Frame(OP_TEXT, m))).data for m in messages]
+    assert decoded == messages
+
+
+def test_zero_threshold_compresses_everything():
+    server, _ = pair(0)
+    assert server.encode(Frame(OP_TEXT, b"tiny")).rsv1
