@@ -8,6 +8,15 @@ render, persist), measured inside the server, for three ways of continuing a con
 - ``ws``: ``previous_response_id`` on one WebSocket, state from the connection cache.
 
 The sim engine runs with zero latency and tiny answers, so nothing but the API layer is timed.
+
+Two columns per mode: the **staged** time (what the server's stage timers saw: validate incl. JSON
+parsing, resolve, render, persist), and the **CPU** the whole server spent per turn, read from
+the kernel's CPU clocks (``/proc``'s accounting) for every thread of the process but the benchmark's
+own client thread. The staged time
+leaves out what happens between and around the stages: the socket reads and HTTP or WebSocket
+parsing before ``validate``, Starlette and the middleware, the event loop and task switches, the
+engine's (tiny) generation, assembling and encoding every event, framing and writing them, metrics
+and the log line, and the cyclic GC.
 """
 
 from __future__ import annotations
@@ -16,6 +25,8 @@ import argparse
 import json
 import statistics
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +83,46 @@ TOOLS = [
 ]
 
 
+class ServerCpu:
+    """CPU seconds of every thread of this process but the client's: the thread that made this and the
+    receiving threads of the ``websockets`` sync client.
+
+    The kernel's per-thread CPU clocks: the accounting ``/proc`` reports, at nanosecond resolution
+    rather than its 10 ms ticks. A thread that ended is no longer counted, so the server's threads
+    (its loop and its worker pool) must outlive the measurement, which they do."""
+
+    def __init__(self) -> None:
+        self.client = threading.get_ident()
+
+    def read(self) -> float:
+        total = 0.0
+        for thread in threading.enumerate():
+            if thread.ident is None or thread.ident == self.client or "recv_events" in thread.name:
+                continue
+            try:
+                total += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+            except OSError:  # it ended between the listing and the reading
+                continue
+        return total
+
+
+class Measured:
+    """Staged milliseconds per turn, and the server's CPU over the same turns."""
+
+    def __init__(self, cpu: ServerCpu) -> None:
+        self.cpu = cpu
+        self.staged: list[float] = []
+        self.cpu_ms_per_turn = 0.0
+        self._start = 0.0
+
+    def __enter__(self) -> Measured:
+        self._start = self.cpu.read()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cpu_ms_per_turn = (self.cpu.read() - self._start) * 1000 / max(1, len(self.staged))
+
+
 def _body(**fields: Any) -> dict[str, Any]:
     return {"model": MODEL, "tools": TOOLS, "tool_choice": "none", "max_output_tokens": 16, **fields}
 
@@ -81,41 +132,41 @@ def _server_ms(server_timing: str) -> float:
     return sum(float(parts[s]) for s in ("validate", "resolve", "render", "persist"))
 
 
-def bench_http_stateless(http: httpx.Client, items: list[dict[str, Any]], reps: int) -> list[float]:
-    out = []
-    for i in range(reps):
-        r = http.post("/responses", json=_body(input=[*items, _user(i)], store=False))
-        r.raise_for_status()
-        out.append(_server_ms(r.headers["server-timing"]))
-    return out
+def bench_http_stateless(http: httpx.Client, items: list[dict[str, Any]], reps: int, cpu: ServerCpu) -> Measured:
+    with Measured(cpu) as measured:
+        for i in range(reps):
+            r = http.post("/responses", json=_body(input=[*items, _user(i)], store=False))
+            r.raise_for_status()
+            measured.staged.append(_server_ms(r.headers["server-timing"]))
+    return measured
 
 
-def bench_http_chained(http: httpx.Client, items: list[dict[str, Any]], reps: int) -> list[float]:
+def bench_http_chained(http: httpx.Client, items: list[dict[str, Any]], reps: int, cpu: ServerCpu) -> Measured:
     r = http.post("/responses", json=_body(input=items, store=True))
     r.raise_for_status()
     parent = r.json()["id"]
-    out = []
-    for i in range(reps):
-        r = http.post("/responses", json=_body(input=[_user(i)], previous_response_id=parent, store=True))
-        r.raise_for_status()
-        out.append(_server_ms(r.headers["server-timing"]))
-    return out
+    with Measured(cpu) as measured:
+        for i in range(reps):
+            r = http.post("/responses", json=_body(input=[_user(i)], previous_response_id=parent, store=True))
+            r.raise_for_status()
+            measured.staged.append(_server_ms(r.headers["server-timing"]))
+    return measured
 
 
-def bench_ws(server: InProcessServer, items: list[dict[str, Any]], reps: int) -> list[float]:
+def bench_ws(server: InProcessServer, items: list[dict[str, Any]], reps: int, cpu: ServerCpu) -> Measured:
     url = server.url.replace("http", "ws", 1) + "/responses"
     log = server.service.pipeline.stage_log
     with connect(url, max_size=None) as ws:
         previous = _ws_turn(ws, _body(type="response.create", input=items, store=False))
-        samples = []
-        for i in range(reps):
-            previous = _ws_turn(
-                ws, _body(type="response.create", input=[_user(i)], previous_response_id=previous, store=False)
-            )
-            times = log.get(previous)
-            assert times is not None
-            samples.append(times.pre + times.persist)
-        return samples
+        with Measured(cpu) as measured:
+            for i in range(reps):
+                previous = _ws_turn(
+                    ws, _body(type="response.create", input=[_user(i)], previous_response_id=previous, store=False)
+                )
+                times = log.get(previous)
+                assert times is not None
+                measured.staged.append(times.pre + times.persist)
+        return measured
 
 
 def _ws_turn(ws: Any, body: dict[str, Any]) -> str:
@@ -132,45 +183,56 @@ def _user(i: int) -> dict[str, Any]:
     return {"type": "message", "role": "user", "content": f"Now check step {i}."}
 
 
-def measure(lengths: tuple[int, ...], reps: int, data_dir: str) -> dict[str, dict[int, list[float]]]:
+def measure(lengths: tuple[int, ...], reps: int, data_dir: str) -> dict[str, dict[int, Measured]]:
     sim = SimSettings(context_window=1_000_000, base_latency_ms=0, prefill_tokens_per_s=1e12, decode_tokens_per_s=1e9)
     settings = Settings(port=0, data_dir=data_dir, sim=sim, max_body_bytes=256 << 20, max_frame_bytes=256 << 20)
-    results: dict[str, dict[int, list[float]]] = {mode: {} for mode in MODES}
+    results: dict[str, dict[int, Measured]] = {mode: {} for mode in MODES}
+    cpu = ServerCpu()
     with InProcessServer(settings) as server, httpx.Client(base_url=server.url, timeout=120) as http:
         for length in lengths:
             items = history(length)
-            results["http-stateless"][length] = bench_http_stateless(http, items, reps)
-            results["http-chained"][length] = bench_http_chained(http, items, reps)
-            results["ws"][length] = bench_ws(server, items, reps)
+            results["http-stateless"][length] = bench_http_stateless(http, items, reps, cpu)
+            results["http-chained"][length] = bench_http_chained(http, items, reps, cpu)
+            results["ws"][length] = bench_ws(server, items, reps, cpu)
     return results
 
 
-def report(results: dict[str, dict[int, list[float]]]) -> dict[str, Any]:
+def report(results: dict[str, dict[int, Measured]]) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
     lengths = sorted(next(iter(results.values())))
-    table = Table(title="Server time per turn, engine excluded (median ms)")
+    table = Table(title="Server time per turn, engine excluded: staged median ms | whole-server CPU ms per turn")
     table.add_column("history (tokens)", justify="right")
     for mode in MODES:
-        table.add_column(mode, justify="right")
+        table.add_column(f"{mode} staged", justify="right")
+        table.add_column("CPU", justify="right")
     summary: dict[str, Any] = {"unit": "ms", "modes": {}}
     for mode in MODES:
         summary["modes"][mode] = {
             str(n): {
-                "median": statistics.median(results[mode][n]),
-                "p90": sorted(results[mode][n])[int(0.9 * (len(results[mode][n]) - 1))],
-                "samples": results[mode][n],
+                "median": statistics.median(results[mode][n].staged),
+                "p90": sorted(results[mode][n].staged)[int(0.9 * (len(results[mode][n].staged) - 1))],
+                "cpu_ms_per_turn": results[mode][n].cpu_ms_per_turn,
+                "samples": results[mode][n].staged,
             }
             for n in lengths
         }
     for n in lengths:
-        table.add_row(f"{n:,}", *(f"{summary['modes'][m][str(n)]['median']:.3f}" for m in MODES))
+        cells = []
+        for m in MODES:
+            row = summary["modes"][m][str(n)]
+            cells += [f"{row['median']:.3f}", f"{row['cpu_ms_per_turn']:.2f}"]
+        table.add_row(f"{n:,}", *cells)
     first, last = str(lengths[0]), str(lengths[-1])
     ratios = {m: summary["modes"][m][last]["median"] / summary["modes"][m][first]["median"] for m in MODES}
-    table.add_row(f"t({int(last):,})/t({int(first):,})", *(f"{ratios[m]:.2f}" for m in MODES))
+    table.add_row(f"t({int(last):,})/t({int(first):,})", *(c for m in MODES for c in (f"{ratios[m]:.2f}", "")))
     summary["ratio_last_first"] = ratios
     Console().print(table)
+    Console().print(
+        "CPU: every server thread, from /proc, over the same turns (the staged time leaves out the socket, HTTP and "
+        "WebSocket parsing, Starlette, the loop, event assembly, encoding and framing, metrics, logging and the GC)."
+    )
     return summary
 
 

@@ -9,10 +9,12 @@ import time
 
 import httpx
 import uvicorn
+import uvloop
 
 from loopway.app import build_service, create_app
 from loopway.core.service import ResponsesService
 from loopway.settings import Settings
+from loopway.transports.wsprotocol import websocket_protocol
 
 
 def wait_healthy(base_url: str, timeout_s: float = 30.0) -> None:
@@ -47,9 +49,11 @@ class InProcessServer:
             port=settings.port,
             log_level="warning",
             ws_max_size=settings.max_frame_bytes,
+            ws_per_message_deflate=settings.ws_deflate,
+            ws=websocket_protocol(settings.ws_deflate, settings.ws_deflate_min_bytes),
         )
         self._server = uvicorn.Server(config)
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()  # as ``loopway serve`` runs
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
     def _serve(self) -> None:

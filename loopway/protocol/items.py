@@ -40,8 +40,9 @@ class InputFile(msgspec.Struct, gc=False, tag="input_file", tag_field="type", om
 
 class OutputText(msgspec.Struct, gc=False, tag="output_text", tag_field="type"):
     text: str
-    annotations: list[Any] = msgspec.field(default_factory=list)
-    logprobs: list[Any] = msgspec.field(default_factory=list)
+    # Empty tuples by default (a shared constant the GC does not track); decoded JSON gives tuples too.
+    annotations: tuple[Any, ...] = ()
+    logprobs: tuple[Any, ...] = ()
 
 
 class Refusal(msgspec.Struct, gc=False, tag="refusal", tag_field="type"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -101,15 +102,34 @@ class LoopwayWebSocketProtocol(WebSocketsSansIOProtocol):
         await self.writable.wait()
 
     def write_texts(self, payloads: list[bytes]) -> None:
-        """Frame each UTF-8 payload as a text message and write them all at once."""
+        """Frame each UTF-8 payload as a text message and write them all at once.
+
+        A message that goes out uncompressed is framed here (a server frame is a 2-10 byte header
+        and the payload, unmasked); one to compress goes through the connection's extensions, which
+        keep the compressor's context. Every write holds whole frames, so pings and closes that
+        uvicorn writes in between never split one."""
         if not self.open:
             return
+        chunks: list[bytes] = []
         try:
             for payload in payloads:
-                self.conn.send_text(payload)
+                if self.conn.extensions and len(payload) >= self.deflate_min_bytes:
+                    self.conn.send_text(payload)
+                    chunks += self.conn.data_to_send()
+                else:
+                    chunks += (text_frame_header(len(payload)), payload)
         except InvalidState:  # closing under us: the receive side sees the disconnect
             return
-        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.transport.write(b"".join(chunks))
+
+
+def text_frame_header(length: int) -> bytes:
+    """RFC 6455 §5.2: FIN + text opcode, then the payload length in 7, 7+16 or 7+64 bits; no mask."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, length)
+    return struct.pack("!BBQ", 0x81, 127, length)
 
 
 def websocket_protocol(deflate: bool, deflate_min_bytes: int) -> type[LoopwayWebSocketProtocol]:

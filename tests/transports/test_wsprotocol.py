@@ -32,3 +32,21 @@ def test_a_client_decodes_a_mix_of_compressed_and_plain_messages_with_context_ta
 def test_zero_threshold_compresses_everything():
     server, _ = pair(0)
     assert server.encode(Frame(OP_TEXT, b"tiny")).rsv1
+
+
+def test_frames_framed_by_hand_parse_as_the_library_frames_them():
+    from websockets.frames import Frame as Parsed
+    from websockets.streams import StreamReader
+
+    from loopway.transports.wsprotocol import text_frame_header
+
+    for size in (0, 1, 125, 126, 65535, 65536, 70000):
+        payload = b"x" * size
+        reader = StreamReader()
+        reader.feed_data(text_frame_header(size) + payload)
+        parser = Parsed.parse(reader.read_exact, mask=False)
+        try:
+            next(parser)
+        except StopIteration as done:
+            frame = done.value
+        assert frame.opcode == OP_TEXT and frame.fin and frame.data == payload
