@@ -9,14 +9,17 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import msgspec
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from loopway.core.auth import KeyRing
 from loopway.core.limits import ConnectionLimiter, RateLimiter
+from loopway.core.metrics import Metrics
 from loopway.core.persistence import ResponseLog
 from loopway.core.pipeline import TurnPipeline
 from loopway.core.reasoning import ReasoningVault
@@ -77,15 +80,27 @@ def make_store(settings: Settings) -> Store:
     raise ConfigError(f"unknown store {url!r} (use 'memory', 'sqlite:PATH' or 'redis://HOST:PORT/DB')")
 
 
-def build_service(settings: Settings) -> ResponsesService:
+class WorkerShare(msgspec.Struct):
+    """What the workers of one ``--workers N`` server share: limits' tallies (shared memory, made
+    before the fork) and the directory their metrics are written to."""
+
+    rates: Any
+    connections: Any
+    metrics_dir: str
+
+
+def build_service(settings: Settings, share: WorkerShare | None = None) -> ResponsesService:
     engine = make_engine(settings)
     pipeline = TurnPipeline(engine, Sealer(settings.secret()), vault=ReasoningVault(settings.reasoning_keys()))
     return ResponsesService(
         engine,
         pipeline,
         ResponseLog(make_store(settings)),
-        limiter=RateLimiter(settings.rate_limit_rpm),
-        connection_limit=ConnectionLimiter(settings.max_connections_per_tenant),
+        metrics=Metrics(share.metrics_dir if share else None),
+        limiter=RateLimiter(settings.rate_limit_rpm, tallies=share.rates if share else None),
+        connection_limit=ConnectionLimiter(
+            settings.max_connections_per_tenant, tallies=share.connections if share else None
+        ),
         background_claim_s=settings.background_claim_s,
     )
 
@@ -108,12 +123,15 @@ def create_app(
             loop.add_signal_handler(signal.SIGHUP, keys.reload)
         service.background.keep_claims()  # and end what a stopped process left running
         stop_watching_gc = service.metrics.watch_gc()
+        refresher = asyncio.create_task(_refresh_metrics(service)) if service.metrics.multiprocess_dir else None
         gc.collect()
         gc.freeze()  # start-up's objects (modules, tokenizer tables) are never scanned by a collection again
         try:
             yield
         finally:
             stop_watching_gc()
+            if refresher is not None:
+                refresher.cancel()
             await service.aclose()
             await service.log.store.aclose()
             await service.engine.aclose()
@@ -130,6 +148,13 @@ def create_app(
     return app
 
 
+async def _refresh_metrics(service: ResponsesService) -> None:
+    """A worker's live gauges, written where the other workers' scrapes read them."""
+    while True:
+        service.metrics.refresh()
+        await asyncio.sleep(1.0)
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn, with a drain first: stop accepting, let in-flight responses finish, then shut down.
 
@@ -140,6 +165,12 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.service = service
         self.drain_timeout_s = drain_timeout_s
+        self.on_started: Callable[[], None] | None = None  # a worker tells its supervisor it serves
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_started is not None:
+            self.on_started()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -172,46 +171,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def serve(settings: Settings) -> int:
-    import uvicorn
-
-    from loopway.app import ConfigError, DrainingServer, build_service, create_app
-    from loopway.core.auth import KeyFileError, KeyRing
-    from loopway.engines.sim.trace import TraceError
-    from loopway.transports.guard import ConnectionGuard, guarded_protocol
-    from loopway.transports.wsprotocol import websocket_protocol
+    from loopway import serving
 
     logs.configure(settings.log_level, settings.log_format)
-    try:
-        service = build_service(settings)
-        keys = KeyRing(settings.api_keys or None)
-    except (ConfigError, TraceError, KeyFileError, OSError, ValueError) as exc:
-        print(f"loopway: {exc}", file=sys.stderr)
-        return 2
-    app = create_app(settings, service, keys)
-    print(f"loopway {__version__}: engine {settings.engine} (models: {', '.join(m.id for m in service.engine.models())})")
-    print(f"loopway: store {service.log.store.describe()}")
-    if keys.open:
-        print("loopway: auth OFF: no --api-keys, so anyone who can reach this port can use it")
-    else:
-        print(f"loopway: auth on: keys from {settings.api_keys} (kill -HUP reloads them)")
-    websocket = f"ws://{settings.host}:{settings.port}/v1/responses" if settings.websocket else "off"
-    print(f"loopway: listening on http://{settings.host}:{settings.port}/v1 (WebSocket mode: {websocket})", flush=True)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=None,
-        ws_max_size=settings.max_frame_bytes,
-        ws_per_message_deflate=settings.ws_deflate,
-        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
-        ws_ping_interval=settings.ws_ping_interval_s or None,
-        ws_ping_timeout=settings.ws_ping_interval_s or None,
-        http=guarded_protocol(ConnectionGuard(settings.max_connections, settings.head_timeout_s)),
-        ws=websocket_protocol(settings.ws_deflate, settings.ws_deflate_min_bytes),
-    )
-    DrainingServer(config, service, settings.drain_timeout_s).run()
-    return 0
+    return serving.serve(settings)
 
 
 def build_parser() -> argparse.ArgumentParser:

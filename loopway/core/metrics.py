@@ -2,6 +2,11 @@
 
 Every metric is prefixed ``loopway_`` and lives in the app's own registry, so several servers in
 one process (tests, benchmarks) never collide. Nothing here sees keys or request bodies.
+
+With ``--workers N`` each worker writes its numbers to files in a directory the supervisor made
+(prometheus_client's multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR``), and ``/metrics``, whichever
+worker answers it, reads them all: counters and histograms summed over the workers, the gauges of
+open connections and lanes one series per worker (a ``pid`` label; ``sum`` them for the server).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from loopway.core.timing import STAGES
 
@@ -41,7 +46,11 @@ class TurnRecord(msgspec.Struct, gc=False):
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        """``multiprocess_dir``: the shared directory of a multi-worker server (set in the environment
+        as ``PROMETHEUS_MULTIPROC_DIR`` before prometheus_client was imported)."""
+        self.multiprocess_dir = multiprocess_dir
+        self._watched: tuple[Callable[[], int], Callable[[], int]] | None = None
         self.registry = CollectorRegistry()
         self.stage = Histogram(
             "loopway_stage_seconds",
@@ -62,8 +71,15 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
-        self.connections = Gauge("loopway_open_connections", "Open WebSocket connections.", registry=self.registry)
-        self.lanes = Gauge("loopway_open_lanes", "Lanes in use on open WebSocket connections.", registry=self.registry)
+        self.connections = Gauge(
+            "loopway_open_connections", "Open WebSocket connections.", registry=self.registry, multiprocess_mode="all"
+        )
+        self.lanes = Gauge(
+            "loopway_open_lanes",
+            "Lanes in use on open WebSocket connections.",
+            registry=self.registry,
+            multiprocess_mode="all",
+        )
         self.gc_pause = Histogram(
             "loopway_gc_pause_seconds",
             "Pauses of the cyclic garbage collector, by generation.",
@@ -91,9 +107,20 @@ class Metrics:
         return lambda: gc.callbacks.remove(callback)
 
     def watch_connections(self, connections: Callable[[], int], lanes: Callable[[], int]) -> None:
-        """Read the open connections and their lanes at scrape time (nothing to keep in step)."""
-        self.connections.set_function(connections)
-        self.lanes.set_function(lanes)
+        """Read the open connections and their lanes at scrape time (nothing to keep in step).
+
+        Across workers a scrape cannot call another process's functions: each worker stores its own
+        values every second (``refresh``) and before it answers a scrape."""
+        if self.multiprocess_dir:
+            self._watched = (connections, lanes)
+        else:
+            self.connections.set_function(connections)
+            self.lanes.set_function(lanes)
+
+    def refresh(self) -> None:
+        if self._watched is not None:
+            self.connections.set(self._watched[0]())
+            self.lanes.set(self._watched[1]())
 
     def turn_finished(self, turn: Turn, transport: str) -> None:
         times = turn.times
@@ -129,4 +156,9 @@ class Metrics:
         self.cache.labels("hit" if hit else "miss").inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess_dir:
+            return generate_latest(self.registry)
+        self.refresh()
+        every_worker = CollectorRegistry()
+        multiprocess.MultiProcessCollector(every_worker, path=self.multiprocess_dir)
+        return generate_latest(every_worker)

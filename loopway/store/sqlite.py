@@ -166,6 +166,7 @@ class SqliteStore:
                 self._db = None
 
         await self._run(close)
+        self._executor.shutdown(wait=True)  # and its thread ends
         self._executor.shutdown(wait=True)
 
     def describe(self) -> str:
