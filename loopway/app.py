@@ -23,6 +23,7 @@ from loopway.core.metrics import Metrics
 from loopway.core.persistence import ResponseLog
 from loopway.core.pipeline import TurnPipeline
 from loopway.core.reasoning import ReasoningVault
+from loopway.core.recent import RecentConversations
 from loopway.core.sealing import Sealer
 from loopway.core.service import ResponsesService
 from loopway.engines.base import Engine
@@ -102,6 +103,7 @@ def build_service(settings: Settings, share: WorkerShare | None = None) -> Respo
             settings.max_connections_per_tenant, tallies=share.connections if share else None
         ),
         background_claim_s=settings.background_claim_s,
+        recent=RecentConversations(settings.http_cache_mb << 20),
     )
 
 

@@ -97,6 +97,7 @@ SERVE_FLAGS = [
     _Flag("max-json-values", int, "JSON values in one body or frame, counted before decoding"),
     _Flag("max-json-depth", int, "how deep a body or frame may nest JSON"),
     _Flag("max-input-items", int, "input items in one request"),
+    _Flag("http-cache-mb", int, "per worker: MB of recent stored conversations kept rendered for HTTP continuations"),
     _Flag("offload-bytes", int, "bodies and frames larger than this are parsed and tokenized off the event loop"),
     _Flag("rate-limit-rpm", int, "requests per minute per tenant (0: off); 429 + retry-after"),
     # How long and how many.

@@ -55,6 +55,7 @@ class Settings(msgspec.Struct, kw_only=True):
     ws_flush_ms: float = 10.0  # under load, deltas ready within one tick leave as one event; 0: never coalesce
     ws_deflate: bool = True  # offer permessage-deflate to clients that ask for it
     ws_deflate_min_bytes: int = 512  # messages smaller than this go out uncompressed (0: compress all)
+    http_cache_mb: int = 256  # per worker: recent stored conversations kept rendered for HTTP continuations
     workers: int = 1  # server processes sharing the port; 0: one per core
     drain_timeout_s: float = 30.0  # on SIGTERM, how long in-flight responses (background too) may take
     background_claim_s: float = 15.0  # a dead process's background runs are ended this long after it stopped

@@ -12,7 +12,8 @@ event, and it is made here, once:
   fails later is reported to ``on_unsaved`` with the same 503, naming the response.
 
 ``store=false`` turns write nothing. Every finished turn is counted once, when its terminal event
-leaves.
+leaves. A stored turn persisted first (HTTP, background) is also remembered, rendered, in the
+process's recent conversations (``core.recent``) for an HTTP continuation of it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from loopway.core.metrics import Metrics
 from loopway.core.persistence import ResponseLog
 from loopway.core.pipeline import Turn, TurnPipeline, is_terminal
+from loopway.core.recent import RecentConversations
 from loopway.protocol.errors import ApiError
 from loopway.protocol.events import Event
 
@@ -33,10 +35,13 @@ class Persist(enum.Enum):
 
 
 class TurnDriver:
-    def __init__(self, pipeline: TurnPipeline, log: ResponseLog, metrics: Metrics) -> None:
+    def __init__(
+        self, pipeline: TurnPipeline, log: ResponseLog, metrics: Metrics, recent: RecentConversations | None = None
+    ) -> None:
         self.pipeline = pipeline
         self.log = log
         self.metrics = metrics
+        self.recent = recent
 
     async def events(
         self,
@@ -68,6 +73,8 @@ class TurnDriver:
         if turn.request.store:
             with turn.times.measure("persist"):
                 await self.log.put(self.pipeline.record(turn))
+            if self.recent is not None and turn.after is not None and turn.response.status != "failed":
+                self.recent.remember(turn.tenant, turn.response, turn.after)
 
     def _persist_behind(self, turn: Turn, on_unsaved: Callable[[ApiError], None] | None) -> None:
         if turn.request.store:

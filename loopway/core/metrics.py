@@ -71,6 +71,12 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.recent = Counter(
+            "loopway_http_continuation_cache",
+            "HTTP previous_response_id turns by whether the parent was still rendered in this process.",
+            ["result"],
+            registry=self.registry,
+        )
         self.connections = Gauge(
             "loopway_open_connections", "Open WebSocket connections.", registry=self.registry, multiprocess_mode="all"
         )
@@ -154,6 +160,9 @@ class Metrics:
 
     def cache_lookup(self, hit: bool) -> None:
         self.cache.labels("hit" if hit else "miss").inc()
+
+    def recent_lookup(self, hit: bool) -> None:
+        self.recent.labels("hit" if hit else "miss").inc()
 
     def render(self) -> bytes:
         if not self.multiprocess_dir:

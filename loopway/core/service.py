@@ -21,6 +21,7 @@ from loopway.core.limits import ConnectionLimiter, RateLimiter
 from loopway.core.metrics import Metrics
 from loopway.core.persistence import ResponseLog
 from loopway.core.pipeline import Turn, TurnPipeline, unresolved_references
+from loopway.core.recent import RecentConversations
 from loopway.core.replay import rebuild_events
 from loopway.core.timing import StageTimes
 from loopway.engines.base import Engine, describe, find_model
@@ -63,6 +64,7 @@ class ResponsesService:
         limiter: RateLimiter | None = None,
         connection_limit: ConnectionLimiter | None = None,
         background_claim_s: float = CLAIM_S,
+        recent: RecentConversations | None = None,
     ) -> None:
         self.engine = engine
         self.pipeline = pipeline
@@ -71,7 +73,8 @@ class ResponsesService:
         self.limiter = limiter or RateLimiter(0)
         self.connection_limit = connection_limit or ConnectionLimiter(0)
         log.on_persisted = self.metrics.persisted
-        self.driver = TurnDriver(pipeline, log, self.metrics)
+        self.recent = recent if recent is not None else RecentConversations(0)  # HTTP continuations' rendered parents
+        self.driver = TurnDriver(pipeline, log, self.metrics, self.recent)
         self.background = BackgroundRuns(self.driver, log, background_claim_s)
         self.open_connections: set[OpenConnection] = set()  # WebSocket sessions, for metrics and draining
         self.metrics.watch_connections(
@@ -112,7 +115,8 @@ class ResponsesService:
     async def resolve(
         self, request: CreateRequest, times: StageTimes, tenant: str, cache: ParentCache | None = None
     ) -> Parent | None:
-        """The previous response: from ``cache`` when given, else (or on a miss) from the store."""
+        """The previous response: from ``cache`` when given (a WebSocket connection's), else from the
+        process's recent conversations if the store still has it, else rebuilt from the store."""
         previous = request.previous_response_id
         if previous is None:
             return None
@@ -124,6 +128,12 @@ class ResponsesService:
                     return parent
                 if not request.store:
                     raise previous_response_not_found(previous)
+            else:
+                parent = self.recent.parent(tenant, previous)
+                if parent is not None and await self.log.get(previous, tenant) is not None:
+                    self.metrics.recent_lookup(True)
+                    return parent
+                self.metrics.recent_lookup(False)
             return await history.load_parent(self.log, previous, tenant)
 
     def run(
@@ -168,6 +178,7 @@ class ResponsesService:
     async def delete(self, response_id: str, tenant: str = "") -> dict[str, Any]:
         if self.background.running(response_id, tenant) is not None:
             await self.background.cancel(response_id, tenant)
+        self.recent.forget_tenant(tenant)  # an entry may hold this response as an ancestor
         if not await self.log.delete(response_id, tenant):
             raise response_not_found(response_id)
         return {"id": response_id, "object": "response", "deleted": True}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -616,3 +617,52 @@ def test_encrypted_reasoning_comes_back_on_the_next_turn_and_forgeries_are_refus
     forged = dict(carried, encrypted_content=carried["encrypted_content"][:-8] + "AAAAAAAA")
     refused = raw(server, "POST", "/responses", json={"model": MODEL, "input": [history[0], forged], "store": False})
     assert_error(refused, 400, "invalid_encrypted_content", "input[1].encrypted_content")
+
+
+def metric(server: Server, name: str) -> dict[str, float]:
+    text = httpx.get(f"{server.url.removesuffix('/v1')}/metrics", timeout=10).text
+    return {
+        line.split("{")[1].split("}")[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(name + "{")
+    }
+
+
+def test_http_continuations_from_recent_conversations_match_a_rebuild_from_the_store(tmp_path: Path):
+    """Each turn of a tool loop continues on a server that has the parent rendered, and the same
+    continuation goes to a second server on the same store that must rebuild it: same context."""
+    cached = Server(tmp_path)
+    rebuilt = Server(tmp_path, "--http-cache-mb", "0")  # the same data dir: the same SQLite store and keys
+    try:
+        a, b = OpenAI(base_url=cached.url, api_key="x"), OpenAI(base_url=rebuilt.url, api_key="x")
+        targets = [f"src/mod_{i}.py" for i in range(6)]
+        response = a.responses.create(
+            model=MODEL, tools=[READ_FILE], instructions="You are a coding agent.", input="Read " + " then ".join(targets)
+        )
+        for _ in range(6):
+            call = next(o for o in response.output if o.type == "function_call")
+            turn = dict(
+                model=MODEL,
+                tools=[READ_FILE],
+                previous_response_id=response.id,
+                instructions="You are a coding agent.",
+                input=[{"type": "function_call_output", "call_id": call.call_id, "output": f"# {call.arguments}\n" * 30}],
+            )
+            response, twin = a.responses.create(**turn), b.responses.create(**turn)
+            assert response.usage.input_tokens == twin.usage.input_tokens
+            assert [o.model_dump(exclude={"id", "call_id"}) for o in response.output] == [
+                o.model_dump(exclude={"id", "call_id"}) for o in twin.output
+            ]
+        assert metric(cached, "loopway_http_continuation_cache_total") == {'result="hit"': 6}
+        assert metric(rebuilt, "loopway_http_continuation_cache_total") == {'result="miss"': 6}
+    finally:
+        cached.stop()
+        rebuilt.stop()
+
+
+def test_a_deleted_response_is_not_continued_from_the_recent_conversations(client: OpenAI):
+    first = client.responses.create(model=MODEL, input="hello there")
+    client.responses.delete(first.id)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(model=MODEL, previous_response_id=first.id, input="and then?")
+    assert info.value.code == "previous_response_not_found"
