@@ -6,6 +6,11 @@ tool times. For each mode: end-to-end time; the floor (Σ engine time + Σ tool 
 path + turns × round trip + the least bytes over the link: each turn's new items up, its output
 down); overhead = end-to-end − floor; bytes actually carried; and the server's own pre- and
 post-inference time per turn.
+
+The floor's engine time is what the sim's cost model prescribes for each turn's usage (base
+latency + uncached input ÷ prefill rate + output ÷ decode rate), not the engine time each mode
+measured: a late timer on a loaded loop is the server's cost, not the floor's. Against an external
+server (``--url``) the cost model is unknown, and the floor takes the measured model time.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from loopway.bench.server import InProcessServer
 from loopway.client import AgentLoop, ToolRegistry, TurnTrace, make_transport
 from loopway.core.timing import StageLog
 from loopway.engines.sim import SimSettings
+from loopway.engines.sim.cost import CostModel
 from loopway.settings import Settings
 
 MODES = ("http-stateless", "http-chained", "ws")
@@ -57,7 +63,9 @@ class TurnRecord(msgspec.Struct, kw_only=True):
     model_s: float
     tool_s: float
     client_s: float
-    engine_s: float | None  # the server's TTFT + decode (None for an external server)
+    output_tokens: int
+    engine_s: float | None  # the server's measured TTFT + decode (None for an external server)
+    cost_model_s: float | None  # the engine time the cost model prescribes for this usage (None: unknown)
     server_pre_ms: float | None
     server_post_ms: float | None
     bytes_up: int
@@ -88,7 +96,7 @@ def tool_floor(workload: dict[str, Any]) -> list[float]:
 
 
 def floor_of(records: list[TurnRecord], workload: dict[str, Any], profile: LinkProfile) -> dict[str, float]:
-    engine = sum(r.engine_s if r.engine_s is not None else r.model_s for r in records)
+    engine = sum(r.cost_model_s if r.cost_model_s is not None else r.model_s for r in records)
     tools = sum(tool_floor(workload)[: len(records)])
     round_trips = len(records) * profile.round_trip_s
     setup = len(msgspec.json.encode([workload["instructions"], workload["tools"]]))  # sent once at least
@@ -129,7 +137,8 @@ async def run_mode(
             host, _, port_text = parsed.partition(":")
             port = int(port_text or 80)
         try:
-            return await _run_through_link(mode, workload, profile, host, port, server, on_turn)
+            cost = CostModel.of(sim) if server is not None and sim is not None else None
+            return await _run_through_link(mode, workload, profile, host, port, server, on_turn, cost)
         finally:
             if server is not None:
                 await asyncio.to_thread(server.__exit__, None, None, None)
@@ -143,6 +152,7 @@ async def _run_through_link(
     port: int,
     server: InProcessServer | None,
     on_turn: Callable[[], None] | None,
+    cost: CostModel | None = None,
 ) -> ModeResult:
     proxy = await LinkProxy(profile, host, port).start()
     transport = make_transport(mode, f"http://127.0.0.1:{proxy.port}/v1", "sk-bench", store=mode == "http-chained")
@@ -167,7 +177,7 @@ async def _run_through_link(
         await transport.aclose()
         await proxy.aclose()
     log = server.service.pipeline.stage_log if server is not None else StageLog()
-    records = [_record(trace, log, counters[i], counters[i + 1]) for i, trace in enumerate(result.turns)]
+    records = [_record(trace, log, counters[i], counters[i + 1], cost) for i, trace in enumerate(result.turns)]
     floor = floor_of(records, workload, profile)
     return ModeResult(
         e2e_s=result.elapsed_s,
@@ -186,8 +196,11 @@ async def _run_through_link(
     )
 
 
-def _record(trace: TurnTrace, log: StageLog, before: tuple[int, int], after: tuple[int, int]) -> TurnRecord:
+def _record(
+    trace: TurnTrace, log: StageLog, before: tuple[int, int], after: tuple[int, int], cost: CostModel | None
+) -> TurnRecord:
     times = log.get(trace.response_id)
+    uncached = trace.input_tokens - trace.cached_tokens
     return TurnRecord(
         turn=trace.turn,
         context_tokens=trace.input_tokens,
@@ -198,7 +211,9 @@ def _record(trace: TurnTrace, log: StageLog, before: tuple[int, int], after: tup
         model_s=trace.model_s,
         tool_s=trace.tool_s,
         client_s=trace.client_s,
+        output_tokens=trace.output_tokens,
         engine_s=(times.ttft + times.decode) / 1000 if times else None,
+        cost_model_s=cost.time_to_first_token(uncached) + cost.decode_time(trace.output_tokens) if cost else None,
         server_pre_ms=times.pre if times else None,
         server_post_ms=times.persist if times else None,
         bytes_up=after[0] - before[0],

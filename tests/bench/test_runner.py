@@ -29,7 +29,9 @@ def record(turn: int, engine: float | None, new_in: int, out: int, model: float 
         model_s=model,
         tool_s=0,
         client_s=0,
-        engine_s=engine,
+        output_tokens=0,
+        engine_s=None if engine is None else engine + 0.5,  # measured: late timers and all
+        cost_model_s=engine,
         server_pre_ms=None,
         server_post_ms=None,
         bytes_up=0,
@@ -64,6 +66,11 @@ def test_floor_adds_engine_tools_round_trips_and_the_least_bytes():
     assert floor["round_trips_s"] == pytest.approx(0.3)
     assert floor["transfer_s"] == pytest.approx((3_000 + setup) / 1_000 + 1.0)
     assert floor["floor_s"] == pytest.approx(3.5 + 1.5 + 0.3 + floor["transfer_s"])
+
+
+def test_the_floor_takes_the_cost_models_engine_time_not_the_measured_one():
+    floor = floor_of([record(0, 1.0, 0, 0)], {"instructions": "", "tools": [], "turns": [{}]}, LinkProfile("loopback"))
+    assert floor["engine_s"] == pytest.approx(1.0)
 
 
 def test_external_server_floor_uses_client_model_time():

@@ -9,16 +9,27 @@ same hits as a continuation: benchmarks compare transports, not engines.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Protocol
 
 import msgspec
 
 from loopway.tokens.sequence import BLOCK_SIZE, AppendOnly
 
 
+class SimSettingsLike(Protocol):
+    base_latency_ms: float
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+
+
 class CostModel(msgspec.Struct, frozen=True):
     base_latency_s: float = 0.02
     prefill_tokens_per_s: float = 20_000.0
     decode_tokens_per_s: float = 1_000.0
+
+    @classmethod
+    def of(cls, settings: SimSettingsLike) -> CostModel:
+        return cls(settings.base_latency_ms / 1000, settings.prefill_tokens_per_s, settings.decode_tokens_per_s)
 
     def time_to_first_token(self, uncached_tokens: int) -> float:
         return self.base_latency_s + uncached_tokens / self.prefill_tokens_per_s

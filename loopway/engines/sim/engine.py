@@ -47,7 +47,7 @@ def token_pieces(ids: list[int]) -> list[str]:
 class SimEngine:
     def __init__(self, settings: SimSettings | None = None) -> None:
         self.settings = settings = settings or SimSettings()
-        self.cost = CostModel(settings.base_latency_ms / 1000, settings.prefill_tokens_per_s, settings.decode_tokens_per_s)
+        self.cost = CostModel.of(settings)
         self.cache = PrefixCache()
         fallback = DefaultPolicy(settings.seed)
         self.policy = TracePolicy(load_trace(settings.trace), fallback) if settings.trace else fallback
