@@ -179,24 +179,32 @@ def percentile(values: list[float], q: float) -> float:
 def run_level(kind: str, pid: int, port: int, sessions: int, args: argparse.Namespace, cores: list[int]) -> dict:
     processes = max(1, min(args.load_processes or len(cores), sessions))
     start_at = time.time() + 1.0
-    loads = []
-    for i in range(processes):
-        share = sessions // processes + (1 if i < sessions % processes else 0)
-        command = [
-            sys.executable, "-m", "loopway.bench.soakload", "--url", f"ws://127.0.0.1:{port}/v1/responses",
-            "--sessions", str(share), "--start-at", str(start_at), "--warmup-s", str(args.warmup_s),
-            "--duration-s", str(args.duration_s), "--max-output-tokens", str(args.max_output_tokens), "--seed", str(i),
-        ]  # fmt: skip
-        loads.append(subprocess.Popen(command, stdout=subprocess.PIPE))
-        os.sched_setaffinity(loads[-1].pid, [cores[i % len(cores)]])
-    window_start = start_at + args.warmup_s
-    time.sleep(max(0.0, window_start - time.time()))
-    cpu0, gc0 = cpu_s(pid), gc_pauses(port) if kind == "loopway" else {}
-    time.sleep(max(0.0, window_start + args.duration_s - time.time()))
-    cpu = cpu_s(pid) - cpu0
-    gc1 = gc_pauses(port) if kind == "loopway" else {}
-    tallies = [msgspec.json.decode(p.communicate()[0], type=Tally) for p in loads]
+    with tempfile.TemporaryDirectory(prefix="loopway-soakload-") as tmp:
+        loads = []
+        for i in range(processes):
+            share = sessions // processes + (1 if i < sessions % processes else 0)
+            command = [
+                sys.executable, "-m", "loopway.bench.soakload", "--url", f"ws://127.0.0.1:{port}/v1/responses",
+                "--sessions", str(share), "--start-at", str(start_at), "--warmup-s", str(args.warmup_s),
+                "--duration-s", str(args.duration_s), "--max-output-tokens", str(args.max_output_tokens),
+                "--seed", str(i), "--out", f"{tmp}/{i}.json",
+            ]  # fmt: skip
+            loads.append(subprocess.Popen(command))
+            os.sched_setaffinity(loads[-1].pid, [cores[i % len(cores)]])
+        window_start = start_at + args.warmup_s
+        time.sleep(max(0.0, window_start - time.time()))
+        cpu0, gc0 = cpu_s(pid), gc_pauses(port) if kind == "loopway" else {}
+        time.sleep(max(0.0, window_start + args.duration_s - time.time()))
+        cpu = cpu_s(pid) - cpu0
+        gc1 = gc_pauses(port) if kind == "loopway" else {}
+        tallies = [load_result(p, f"{tmp}/{i}.json") for i, p in enumerate(loads)]
     return summarize(kind, sessions, cpu, tallies, {k: gc1[k] - gc0.get(k, 0) for k in gc1}, args.duration_s)
+
+
+def load_result(process: subprocess.Popen[bytes], path: str) -> Tally:
+    if process.wait() != 0:
+        raise RuntimeError(f"a load generator failed (status {process.returncode}); its error is above")
+    return msgspec.json.decode(Path(path).read_bytes(), type=Tally)
 
 
 def summarize(kind: str, sessions: int, cpu: float, tallies: list[Tally], gc: dict[str, float], seconds: float) -> dict:
@@ -237,26 +245,35 @@ def summarize(kind: str, sessions: int, cpu: float, tallies: list[Tally], gc: di
 # Memory per session with a cached 100k-token conversation -----------------------------------------
 
 
-def memory_per_session(port: int, pid: int, sessions: int, tokens: int) -> float:
-    """Resident memory growth per WebSocket session that holds a cached ``tokens``-token conversation."""
+def memory_per_session(port: int, pid: int, sessions: int, tokens: int) -> dict[str, float]:
+    """Resident memory growth per WebSocket session holding a cached ``tokens``-token conversation:
+    right after the frame that brought it, and after one more (small) turn, as an agent loop's next
+    turn would be. The difference is the last frame, which the ``websockets`` parser keeps until the
+    next one arrives (its bytes, and the text uvicorn decoded)."""
     text = " ".join(f"w{i % 1000}" for i in range(tokens // 2))  # about two tokens a word
 
-    def turn(ws: Any, body: str) -> None:
-        ws.send(json.dumps({"type": "response.create", "model": "loopway-sim", "store": False,
-                            "max_output_tokens": 16, "input": body}))  # fmt: skip
-        while json.loads(ws.recv())["type"] not in ("response.completed", "response.incomplete"):
-            pass
+    def turn(ws: Any, body: str, previous: str | None = None) -> str:
+        request = {"type": "response.create", "model": "loopway-sim", "store": False, "max_output_tokens": 16,
+                   "input": body, **({"previous_response_id": previous} if previous else {})}  # fmt: skip
+        ws.send(json.dumps(request))
+        while True:
+            event = json.loads(ws.recv())
+            if event["type"] in ("response.completed", "response.incomplete"):
+                return event["response"]["id"]
 
     with connect(f"ws://127.0.0.1:{port}/v1/responses", max_size=None) as warm:
-        turn(warm, text)  # tokenizer tables, buffers, first-use allocations
+        turn(warm, "next", turn(warm, text))  # tokenizer tables, buffers, first-use allocations
     time.sleep(0.5)
     before = rss_mb(pid)
     sockets = [connect(f"ws://127.0.0.1:{port}/v1/responses", max_size=None) for _ in range(sessions)]
     try:
-        for ws in sockets:
-            turn(ws, text)
+        ids = [turn(ws, text) for ws in sockets]
         time.sleep(0.5)
-        return (rss_mb(pid) - before) / sessions
+        after_frame = (rss_mb(pid) - before) / sessions
+        for ws, previous in zip(sockets, ids):
+            turn(ws, "and the next step?", previous)
+        time.sleep(0.5)
+        return {"after_the_frame": after_frame, "after_the_next_turn": (rss_mb(pid) - before) / sessions}
     finally:
         for ws in sockets:
             ws.close()
@@ -276,6 +293,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-floor", action="store_true", help="skip the Python-floor server")
     parser.add_argument("--memory-sessions", type=int, default=8, help="sessions for the memory measurement (0: skip)")
     parser.add_argument("--memory-tokens", type=int, default=100_000)
+    parser.add_argument(
+        "--delta-sessions", type=int, default=32, help="sessions for the CPU-per-delta comparison with the floor (0: skip)"
+    )
     parser.add_argument("--keep-going", action="store_true", help="run every level even after one fails")
     parser.add_argument("--server-arg", action="append", default=[], help="an extra 'loopway serve' argument (repeatable)")
     parser.add_argument("--json", dest="json_path")
@@ -296,12 +316,21 @@ def run(args: argparse.Namespace) -> int:
                 console.print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
                 if not row["passes"] and not args.keep_going:
                     break
+    per_delta = compare_per_delta(args, server_cores, load_cores, console) if args.delta_sessions else None
     memory = None
     if args.memory_sessions:
         with server("loopway", args, server_cores) as (pid, port):
             memory = memory_per_session(port, pid, args.memory_sessions, args.memory_tokens)
     print_table(console, args, rows, memory)
-    document = {"workers": args.workers, "server_cores": server_cores, "levels": rows, "mb_per_session": memory}
+    if per_delta:
+        ratio = per_delta["loopway"]["cpu_us_per_delta"] / per_delta["floor"]["cpu_us_per_delta"]
+        console.print(
+            f"CPU per delta event, {args.delta_sessions} sessions streaming {STREAM_TOKENS}-token answers, one token a "
+            f"delta (--ws-flush-ms 0): loopway {per_delta['loopway']['cpu_us_per_delta']:.1f} µs, Python floor "
+            f"{per_delta['floor']['cpu_us_per_delta']:.1f} µs: {ratio:.2f}x"
+        )
+    document = {"workers": args.workers, "server_cores": server_cores, "levels": rows, "memory_mb_per_session": memory}
+    document["per_delta"] = per_delta
     document["max_sessions"] = max((r["sessions"] for r in rows if r["server"] == "loopway" and r["passes"]), default=0)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(document, indent=1))
@@ -310,7 +339,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_table(console: Console, args: argparse.Namespace, rows: list[dict], memory: float | None) -> None:
+STREAM_TOKENS = 1_000
+
+
+def compare_per_delta(
+    args: argparse.Namespace, server_cores: list[int], load_cores: list[int], console: Console
+) -> dict[str, dict]:
+    """CPU per delta event where turns are long (their own cost spread thin) and nothing merges:
+    loopway against the Python floor, the same sessions, the same frames at the same pace."""
+    stream = argparse.Namespace(**vars(args))
+    stream.max_output_tokens = STREAM_TOKENS
+    stream.server_arg = [*args.server_arg, "--ws-flush-ms", "0"]
+    out = {}
+    for kind in ("loopway", "floor"):
+        with server(kind, stream, server_cores) as (pid, port):
+            out[kind] = run_level(kind, pid, port, args.delta_sessions, stream, load_cores)
+            console.print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out[kind].items()}))
+    return out
+
+
+def print_table(console: Console, args: argparse.Namespace, rows: list[dict], memory: dict | None) -> None:
     table = Table(
         title=f"Soak: {args.workers} worker(s), sim at 1,000 tokens/s, ~{args.max_output_tokens}-token turns, "
         f"{args.duration_s:g} s per level"
@@ -331,7 +379,11 @@ def print_table(console: Console, args: argparse.Namespace, rows: list[dict], me
     best = max((r["sessions"] for r in rows if r["server"] == "loopway" and r["passes"]), default=0)
     console.print(f"loopway sessions within every limit: {best}")
     if memory is not None:
-        console.print(f"memory per session holding a cached {args.memory_tokens:,}-token conversation: {memory:.2f} MB")
+        console.print(
+            f"memory per session holding a cached {args.memory_tokens:,}-token conversation: "
+            f"{memory['after_the_next_turn']:.2f} MB ({memory['after_the_frame']:.2f} MB while the frame that "
+            "brought it is the socket's last)"
+        )
 
 
 def plot(path: str, rows: list[dict]) -> None:

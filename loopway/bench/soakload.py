@@ -4,7 +4,9 @@ Run by the soak orchestrator as ``python -m loopway.bench.soakload``, pinned to 
 does not use, so the clients' own CPU never counts against the server and never slows it. Every
 session loops back-to-back turns (``store=false``, each continuing the last by
 ``previous_response_id``), starting at staggered moments in the warm-up. Only events that arrive in
-the measurement window count; the numbers leave as one JSON document on stdout.
+the measurement window count; the numbers are written as one JSON document to ``--out`` (a file: an
+event loop may leave stdout non-blocking, and a pipe then takes 64 KB of the document and drops the
+rest without a word).
 """
 
 from __future__ import annotations
@@ -137,9 +139,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--duration-s", type=float, default=20.0)
     parser.add_argument("--max-output-tokens", type=int, default=90)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="where to write the tally (JSON)")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    tally = uvloop.run(main(parse(sys.argv[1:])))
-    sys.stdout.buffer.write(msgspec.json.encode(tally))
+    args = parse(sys.argv[1:])
+    tally = uvloop.run(main(args))
+    with open(args.out, "wb") as out:
+        out.write(msgspec.json.encode(tally))

@@ -2,9 +2,10 @@
 
 Each connection has an ``Outbox``. Events put in it leave in as few writes as the load allows:
 
-- **Idle** (the event loop's thread used less than half a core lately): the outbox flushes at the
-  end of the current loop iteration, so a burst produced in one step (a turn's opening events, its
-  closing ones) is one write, and each token decoded on its own still leaves at once.
+- **Idle** (the event loop's thread used less than half a core lately): a delta with nothing
+  waiting before it is written at once; anything else flushes at the end of the current loop
+  iteration, so a burst produced in one step (a turn's opening events, its closing ones) is one
+  write.
 - **Busy**: the outbox waits for the process-wide flush tick (``--ws-flush-ms``); adjacent deltas of
   the same part that are ready within one tick merge into one event, and every waiting connection is
   written in one pass. A merged event takes the first's ``sequence_number``; later events of that
@@ -125,6 +126,9 @@ class Outbox:
         if not self.wire.open:
             return
         self._renumber(event)
+        if not self._pending and not self.clock.busy and isinstance(event, _MERGEABLE):
+            self.wire.write_texts([encode_event(event)])  # a token on its own: out now, no callback
+            return
         if self._pending and self.clock.busy and merge(self._pending[-1], event):
             self._merged[event.stream_id] = self._merged.get(event.stream_id, 0) + 1
         else:

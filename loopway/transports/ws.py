@@ -128,12 +128,8 @@ class Session:
         loop = asyncio.get_running_loop()
         watchdogs = [asyncio.create_task(self._age_limit()), asyncio.create_task(self._idle_limit())]
         try:
-            while True:
-                message = await self.websocket.receive()
+            while await self._receive_one():
                 self.last_activity = loop.time()
-                if message["type"] == "websocket.disconnect":
-                    return
-                await self._on_message(message)
         except WebSocketDisconnect:
             return
         except RevokedKey as revoked:
@@ -145,6 +141,15 @@ class Session:
             for watchdog in watchdogs:
                 watchdog.cancel()
             await self._shutdown()
+
+    async def _receive_one(self) -> bool:
+        """Handle the next frame; False once the client has gone. (A frame is not kept past its
+        handling: a loop variable would hold the last one, megabytes perhaps, while the socket idles.)"""
+        message = await self.websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return False
+        await self._on_message(message)
+        return True
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         times = StageTimes()
