@@ -1,10 +1,13 @@
 """``loopway serve``: one server process, or a supervisor and ``--workers N`` of them on one port.
 
-Each worker is a whole server (engine, store client, core, transports, its own event loop) that
-accepts from one listening socket the supervisor bound before forking, the way gunicorn and uvicorn
-run workers: the kernel hands each new connection to a worker waiting in ``accept``, so an idle
-worker takes the next connection before a busy one. A WebSocket session lives on the worker that
-accepted it, with its connection cache.
+Each worker is a whole server (engine, store client, core, transports, its own event loop) with
+its own listening socket on the same port (``SO_REUSEPORT``): the kernel spreads new connections
+evenly over the workers by a hash of each connection's addresses. (One socket shared by every worker,
+as gunicorn and uvicorn do it, measured badly for long-lived WebSockets: uvloop accepts every pending
+connection at once, so a burst of sessions landed on whichever worker woke first, which then starved
+while the others idled; on a 16-core machine, 600 sessions on 4 workers ran at 221% of 400%, and
+hundreds of clients timed out their pings.) A WebSocket session lives on the worker that accepted it,
+with its connection cache. Only processes of the same user can join a port's group.
 
 What the workers share, and what they do not:
 
@@ -127,13 +130,15 @@ def serve_workers(settings: Settings, count: int) -> int:
             f"--workers {count} needs a store the workers share: --store sqlite:PATH (the default) or "
             "--store redis://HOST:PORT/DB; with --store memory each worker would see only its own responses"
         )
+    if settings.port == 0:
+        raise Startup(f"--workers {count} needs a fixed --port: each worker listens on it")
     metrics_dir = tempfile.mkdtemp(prefix="loopway-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         _multiprocess_metrics()
         share = _prepare(settings, metrics_dir, count)
-        sock = _bind(settings)
-        return Supervisor(settings, count, sock, share).run()
+        _bind(settings).close()  # the port is free (or already ours): say so now, not from each worker
+        return Supervisor(settings, count, share).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
@@ -149,7 +154,7 @@ def _prepare(settings: Settings, metrics_dir: str, count: int) -> Any:
     """Checks the configuration once, and creates what the workers would race to create (key files,
     the store's schema) and what they share (the tallies, which must exist before the fork).
     Announces the server. Nothing it opens stays open: the workers fork from a process with no
-    threads and no sockets but the listening one."""
+    threads and no sockets."""
     import asyncio
 
     from loopway.app import ConfigError, WorkerShare, make_engine, make_store
@@ -175,27 +180,28 @@ def _prepare(settings: Settings, metrics_dir: str, count: int) -> Any:
 
 
 def _bind(settings: Settings) -> socket.socket:
+    """One worker's listening socket, in the port's ``SO_REUSEPORT`` group."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((settings.host, settings.port))
     except OSError as exc:
         sock.close()
         raise Startup(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
     sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 
-def _worker_main(settings: Settings, sock: socket.socket, share: Any, ready: Any) -> None:
+def _worker_main(settings: Settings, share: Any, ready: Any) -> None:
     from loopway import logs
 
     os.setpgrp()  # Ctrl-C reaches the supervisor alone, which passes one SIGTERM on (a second would cut the drain)
     logs.configure(settings.log_level, settings.log_format)
     threading.Thread(target=_follow_supervisor, args=(os.getppid(),), daemon=True, name="supervisor watch").start()
     try:
-        serve_one(settings, sock, share, ready, quiet=True)
+        serve_one(settings, _bind(settings), share, ready, quiet=True)
     except Startup as exc:
         print(f"loopway: worker {os.getpid()}: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -211,8 +217,8 @@ def _follow_supervisor(supervisor: int) -> None:
 class Supervisor:
     """Starts the workers, replaces one that dies, and passes signals on."""
 
-    def __init__(self, settings: Settings, count: int, sock: socket.socket, share: Any) -> None:
-        self.settings, self.count, self.sock, self.share = settings, count, sock, share
+    def __init__(self, settings: Settings, count: int, share: Any) -> None:
+        self.settings, self.count, self.share = settings, count, share
         self.context = multiprocessing.get_context("fork")
         self.workers: dict[int, tuple[multiprocessing.process.BaseProcess, Any]] = {}  # index -> (process, ready)
         self.stopping = False
@@ -236,7 +242,7 @@ class Supervisor:
     def _start(self, index: int) -> None:
         ready = self.context.Event()
         process = self.context.Process(
-            target=_worker_main, args=(self.settings, self.sock, self.share, ready), name=f"loopway-worker-{index}"
+            target=_worker_main, args=(self.settings, self.share, ready), name=f"loopway-worker-{index}"
         )
         process.start()
         self.workers[index] = (process, ready)
@@ -277,7 +283,6 @@ class Supervisor:
                 process.join()
             _mark_dead(process.pid)
         self.workers.clear()
-        self.sock.close()
 
 
 def _mark_dead(pid: int | None) -> None:
