@@ -230,7 +230,7 @@ def report(results: dict[str, dict[int, Measured]]) -> dict[str, Any]:
     summary["ratio_last_first"] = ratios
     Console().print(table)
     Console().print(
-        "CPU: every server thread, from /proc, over the same turns (the staged time leaves out the socket, HTTP and "
+        "CPU: every server thread's CPU clock, over the same turns (the staged time leaves out the socket, HTTP and "
         "WebSocket parsing, Starlette, the loop, event assembly, encoding and framing, metrics, logging and the GC)."
     )
     return summary
