@@ -196,3 +196,28 @@ def test_deep_nesting_on_a_socket_is_an_error_event_and_other_lanes_go_on(tmp_pa
         ws.close()
     finally:
         server.stop()
+
+
+def test_a_client_that_never_reads_holds_back_its_own_turns_not_the_servers_memory(tmp_path: Path):
+    """Eight sockets send request after request and never read an event: once each socket's send
+    buffer is full its turns wait (the outbox waits for the client), its queue fills, the server stops
+    reading it, and nothing else is slowed or held."""
+    server = started(tmp_path, "--sim-decode-tps", "1000000")
+    try:
+        sockets = [RawSocket(server) for _ in range(8)]
+        sent = [0] * len(sockets)
+        with Watch(server, rss_bound_mib=60):
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline:
+                for i, ws in enumerate(sockets):
+                    ws.sock.settimeout(0.05)
+                    try:
+                        ws.send_text(create(input=f"turn {sent[i]}: write a long answer", max_output_tokens=2048))
+                        sent[i] += 1
+                    except (TimeoutError, OSError):
+                        pass  # the server stopped reading this one: what it has not read, it does not hold
+        assert min(sent) > 64  # each socket got past its queue limit before the server stopped reading it
+        for ws in sockets:
+            ws.close()
+    finally:
+        server.stop()
