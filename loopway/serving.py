@@ -180,7 +180,9 @@ def _prepare(settings: Settings, metrics_dir: str, count: int) -> Any:
 
 
 def _bind(settings: Settings) -> socket.socket:
-    """One worker's listening socket, in the port's ``SO_REUSEPORT`` group."""
+    """One worker's socket in the port's ``SO_REUSEPORT`` group, bound but not yet listening: the
+    server listens once its application has started, so the kernel never hands a connection to a
+    worker that is still starting (or failing to)."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -190,7 +192,6 @@ def _bind(settings: Settings) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise Startup(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
-    sock.listen(2048)
     return sock
 
 

@@ -35,6 +35,19 @@ def workers_of(server: Server) -> list[int]:
     return sorted(children(server.process.pid))
 
 
+def serving_workers(server: Server, count: int = 2) -> list[int]:
+    """Wait until ``count`` workers serve (each writes its gauges to /metrics once started)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        metrics = httpx.get(f"{server.url.removesuffix('/v1')}/metrics", timeout=5).text
+        pids = {int(line.split('pid="')[1].split('"')[0]) for line in metrics.splitlines()
+                if line.startswith("loopway_open_connections{")}  # fmt: skip
+        if len(pids) >= count and pids <= set(workers_of(server)):
+            return sorted(pids)
+        time.sleep(0.1)
+    raise AssertionError(f"{count} workers did not start serving")
+
+
 def fresh_post(server: Server, body: dict, **headers: str) -> httpx.Response:
     """Each request on a new connection, so the kernel may hand it to either worker."""
     with httpx.Client(timeout=30) as http:
@@ -55,10 +68,7 @@ def test_memory_store_is_refused_with_more_than_one_worker(tmp_path: Path):
 def test_workers_share_one_port_the_store_and_metrics(tmp_path: Path):
     server = Server(tmp_path, "--workers", "2")
     try:
-        deadline = time.monotonic() + 10
-        while len(workers_of(server)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert len(workers_of(server)) == 2
+        assert len(serving_workers(server)) == 2
         previous = None
         for turn in range(12):  # a chain, each link on a fresh connection: whichever worker takes it finds the parent
             body = {"model": MODEL, "input": f"step {turn}: tell me more", "max_output_tokens": 16}
@@ -97,10 +107,7 @@ def test_a_rate_limit_holds_across_workers(tmp_path: Path):
 def test_a_worker_that_dies_is_replaced(tmp_path: Path):
     server = Server(tmp_path, "--workers", "2")
     try:
-        deadline = time.monotonic() + 10
-        while len(workers_of(server)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        victim = workers_of(server)[0]
+        victim = serving_workers(server)[0]
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
