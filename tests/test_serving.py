@@ -14,25 +14,13 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
+from loopway.bench.procs import process_tree
 from tests.conftest import MODEL, Server, free_port
 
 
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
-
-
 def workers_of(server: Server) -> list[int]:
-    """The supervisor's worker processes (multiprocessing may add no helpers with fork)."""
-    return sorted(children(server.process.pid))
+    """The supervisor's worker processes (with fork, multiprocessing adds no helpers)."""
+    return sorted(set(process_tree(server.process.pid)) - {server.process.pid})
 
 
 def serving_workers(server: Server, count: int = 2) -> list[int]:

@@ -39,66 +39,11 @@ from rich.console import Console
 from rich.table import Table
 from websockets.sync.client import connect
 
+from loopway.bench.procs import cpu_s, pin, rss_mb, split_cores
 from loopway.bench.server import free_port, wait_healthy
 from loopway.bench.soakload import Tally
 
 GAP_P99_MS, TURN_GAP_P99_MS, RATE_P1 = 50.0, 100.0, 900.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-# The server's processes, read from /proc ---------------------------------------------------------
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (a multi-worker server's workers)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                parents.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(parents.get(current, []))
-    return tree
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of the whole process tree (exited children included)."""
-    total = 0.0
-    for member in process_tree(pid):
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(f) for f in fields[11:15]) / CLOCK_TICKS  # utime stime cutime cstime
-    return total
-
-
-def rss_mb(pid: int) -> float:
-    total = 0.0
-    for member in process_tree(pid):
-        with contextlib.suppress(OSError, StopIteration):
-            status = Path(f"/proc/{member}/status").read_text().splitlines()
-            total += next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
-    return total
-
-
-# Cores ---------------------------------------------------------------------------------------------
-
-
-def split_cores(server_cores: int) -> tuple[list[int], list[int]]:
-    """The server's cores and the load generators' (shared with the server only if there are no others)."""
-    cores = sorted(os.sched_getaffinity(0))
-    server = cores[:server_cores]
-    load = cores[server_cores:] or cores
-    return server, load
-
-
-def pin(pid: int, cores: list[int]) -> None:
-    for member in process_tree(pid):
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(member, cores)
 
 
 # Servers ------------------------------------------------------------------------------------------
