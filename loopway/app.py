@@ -36,6 +36,7 @@ from loopway.store.redis import RedisStore
 from loopway.store.sqlite import SqliteStore, StoreOpenError
 from loopway.transports import http, ws
 from loopway.transports.edge import EdgeMiddleware, EdgePolicy
+from loopway.transports.outbox import FlushClock
 
 log = logging.getLogger("loopway")
 
@@ -117,6 +118,7 @@ def create_app(
     settings = settings or Settings()
     service = service or build_service(settings)
     keys = keys or KeyRing(settings.api_keys or None)
+    clock = FlushClock(settings.ws_flush_ms / 1000)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -132,6 +134,7 @@ def create_app(
             yield
         finally:
             stop_watching_gc()
+            clock.stop()
             if refresher is not None:
                 refresher.cancel()
             await service.aclose()
@@ -139,7 +142,7 @@ def create_app(
             await service.engine.aclose()
 
     app = Starlette(
-        routes=[*ws.routes(service, settings, keys), *http.routes(service, settings)],
+        routes=[*ws.routes(service, settings, keys, clock), *http.routes(service, settings)],
         exception_handlers=http.exception_handlers(),
         lifespan=lifespan,
         middleware=[Middleware(EdgeMiddleware, keys=keys, policy=edge_policy(settings), limiter=service.limiter)],

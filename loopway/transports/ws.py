@@ -353,8 +353,8 @@ class Session:
         self.state.close()
 
 
-def routes(service: ResponsesService, settings: Settings, keys: KeyRing) -> list[WebSocketRoute]:
-    clock = FlushClock(settings.ws_flush_ms / 1000)
+def routes(service: ResponsesService, settings: Settings, keys: KeyRing, clock: FlushClock) -> list[WebSocketRoute]:
+    """``clock``: the process's flush tick and load signal, shared by every connection."""
 
     async def refuse(websocket: WebSocket) -> None:
         err = ApiError(426, "WebSocket mode is turned off on this server; use HTTP.", code="websocket_disabled")

@@ -188,7 +188,8 @@ class RawSocket:
             payload = need(length)
         except (ConnectionError, OSError):
             return -1, b""
-        if first & 0x40:
+        self.compressed = bool(first & 0x40)  # RSV1: this message was deflated
+        if self.compressed:
             payload = zlib.decompressobj(-zlib.MAX_WBITS).decompress(payload + b"\x00\x00\xff\xff")
         return first & 0x0F, payload
 

@@ -98,3 +98,29 @@ def test_connections_that_never_finish_their_first_request_head_are_closed(tmp_p
         assert httpx.get(server.url.removesuffix("/v1") + "/health").status_code == 200  # others unaffected
     finally:
         server.stop()
+
+
+def test_the_idle_limit_counts_from_the_last_frame_and_never_cuts_a_running_turn(tmp_path: Path):
+    import json
+    import time
+
+    server = Server(tmp_path, "--ws-idle-timeout-s", "0.5", "--store", "memory", "--sim-decode-tps", "60")
+    try:
+        with connect(server.url.replace("http", "ws", 1) + "/responses") as ws:
+            for _ in range(3):  # a frame every 0.3 s keeps it open past the limit
+                time.sleep(0.3)
+                ws.send(json.dumps({"type": "response.create", "model": "loopway-sim", "store": False,
+                                    "generate": False, "input": "warm"}))  # fmt: skip
+                while json.loads(ws.recv(timeout=5))["type"] != "response.completed":
+                    pass
+            ws.send(json.dumps({"type": "response.create", "model": "loopway-sim", "store": False,
+                                "input": "tell me about it"}))  # fmt: skip
+            started, last = time.monotonic(), None
+            while last not in ("response.completed", "response.incomplete"):  # runs over a second, longer than the limit
+                last = json.loads(ws.recv(timeout=10))["type"]
+            assert time.monotonic() - started > 0.5
+            with pytest.raises(ConnectionClosed) as info:
+                ws.recv(timeout=5)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+    finally:
+        server.stop()

@@ -486,3 +486,29 @@ def test_malformed_upgrades_get_an_http_error_and_the_server_lives_on(server: Se
         status_line = sock.recv(200).split(b"\r\n", 1)[0]
     assert status_line.startswith(b"HTTP/1.1 4"), status_line
     assert httpx.get(f"{server.url}/models").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("flags", "negotiated", "small_compressed"),
+    [((), True, False), (("--ws-deflate-min-bytes", "0"), True, True), (("--ws-deflate", "off"), False, False)],
+)
+def test_deflate_only_where_it_pays(tmp_path_factory, flags: tuple[str, ...], negotiated: bool, small_compressed: bool):
+    """With permessage-deflate negotiated, deltas (small) go out as they are and response snapshots
+    (large) compressed; --ws-deflate-min-bytes 0 compresses all; --ws-deflate off offers none."""
+    from tests.hostile.conftest import RawSocket
+
+    server = Server(tmp_path_factory.mktemp("deflate"), "--store", "memory", *flags)
+    try:
+        ws = RawSocket(server)
+        assert (b"permessage-deflate" in ws.head.lower()) is negotiated
+        ws.send_text(json.dumps({"type": "response.create", "model": MODEL, "store": False, "input": "hello there"}))
+        seen: dict[str, bool] = {}
+        while "response.completed" not in seen:
+            opcode, payload = ws.recv()
+            assert opcode == 1
+            seen.setdefault(json.loads(payload)["type"], ws.compressed)
+        assert seen["response.output_text.delta"] is small_compressed
+        assert seen["response.created"] is negotiated  # about a kilobyte: worth compressing
+        ws.close()
+    finally:
+        server.stop()

@@ -50,3 +50,32 @@ def test_frames_framed_by_hand_parse_as_the_library_frames_them():
         except StopIteration as done:
             frame = done.value
         assert frame.opcode == OP_TEXT and frame.fin and frame.data == payload
+
+
+async def test_the_asgi_wire_sends_in_order_from_one_task_and_closes_when_the_client_is_gone():
+    import asyncio
+
+    from loopway.transports.wsprotocol import AsgiWire
+
+    sent: list[str] = []
+
+    async def send(message: dict) -> None:
+        await asyncio.sleep(0)
+        sent.append(message["text"])
+
+    wire = AsgiWire(send)
+    wire.write_texts([b"a", b"b"])
+    wire.write_texts([b"c"])
+    assert wire.paused
+    await wire.drained()
+    assert sent == ["a", "b", "c"] and not wire.paused and wire.open
+
+    async def gone(message: dict) -> None:
+        raise OSError("client went away")
+
+    broken = AsgiWire(gone)
+    broken.write_texts([b"x"])
+    await broken.drained()
+    assert not broken.open
+    broken.write_texts([b"y"])  # nothing more is queued for a closed wire
+    assert not broken.paused
