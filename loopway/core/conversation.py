@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from loopway.protocol.items import FunctionCall, Item
+from loopway.protocol.items import FunctionCall, Item, settle
 from loopway.protocol.tools import ToolSet
 from loopway.tokens.render import Renderer
 from loopway.tokens.sequence import AppendOnly, TokenSequence
@@ -35,7 +35,7 @@ def _rendered(renderer: Renderer, items: Sequence[Item], offset: int) -> tuple[l
     tokens: list[int] = []
     ends: list[int] = []
     for item in items:
-        tokens += renderer.item(item)
+        tokens += renderer.item(settle(item))  # it lives on with the conversation: no tracked lists
         ends.append(offset + len(tokens))
     return tokens, ends
 

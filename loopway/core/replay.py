@@ -40,7 +40,7 @@ def _item_events(index: int, item: object) -> list[Event]:
     if isinstance(item, Message):
         opened = msgspec.structs.replace(item, content=[], status="in_progress")
         events: list[Event] = [OutputItemAdded(output_index=index, item=opened)]
-        parts = item.content if isinstance(item.content, list) else [OutputText(text=item.content)]
+        parts = [OutputText(text=item.content)] if isinstance(item.content, str) else item.content
         for c, part in enumerate(parts):
             text = part.text if isinstance(part, OutputText) else ""
             events += [

@@ -5,14 +5,16 @@ tool-specific items loopway does not run), so :func:`parse_items` normalises fir
 converts each item with msgspec, turning its validation errors into ``ApiError``s that name the
 offending parameter path.
 
-Items are ``gc=False`` structs: they hold strings, numbers and lists of parts, never a reference
-back, so the cyclic collector need not track them. A connection cache holds thousands, and untracked
-objects neither trigger collections nor lengthen them. (``OtherItem`` wraps arbitrary JSON and stays
-tracked.)
+Items are ``gc=False`` structs: they hold strings, numbers and sequences of parts, never a
+reference back, so the cyclic collector need not track them. A connection cache holds thousands, and
+untracked objects neither trigger collections nor lengthen them. A list is always tracked, though, so
+an item entering a conversation is ``settle``d: its lists of parts become tuples, which the collector
+stops tracking the first time it sees them. (``OtherItem`` wraps arbitrary JSON and stays tracked.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -63,7 +65,7 @@ Role = Literal["user", "assistant", "system", "developer"]
 
 class Message(msgspec.Struct, gc=False, tag="message", tag_field="type", omit_defaults=True):
     role: Role
-    content: str | list[ContentPart]
+    content: str | Sequence[ContentPart]  # a list as decoded or built; a tuple once settled
     id: str | None = None
     status: str | None = None
     phase: str | None = None
@@ -80,15 +82,15 @@ class FunctionCall(msgspec.Struct, gc=False, tag="function_call", tag_field="typ
 
 class FunctionCallOutput(msgspec.Struct, gc=False, tag="function_call_output", tag_field="type", omit_defaults=True):
     call_id: str
-    output: str | list[ContentPart]
+    output: str | Sequence[ContentPart]
     id: str | None = None
     status: str | None = None
 
 
 class Reasoning(msgspec.Struct, gc=False, tag="reasoning", tag_field="type", omit_defaults=True):
-    summary: list[SummaryText]
+    summary: Sequence[SummaryText]
     id: str | None = None
-    content: list[ReasoningText] | None = None
+    content: Sequence[ReasoningText] | None = None
     encrypted_content: str | None = None
     status: str | None = None
 
@@ -209,7 +211,21 @@ def parse_input(raw: Any, param: str = "input") -> list[Item]:
     return [parse_item(item, f"{param}[{i}]") for i, item in enumerate(raw)]
 
 
-def text_of(content: str | list[ContentPart]) -> str:
+def settle(item: Item) -> Item:
+    """A finished item's lists of parts as tuples, in place (see the module docstring: the GC)."""
+    if isinstance(item, Message) and isinstance(item.content, list):
+        item.content = tuple(item.content)
+    elif isinstance(item, FunctionCallOutput) and isinstance(item.output, list):
+        item.output = tuple(item.output)
+    elif isinstance(item, Reasoning):
+        if isinstance(item.summary, list):
+            item.summary = tuple(item.summary)
+        if isinstance(item.content, list):
+            item.content = tuple(item.content)
+    return item
+
+
+def text_of(content: str | Sequence[ContentPart]) -> str:
     """The text a content field carries (text parts only), joined."""
     if isinstance(content, str):
         return content

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from loopway.core.connection import ConnectionState
@@ -127,7 +128,7 @@ async def test_complete_runs_to_the_end_and_the_response_is_retrievable():
     turn = await svc.prepare(request(websocket=False, store=True))
     response = await svc.complete(turn)
     assert response.status == "completed"
-    assert (await svc.retrieve(turn.id)).output == response.output
+    assert msgspec.json.encode((await svc.retrieve(turn.id)).output) == msgspec.json.encode(response.output)
 
 
 async def test_delete_then_retrieve_is_not_found_and_other_tenants_never_see_it():
