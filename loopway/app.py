@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import msgspec
 import uvicorn
@@ -26,6 +25,7 @@ from loopway.core.reasoning import ReasoningVault
 from loopway.core.recent import RecentConversations
 from loopway.core.sealing import Sealer
 from loopway.core.service import ResponsesService
+from loopway.core.tallies import SharedTallies
 from loopway.engines.base import Engine
 from loopway.engines.sim import SimEngine
 from loopway.engines.upstream.engines import ChatEngine, ResponsesEngine, UpstreamSettings, parse_model_map
@@ -86,8 +86,8 @@ class WorkerShare(msgspec.Struct):
     """What the workers of one ``--workers N`` server share: limits' tallies (shared memory, made
     before the fork) and the directory their metrics are written to."""
 
-    rates: Any
-    connections: Any
+    rates: SharedTallies
+    connections: SharedTallies
     metrics_dir: str
 
 

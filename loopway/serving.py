@@ -38,10 +38,15 @@ import tempfile
 import threading
 import time
 from multiprocessing.connection import wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loopway import __version__
 from loopway.settings import Settings
+
+if TYPE_CHECKING:
+    from multiprocessing.synchronize import Event
+
+    from loopway.app import DrainingServer, WorkerShare
 
 
 class Startup(Exception):
@@ -58,7 +63,11 @@ def serve(settings: Settings) -> int:
 
 
 def serve_one(
-    settings: Settings, sock: socket.socket | None = None, share: Any = None, ready: Any = None, quiet: bool = False
+    settings: Settings,
+    sock: socket.socket | None = None,
+    share: WorkerShare | None = None,
+    ready: Event | None = None,
+    quiet: bool = False,
 ) -> int:
     """``ready``: an event a worker sets once it serves."""
     server = build_server(settings, share)
@@ -67,12 +76,13 @@ def serve_one(
     if not quiet:
         service = server.service
         models = [m.id for m in service.engine.models()]
-        announce(settings, models, service.log.store.describe(), server.keys_open, workers=1)
+        keys_open = server.config.app.state.keys.open
+        announce(settings, models, service.log.store.describe(), keys_open, workers=1)
     server.run(sockets=[sock] if sock is not None else None)
     return 0
 
 
-def build_server(settings: Settings, share: Any = None) -> Any:
+def build_server(settings: Settings, share: WorkerShare | None = None) -> DrainingServer:
     """The uvicorn server for one process, with loopway's protocols; ``Startup`` if it cannot be built."""
     import uvicorn
 
@@ -101,9 +111,7 @@ def build_server(settings: Settings, share: Any = None) -> Any:
         http=guarded_protocol(ConnectionGuard(settings.max_connections, settings.head_timeout_s)),
         ws=websocket_protocol(settings.ws_deflate, settings.ws_deflate_min_bytes),
     )
-    server = DrainingServer(config, service, settings.drain_timeout_s)
-    server.keys_open = keys.open  # type: ignore[attr-defined]
-    return server
+    return DrainingServer(config, service, settings.drain_timeout_s)
 
 
 def announce(settings: Settings, models: list[str], store: str, keys_open: bool, workers: int) -> None:
@@ -150,7 +158,7 @@ def _multiprocess_metrics() -> None:
     values.ValueClass = values.get_value_class()
 
 
-def _prepare(settings: Settings, metrics_dir: str, count: int) -> Any:
+def _prepare(settings: Settings, metrics_dir: str, count: int) -> WorkerShare:
     """Checks the configuration once, and creates what the workers would race to create (key files,
     the store's schema) and what they share (the tallies, which must exist before the fork).
     Announces the server. Nothing it opens stays open: the workers fork from a process with no
@@ -195,7 +203,7 @@ def _bind(settings: Settings) -> socket.socket:
     return sock
 
 
-def _worker_main(settings: Settings, share: Any, ready: Any) -> None:
+def _worker_main(settings: Settings, share: WorkerShare, ready: Event) -> None:
     from loopway import logs
 
     os.setpgrp()  # Ctrl-C reaches the supervisor alone, which passes one SIGTERM on (a second would cut the drain)
@@ -218,10 +226,10 @@ def _follow_supervisor(supervisor: int) -> None:
 class Supervisor:
     """Starts the workers, replaces one that dies, and passes signals on."""
 
-    def __init__(self, settings: Settings, count: int, share: Any) -> None:
+    def __init__(self, settings: Settings, count: int, share: WorkerShare) -> None:
         self.settings, self.count, self.share = settings, count, share
         self.context = multiprocessing.get_context("fork")
-        self.workers: dict[int, tuple[multiprocessing.process.BaseProcess, Any]] = {}  # index -> (process, ready)
+        self.workers: dict[int, tuple[multiprocessing.process.BaseProcess, Event]] = {}  # index -> (process, ready)
         self.stopping = False
 
     def run(self) -> int:
