@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from openai import AsyncOpenAI, OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from loopway.bench.server import free_port  # noqa: F401 (tests import it from here)
 
@@ -116,6 +117,25 @@ RUN_TESTS = {
     },
     "strict": True,
 }
+
+
+def metric_samples(server: Server) -> dict[tuple[str, tuple], float]:
+    """Every sample on the server's /metrics, by (name, sorted labels)."""
+    text = httpx.get(server.url.removesuffix("/v1") + "/metrics", timeout=10).text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def metric_value(metrics: dict, name: str, **labels: str) -> float:
+    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def metric_series(metrics: dict, name: str) -> dict[tuple, float]:
+    """One metric's samples by their labels, e.g. ``{(("result", "hit"),): 6.0}``."""
+    return {labels: v for (sample, labels), v in metrics.items() if sample == name}
 
 
 def sse_events(text: str) -> list[dict]:

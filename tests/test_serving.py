@@ -15,7 +15,7 @@ import pytest
 from websockets.sync.client import connect
 
 from loopway.bench.procs import process_tree
-from tests.conftest import MODEL, Server, free_port
+from tests.conftest import MODEL, Server, free_port, metric_samples, metric_series
 
 
 def workers_of(server: Server) -> list[int]:
@@ -27,9 +27,8 @@ def serving_workers(server: Server, count: int = 2) -> list[int]:
     """Wait until ``count`` workers serve (each writes its gauges to /metrics once started)."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        metrics = httpx.get(f"{server.url.removesuffix('/v1')}/metrics", timeout=5).text
-        pids = {int(line.split('pid="')[1].split('"')[0]) for line in metrics.splitlines()
-                if line.startswith("loopway_open_connections{")}  # fmt: skip
+        gauges = metric_series(metric_samples(server), "loopway_open_connections")
+        pids = {int(dict(labels)["pid"]) for labels in gauges}
         if len(pids) >= count and pids <= set(workers_of(server)):
             return sorted(pids)
         time.sleep(0.1)
@@ -68,14 +67,13 @@ def test_workers_share_one_port_the_store_and_metrics(tmp_path: Path):
         sockets = [connect(server.url.replace("http", "ws", 1) + "/responses") for _ in range(20)]
         try:
             time.sleep(1.5)  # each worker writes its live gauges every second
-            metrics = httpx.get(f"{server.url.removesuffix('/v1')}/metrics", timeout=10).text
+            metrics = metric_samples(server)
         finally:
             for ws in sockets:
                 ws.close()
-        completed = [line for line in metrics.splitlines() if line.startswith("loopway_responses_total{")]
-        assert sum(float(line.split()[-1]) for line in completed) == 12  # summed over the workers
-        gauges = [line for line in metrics.splitlines() if line.startswith("loopway_open_connections{")]
-        per_worker = {line.split('pid="')[1].split('"')[0]: float(line.split()[-1]) for line in gauges}
+        assert sum(metric_series(metrics, "loopway_responses_total").values()) == 12  # summed over the workers
+        gauges = metric_series(metrics, "loopway_open_connections")
+        per_worker = {dict(labels)["pid"]: count for labels, count in gauges.items()}
         assert set(per_worker) == {str(p) for p in workers_of(server)}
         assert sum(per_worker.values()) == 20
         assert all(count > 0 for count in per_worker.values())  # spread by the kernel (SO_REUSEPORT)

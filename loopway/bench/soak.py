@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 import msgspec
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 from websockets.sync.client import connect
@@ -102,11 +103,12 @@ def gc_pauses(port: int) -> dict[str, float]:
     except httpx.HTTPError:
         return {}
     out = {"count": 0.0, "over_20ms": 0.0}
-    for line in text.splitlines():
-        if line.startswith("loopway_gc_pause_seconds_count"):
-            out["count"] += float(line.split()[-1])
-        elif line.startswith("loopway_gc_pause_seconds_bucket") and 'le="0.02"' in line:
-            out["over_20ms"] -= float(line.split()[-1])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "loopway_gc_pause_seconds_count":
+                out["count"] += sample.value
+            elif sample.name == "loopway_gc_pause_seconds_bucket" and float(sample.labels["le"]) == 0.02:
+                out["over_20ms"] -= sample.value
     out["over_20ms"] += out["count"]
     return out
 

@@ -11,7 +11,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import MODEL, READ_FILE, Server, sse_events
+from tests.conftest import MODEL, READ_FILE, Server, metric_samples, metric_series, sse_events
 from tests.openapi import validate, validate_event
 
 
@@ -619,15 +619,6 @@ def test_encrypted_reasoning_comes_back_on_the_next_turn_and_forgeries_are_refus
     assert_error(refused, 400, "invalid_encrypted_content", "input[1].encrypted_content")
 
 
-def metric(server: Server, name: str) -> dict[str, float]:
-    text = httpx.get(f"{server.url.removesuffix('/v1')}/metrics", timeout=10).text
-    return {
-        line.split("{")[1].split("}")[0]: float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith(name + "{")
-    }
-
-
 def test_http_continuations_from_recent_conversations_match_a_rebuild_from_the_store(tmp_path: Path):
     """Each turn of a tool loop continues on a server that has the parent rendered, and the same
     continuation goes to a second server on the same store that must rebuild it: same context."""
@@ -653,8 +644,9 @@ def test_http_continuations_from_recent_conversations_match_a_rebuild_from_the_s
             assert [o.model_dump(exclude={"id", "call_id"}) for o in response.output] == [
                 o.model_dump(exclude={"id", "call_id"}) for o in twin.output
             ]
-        assert metric(cached, "loopway_http_continuation_cache_total") == {'result="hit"': 6}
-        assert metric(rebuilt, "loopway_http_continuation_cache_total") == {'result="miss"': 6}
+        name = "loopway_http_continuation_cache_total"
+        assert metric_series(metric_samples(cached), name) == {(("result", "hit"),): 6}
+        assert metric_series(metric_samples(rebuilt), name) == {(("result", "miss"),): 6}
     finally:
         cached.stop()
         rebuilt.stop()

@@ -6,23 +6,9 @@ import json
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
-from tests.conftest import MODEL, Server
-
-
-def samples(server: Server) -> dict[tuple[str, tuple], float]:
-    text = httpx.get(server.url.removesuffix("/v1") + "/metrics").text
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
-
-
-def value(metrics: dict, name: str, **labels: str) -> float:
-    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+from tests.conftest import MODEL, Server, metric_samples, metric_value
 
 
 def test_metrics_count_responses_stages_cache_and_connections(tmp_path: Path):
@@ -49,19 +35,19 @@ def test_metrics_count_responses_stages_cache_and_connections(tmp_path: Path):
                 )
             )
             ws.recv(timeout=10)
-            during = samples(server)
-        after = samples(server)
+            during = metric_samples(server)
+        after = metric_samples(server)
     finally:
         server.stop()
-    assert value(during, "loopway_responses_total", status="completed", transport="http") == 1
-    assert value(during, "loopway_responses_total", status="completed", transport="ws") == 2
-    assert value(during, "loopway_connection_cache_total", result="hit") == 1
-    assert value(during, "loopway_connection_cache_total", result="miss") == 1
-    assert value(during, "loopway_open_connections") == 1 and value(during, "loopway_open_lanes") == 2
-    assert value(after, "loopway_open_connections") == 0 and value(after, "loopway_open_lanes") == 0
+    assert metric_value(during, "loopway_responses_total", status="completed", transport="http") == 1
+    assert metric_value(during, "loopway_responses_total", status="completed", transport="ws") == 2
+    assert metric_value(during, "loopway_connection_cache_total", result="hit") == 1
+    assert metric_value(during, "loopway_connection_cache_total", result="miss") == 1
+    assert metric_value(during, "loopway_open_connections") == 1 and metric_value(during, "loopway_open_lanes") == 2
+    assert metric_value(after, "loopway_open_connections") == 0 and metric_value(after, "loopway_open_lanes") == 0
     for stage in ("validate", "render", "ttft", "decode"):
-        assert value(during, "loopway_stage_seconds_count", stage=stage) == 3
-    assert value(during, "loopway_stage_seconds_count", stage="persist") == 1  # only the stored HTTP response
+        assert metric_value(during, "loopway_stage_seconds_count", stage=stage) == 3
+    assert metric_value(during, "loopway_stage_seconds_count", stage="persist") == 1  # only the stored HTTP response
 
 
 def test_json_logs_carry_response_ids_and_never_the_key(tmp_path: Path):
