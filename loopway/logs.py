@@ -10,11 +10,6 @@ import msgspec
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
-def _flatten(value: object) -> object:
-    """``extra`` values that are msgspec structs (a finished response's record) spread into the line."""
-    return msgspec.structs.asdict(value) if isinstance(value, msgspec.Struct) else value
-
-
 class JsonFormatter(logging.Formatter):
     """Each record as JSON: time, level, logger, message, and whatever ``extra`` fields it carries
     (a struct's fields inline), encoded by msgspec."""
@@ -28,12 +23,12 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD:
-                flat = _flatten(value)
-                if isinstance(flat, dict) and isinstance(value, msgspec.Struct):
-                    entry.update(flat)
-                else:
-                    entry[key] = flat
+            if key in _STANDARD:
+                continue
+            if isinstance(value, msgspec.Struct):  # a finished response's record: its fields inline
+                entry.update(msgspec.structs.asdict(value))
+            else:
+                entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return _ENCODER.encode(entry).decode()

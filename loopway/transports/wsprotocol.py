@@ -43,8 +43,11 @@ class SelectiveDeflate(PerMessageDeflate):
         )
         self.min_bytes = min_bytes
 
+    def compresses(self, size: int) -> bool:
+        return size >= self.min_bytes
+
     def encode(self, frame: Frame) -> Frame:
-        if frame.opcode == OP_TEXT and frame.fin and len(frame.data) < self.min_bytes:
+        if frame.opcode == OP_TEXT and frame.fin and not self.compresses(len(frame.data)):
             return frame  # a whole small message, sent as it is
         return super().encode(frame)
 
@@ -111,9 +114,10 @@ class LoopwayWebSocketProtocol(WebSocketsSansIOProtocol):
         if not self.open:
             return
         chunks: list[bytes] = []
+        deflate = self.conn.extensions[0] if self.conn.extensions else None  # permessage-deflate is the only one
         try:
             for payload in payloads:
-                if self.conn.extensions and len(payload) >= self.deflate_min_bytes:
+                if deflate is not None and (not isinstance(deflate, SelectiveDeflate) or deflate.compresses(len(payload))):
                     self.conn.send_text(payload)
                     chunks += self.conn.data_to_send()
                 else:
