@@ -12,8 +12,8 @@ event, and it is made here, once:
   fails later is reported to ``on_unsaved`` with the same 503, naming the response.
 
 ``store=false`` turns write nothing. Every finished turn is counted once, when its terminal event
-leaves. A stored turn persisted first (HTTP, background) is also remembered, rendered, in the
-process's recent conversations (``core.recent``) for an HTTP continuation of it.
+leaves. A stored turn persisted first (HTTP, background, ``--ws-durable-store``) is also remembered,
+rendered, in the process's recent conversations (``core.recent``) for an HTTP continuation of it.
 """
 
 from __future__ import annotations

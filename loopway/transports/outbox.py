@@ -75,9 +75,11 @@ class FlushClock:
 
     def _sample(self, loop: asyncio.AbstractEventLoop) -> None:
         now, cpu = time.monotonic(), time.thread_time()
-        wall = now - self._last[0]
-        share = self._load() if self._load else (cpu - self._last[1]) / wall if wall > 0 else 0.0
-        self._last = (now, cpu)
+        (then, cpu_then), self._last = self._last, (now, cpu)
+        if self._load is not None:
+            share = self._load()
+        else:
+            share = (cpu - cpu_then) / (now - then) if now > then else 0.0
         self.busy = share >= BUSY_ABOVE if not self.busy else share > CALM_BELOW
         self._sampler = loop.call_later(SAMPLE_S, self._sample, loop)
 
