@@ -52,6 +52,14 @@ def test_memory_store_is_refused_with_more_than_one_worker(tmp_path: Path):
     assert "--workers 2 needs a store the workers share" in done.stderr
 
 
+def test_workers_need_a_fixed_port(tmp_path: Path):
+    done = subprocess.run(
+        [sys.executable, "-m", "loopway", "serve", "--workers", "2", "--data-dir", str(tmp_path), "--port", "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and "--workers 2 needs a fixed --port" in done.stderr
+
+
 def test_workers_share_one_port_the_store_and_metrics(tmp_path: Path):
     server = Server(tmp_path, "--workers", "2")
     try:
