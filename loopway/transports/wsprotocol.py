@@ -22,7 +22,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.exceptions import InvalidState
 from websockets.extensions.base import Extension
 from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
-from websockets.frames import OP_TEXT, Frame
+from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
 WIRE = "loopway.wire"  # the ASGI scope extension that carries the connection's Wire
@@ -47,7 +47,7 @@ class SelectiveDeflate(PerMessageDeflate):
         return size >= self.min_bytes
 
     def encode(self, frame: Frame) -> Frame:
-        if frame.opcode == OP_TEXT and frame.fin and not self.compresses(len(frame.data)):
+        if frame.opcode == Opcode.TEXT and frame.fin and not self.compresses(len(frame.data)):
             return frame  # a whole small message, sent as it is
         return super().encode(frame)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from websockets.extensions.permessage_deflate import PerMessageDeflate
-from websockets.frames import OP_TEXT, Frame
+from websockets.frames import Frame, Opcode
 
 from loopway.transports.wsprotocol import SelectiveDeflate
 
@@ -16,8 +16,8 @@ def pair(min_bytes: int) -> tuple[SelectiveDeflate, PerMessageDeflate]:
 
 def test_small_messages_are_sent_as_they_are_and_large_ones_compressed():
     server, _ = pair(512)
-    small = server.encode(Frame(OP_TEXT, b'{"type":"response.output_text.delta","delta":"hi"}'))
-    large = server.encode(Frame(OP_TEXT, b'{"text":"' + b"abc " * 500 + b'"}'))
+    small = server.encode(Frame(Opcode.TEXT, b'{"type":"response.output_text.delta","delta":"hi"}'))
+    large = server.encode(Frame(Opcode.TEXT, b'{"text":"' + b"abc " * 500 + b'"}'))
     assert not small.rsv1 and small.data.startswith(b'{"type"')
     assert large.rsv1 and len(large.data) < 200
 
@@ -25,13 +25,13 @@ def test_small_messages_are_sent_as_they_are_and_large_ones_compressed():
 def test_a_client_decodes_a_mix_of_compressed_and_plain_messages_with_context_takeover():
     server, client = pair(64)
     messages = [b"x" * 10, b"hello world " * 20, b"y" * 5, b"hello world " * 20 + b"again", b"z"]
-    decoded = [client.decode(server.encode(Frame(OP_TEXT, m))).data for m in messages]
+    decoded = [client.decode(server.encode(Frame(Opcode.TEXT, m))).data for m in messages]
     assert decoded == messages
 
 
 def test_zero_threshold_compresses_everything():
     server, _ = pair(0)
-    assert server.encode(Frame(OP_TEXT, b"tiny")).rsv1
+    assert server.encode(Frame(Opcode.TEXT, b"tiny")).rsv1
 
 
 def test_frames_framed_by_hand_parse_as_the_library_frames_them():
@@ -49,7 +49,7 @@ def test_frames_framed_by_hand_parse_as_the_library_frames_them():
             next(parser)
         except StopIteration as done:
             frame = done.value
-        assert frame.opcode == OP_TEXT and frame.fin and frame.data == payload
+        assert frame.opcode == Opcode.TEXT and frame.fin and frame.data == payload
 
 
 async def test_the_asgi_wire_sends_in_order_from_one_task_and_closes_when_the_client_is_gone():
