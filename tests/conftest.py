@@ -24,13 +24,19 @@ class Server:
     """A ``loopway serve`` subprocess; ``url`` is its ``/v1`` base URL."""
 
     def __init__(
-        self, tmp: Path, *args: str, env: dict[str, str] | None = None, preexec: Callable[[], None] | None = None
+        self,
+        tmp: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        preexec: Callable[[], None] | None = None,
+        python: str = sys.executable,
     ) -> None:
+        """``python``: the interpreter that runs the server (another venv's, to test another install)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.log_path = tmp / f"server-{self.port}.log"
         command = [
-            sys.executable,
+            python,
             "-m",
             "loopway",
             "serve",
