@@ -15,6 +15,7 @@ import msgspec
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.routing import Route
 
 from loopway.core.auth import KeyRing
 from loopway.core.limits import ConnectionLimiter, RateLimiter
@@ -34,7 +35,7 @@ from loopway.store.base import Store
 from loopway.store.memory import MemoryStore
 from loopway.store.redis import RedisStore
 from loopway.store.sqlite import SqliteStore, StoreOpenError
-from loopway.transports import http, ws
+from loopway.transports import chat, http, ws
 from loopway.transports.edge import EdgeMiddleware, EdgePolicy
 from loopway.transports.outbox import FlushClock
 
@@ -142,7 +143,11 @@ def create_app(
             await service.engine.aclose()
 
     app = Starlette(
-        routes=[*ws.routes(service, settings, keys, clock), *http.routes(service, settings)],
+        routes=[
+            *ws.routes(service, settings, keys, clock),
+            *http.routes(service, settings),
+            *_engine_routes(service, settings),
+        ],
         exception_handlers=http.exception_handlers(),
         lifespan=lifespan,
         middleware=[Middleware(EdgeMiddleware, keys=keys, policy=edge_policy(settings), limiter=service.limiter)],
@@ -151,6 +156,11 @@ def create_app(
     app.state.settings = settings
     app.state.keys = keys
     return app
+
+
+def _engine_routes(service: ResponsesService, settings: Settings) -> list[Route]:
+    """The sim also answers Chat Completions, to stand in for an engine fleet (docs/upstream.md)."""
+    return chat.routes(service.engine, settings) if isinstance(service.engine, SimEngine) else []
 
 
 async def _refresh_metrics(service: ResponsesService) -> None:

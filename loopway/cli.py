@@ -161,6 +161,9 @@ SERVE_FLAGS = [
     ),
     _Flag("sim-max-output-tokens", int, "the most the sim says in one response when the request sets no limit"),
     _Flag("sim-trace", _optional, "a rollout file the sim engine replays (at turn k, these items)"),
+    _Flag("sim-kv-cache-tokens", int, "sim prefix-cache capacity in tokens, least recently used evicted (0: unbounded)"),
+    _Flag("sim-shared-prefill", _on_off, "concurrent sim requests queue for one prefill throughput (on|off)"),
+    _Flag("sim-decode-slowdown", float, "how much each other sequence in the batch slows a sim decode step (0: none)"),
 ]
 
 

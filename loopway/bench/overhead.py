@@ -184,7 +184,15 @@ def _user(i: int) -> dict[str, Any]:
 
 
 def measure(lengths: tuple[int, ...], reps: int, data_dir: str) -> dict[str, dict[int, Measured]]:
-    sim = SimSettings(context_window=1_000_000, base_latency_ms=0, prefill_tokens_per_s=1e12, decode_tokens_per_s=1e9)
+    sim = SimSettings(
+        context_window=1_000_000,
+        base_latency_ms=0,
+        prefill_tokens_per_s=1e12,
+        decode_tokens_per_s=1e9,
+        kv_cache_tokens=0,
+        shared_prefill=False,
+        decode_slowdown=0,
+    )
     settings = Settings(port=0, data_dir=data_dir, sim=sim, max_body_bytes=256 << 20, max_frame_bytes=256 << 20)
     results: dict[str, dict[int, Measured]] = {mode: {} for mode in MODES}
     cpu = ServerCpu()

@@ -74,6 +74,7 @@ def server(kind: str, args: argparse.Namespace, cores: list[int]) -> Iterator[tu
                 sys.executable, "-m", "loopway", "serve", "--port", str(port), "--data-dir", tmp,
                 "--store", args.store or ("memory" if args.workers == 1 else f"sqlite:{tmp}/soak.db"),
                 "--workers", str(args.workers), "--sim-decode-tps", "1000", "--sim-base-latency-ms", "20",
+                "--sim-kv-cache-tokens", "0", "--sim-shared-prefill", "off", "--sim-decode-slowdown", "0",
                 *args.server_arg,
             ]  # fmt: skip
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(f"{tmp}/server.log", "wb"))

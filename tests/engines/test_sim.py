@@ -352,7 +352,7 @@ def test_decoding_waits_instead_of_spinning_under_uvloop():
         await real_sleep(delay)
 
     async def decode() -> int:
-        pace = sim_engine._Pace(asyncio.get_running_loop(), 2_000.0, 10_000)
+        pace = sim_engine._Pace(asyncio.get_running_loop(), lambda: 2_000.0, 10_000)
         async for _ in pace.stream(sim_engine._Segment("word " * 200)):
             pass
         return pace.produced

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 
 from loopway.engines.base import Delta, EngineRequest, Finish, ModelInfo, ReasoningDelta, TextDelta, ToolCallDelta
-from loopway.engines.sim.cost import CostModel, PrefixCache
+from loopway.engines.sim.cost import Capacity, CostModel, PrefixCache
 from loopway.engines.sim.policy import DefaultPolicy, Plan, PlannedCall
 from loopway.engines.sim.schema_instance import Budget
 from loopway.engines.sim.thinking import PlannedReasoning, effort_of, reasoning_of
 from loopway.engines.sim.trace import TracePolicy, load_trace
 from loopway.tokens.render import encode_long, encoding
-from loopway.tokens.sequence import BLOCK_SIZE
 
 # libuv (uvloop) keeps its clock and timers in whole milliseconds: a shorter sleep fires at once with
 # the clock unchanged, so a pacer that sleeps "until the next token" spun ~300 times per token there.
@@ -32,6 +31,10 @@ class SimSettings(msgspec.Struct, kw_only=True):
     max_output_tokens: int = 16_384  # the model's maximum output: what one response may say at most
     reasoning_models: list[str] = msgspec.field(default_factory=list)  # reason by default (effort medium)
     trace: str | None = None
+    # One GPU's limits (docs/upstream.md says where each default comes from); 0 / off: unlimited.
+    kv_cache_tokens: int = 393_216  # prefix cache: Llama-3.1-8B's KV on an 80 GB GPU under vLLM
+    shared_prefill: bool = True  # concurrent requests queue for the one prefill throughput
+    decode_slowdown: float = 0.03  # each other sequence in the batch slows a decode step by this
 
 
 def token_pieces(ids: list[int]) -> list[str]:
@@ -48,7 +51,8 @@ class SimEngine:
     def __init__(self, settings: SimSettings | None = None) -> None:
         self.settings = settings = settings or SimSettings()
         self.cost = CostModel.of(settings)
-        self.cache = PrefixCache()
+        self.capacity = Capacity.of(settings)
+        self.cache = PrefixCache(settings.kv_cache_tokens)
         fallback = DefaultPolicy(settings.seed)
         self.policy = TracePolicy(load_trace(settings.trace), fallback) if settings.trace else fallback
 
@@ -73,18 +77,25 @@ class SimEngine:
         thought = reasoning_of(request, plan, effort, self.settings.seed) if effort else None
         hashes = request.tokens.block_hashes()
         cached = min(self.cache.cached_tokens(hashes), len(request.tokens))
-        self.cache.insert(hashes, start_block=cached // BLOCK_SIZE)
-        await asyncio.sleep(self.cost.time_to_first_token(len(request.tokens) - cached))
+        self.cache.insert(hashes)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        prefilled = self.capacity.prefill_done(len(request.tokens) - cached, now)
+        await asyncio.sleep(self.cost.base_latency_s + prefilled - now)
 
-        pace = _Pace(asyncio.get_running_loop(), self.cost.decode_tokens_per_s, limit)
+        pace = _Pace(loop, self.capacity.decode_rate, limit)
         reasoning_tokens = 0
-        for segment in _segments(thought, plan):
-            async for delta in pace.stream(segment):
-                yield delta
-            if segment.reasoning:
-                reasoning_tokens = pace.produced
-            if pace.truncated:
-                break
+        self.capacity.decoding += 1
+        try:
+            for segment in _segments(thought, plan):
+                async for delta in pace.stream(segment):
+                    yield delta
+                if segment.reasoning:
+                    reasoning_tokens = pace.produced
+                if pace.truncated:
+                    break
+        finally:
+            self.capacity.decoding -= 1
         truncated = pace.truncated or budget.exhausted
         reason = "length" if truncated else ("tool_calls" if any(isinstance(p, PlannedCall) for p in plan) else "stop")
         yield Finish(
@@ -125,14 +136,22 @@ class _Pace:
 
     It sleeps until the next token is due, never less than the timer resolution: a late wake-up
     (a loaded loop) releases every token due by then in one delta, which is how deltas coalesce at
-    the source under load while an idle server still sends each token as it is decoded.
+    the source under load while an idle server still sends each token as it is decoded. The rate
+    is read at every wake-up (it falls as the engine's batch grows) and progress is its integral.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, rate: float, limit: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, rate: Callable[[], float], limit: int) -> None:
         self.loop, self.rate, self.limit = loop, rate, limit
-        self.start = loop.time()
+        self.last = loop.time()
+        self.progress = 0.0  # tokens decoded by now, fractional
         self.produced = 0
         self.truncated = False
+
+    def _due(self) -> int:
+        now = self.loop.time()
+        self.progress += (now - self.last) * self.rate()
+        self.last = now
+        return int(self.progress) - self.produced
 
     async def stream(self, segment: _Segment) -> AsyncIterator[Delta]:
         ids = encode_long(segment.text)
@@ -141,9 +160,9 @@ class _Pace:
         pieces = token_pieces(ids)
         first, i = True, 0
         while i < len(pieces) or (first and segment.call is not None):
-            due = int((self.loop.time() - self.start) * self.rate) - self.produced
+            due = self._due()
             if due <= 0 and i < len(pieces):
-                wait = (self.produced + 1) / self.rate - (self.loop.time() - self.start)
+                wait = (self.produced + 1 - self.progress) / self.rate()
                 await asyncio.sleep(max(wait, TIMER_RESOLUTION_S))
                 continue
             step = max(0, min(due, len(pieces) - i))

@@ -1,0 +1,53 @@
+"""``POST /v1/chat/completions`` on the sim engine: JSON, or SSE ``data:`` chunks ending ``[DONE]``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response as HttpResponse
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+
+from loopway.core.chat import ChatCompletions
+from loopway.engines.base import Engine, EngineError
+from loopway.protocol.chat import parse_chat
+from loopway.protocol.request import decode_json
+from loopway.settings import Settings
+from loopway.transports.http import read_body
+from loopway.transports.sse import HEADERS
+
+log = logging.getLogger("loopway.chat")
+
+
+class ChatApi:
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.completions = ChatCompletions(engine)
+        self.settings = settings
+
+    async def create(self, request: Request) -> HttpResponse:
+        s = self.settings
+        body = await read_body(request, s.max_body_bytes, s.body_timeout_s, s.body_min_rate)
+        chat = parse_chat(decode_json(body, s.json_bounds()))
+        if not chat.stream:
+            return HttpResponse(msgspec.json.encode(await self.completions.complete(chat)), media_type="application/json")
+        chunks = await self.completions.chunks(chat)
+        return StreamingResponse(_sse(chunks), media_type="text/event-stream", headers=HEADERS)
+
+
+async def _sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield b"data: " + msgspec.json.encode(chunk) + b"\n\n"
+    except EngineError as exc:  # after the 200: the error goes in the stream, as vLLM sends it
+        error = {"error": {"message": str(exc), "type": "server_error", "code": exc.code}}
+        yield b"data: " + msgspec.json.encode(error) + b"\n\n"
+        return
+    yield b"data: [DONE]\n\n"
+
+
+def routes(engine: Engine, settings: Settings) -> list[Route]:
+    return [Route("/v1/chat/completions", ChatApi(engine, settings).create, methods=["POST"])]
