@@ -30,6 +30,7 @@ from loopway.core.tallies import SharedTallies
 from loopway.engines.base import Engine
 from loopway.engines.sim import SimEngine
 from loopway.engines.upstream.engines import ChatEngine, ResponsesEngine, UpstreamSettings, parse_model_map
+from loopway.engines.upstream.fleet import ROUTES, FleetObserver
 from loopway.settings import Settings
 from loopway.store.base import Store
 from loopway.store.memory import MemoryStore
@@ -46,26 +47,31 @@ class ConfigError(ValueError):
     pass
 
 
-def make_engine(settings: Settings) -> Engine:
+def make_engine(settings: Settings, observer: FleetObserver | None = None) -> Engine:
     if settings.engine == "sim":
         return SimEngine(settings.sim)
     if settings.engine in ("openai-chat", "openai-responses"):
+        if settings.route not in ROUTES:
+            raise ConfigError(f"unknown route {settings.route!r} (use {', '.join(ROUTES)})")
         if not settings.upstream or not settings.upstream_model:
             raise ConfigError(f"engine {settings.engine} needs --upstream URL and --upstream-model NAME")
         key = os.environ.get(settings.upstream_api_key_env) if settings.upstream_api_key_env else None
         if settings.upstream_api_key_env and key is None:
             raise ConfigError(f"--upstream-api-key-env names {settings.upstream_api_key_env}, which is not set")
         upstream = UpstreamSettings(
-            url=settings.upstream,
+            urls=list(dict.fromkeys(url.rstrip("/") for url in settings.upstream)),
             models=parse_model_map(settings.upstream_model),
             api_key=key,
             context_window=settings.upstream_context_window,
             timeout_s=settings.upstream_timeout_s,
             retries=settings.upstream_retries,
+            route=settings.route,
+            probe_s=settings.upstream_probe_s,
             chain=settings.upstream_chain,
             reasoning_field=settings.upstream_reasoning_field,
         )
-        return ChatEngine(upstream) if settings.engine == "openai-chat" else ResponsesEngine(upstream)
+        kind = ChatEngine if settings.engine == "openai-chat" else ResponsesEngine
+        return kind(upstream, observer)
     raise ConfigError(f"unknown engine {settings.engine!r} (available: sim, openai-chat, openai-responses)")
 
 
@@ -93,13 +99,14 @@ class WorkerShare(msgspec.Struct):
 
 
 def build_service(settings: Settings, share: WorkerShare | None = None) -> ResponsesService:
-    engine = make_engine(settings)
+    metrics = Metrics(share.metrics_dir if share else None)
+    engine = make_engine(settings, metrics)
     pipeline = TurnPipeline(engine, Sealer(settings.secret()), vault=ReasoningVault(settings.reasoning_keys()))
     return ResponsesService(
         engine,
         pipeline,
         ResponseLog(make_store(settings)),
-        metrics=Metrics(share.metrics_dir if share else None),
+        metrics=metrics,
         limiter=RateLimiter(settings.rate_limit_rpm, tallies=share.rates if share else None),
         connection_limit=ConnectionLimiter(
             settings.max_connections_per_tenant, tallies=share.connections if share else None
@@ -127,6 +134,7 @@ def create_app(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread: no signals
             loop.add_signal_handler(signal.SIGHUP, keys.reload)
         service.background.keep_claims()  # and end what a stopped process left running
+        service.engine.start()
         stop_watching_gc = service.metrics.watch_gc()
         refresher = asyncio.create_task(_refresh_metrics(service)) if service.metrics.multiprocess_dir else None
         gc.collect()

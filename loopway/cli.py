@@ -16,8 +16,10 @@ class _Flag:
     """One ``serve`` flag: its settings field (of ``Settings``, or of ``SimSettings`` for ``sim-*``),
     its parser, its help; the default is the field's own, and ``LOOPWAY_<NAME>`` overrides it."""
 
-    def __init__(self, name: str, kind: Callable[[str], Any], help: str, field: str | None = None) -> None:
-        self.name, self.kind, self.help = name, kind, help
+    def __init__(
+        self, name: str, kind: Callable[[str], Any], help: str, field: str | None = None, repeat: bool = False
+    ) -> None:
+        self.name, self.kind, self.help, self.repeat = name, kind, help, repeat
         self.sim = name.startswith("sim-")
         self.field = field or (name.removeprefix("sim-") if self.sim else name).replace("-", "_")
 
@@ -36,6 +38,16 @@ class _Flag:
 
     def add(self, parser: argparse.ArgumentParser) -> None:
         default = os.environ.get(self.env, self.default)
+        if self.repeat:  # each use extends the list; none: the environment's (``settings_from``)
+            parser.add_argument(
+                f"--{self.name}",
+                type=self.kind,
+                action="extend",
+                default=None,
+                dest=self.name.replace("-", "_"),
+                help=f"{self.help} [env {self.env}, comma-separated]",
+            )
+            return
         parser.add_argument(
             f"--{self.name}",
             type=self.kind,
@@ -134,7 +146,15 @@ SERVE_FLAGS = [
         "reasoning_keys_file",
     ),
     # Upstream engines.
-    _Flag("upstream", str, "the upstream server's /v1 URL (openai-chat, openai-responses)"),
+    _Flag(
+        "upstream",
+        _csv,
+        "an upstream server's /v1 URL (openai-chat, openai-responses); repeat it, or give a comma list, "
+        "for replicas of one model",
+        repeat=True,
+    ),
+    _Flag("route", str, "which upstream replica takes a turn: affinity, round-robin or least-loaded"),
+    _Flag("upstream-probe-s", float, "health probe of each upstream replica every this many seconds (0: off)"),
     _Flag("upstream-model", str, "served models: NAME or PUBLIC=UPSTREAM, comma-separated"),
     _Flag("upstream-api-key-env", str, "environment variable holding the upstream key"),
     _Flag("upstream-context-window", int, "the upstream model's context window"),
@@ -170,6 +190,9 @@ SERVE_FLAGS = [
 def settings_from(args: argparse.Namespace) -> Settings:
     # argparse applies each flag's type to string defaults too, so every value here is already typed.
     values = {flag: getattr(args, flag.name.replace("-", "_")) for flag in SERVE_FLAGS}
+    for flag in SERVE_FLAGS:
+        if flag.repeat and values[flag] is None:
+            values[flag] = flag.kind(os.environ.get(flag.env, flag.default))
     sim = SimSettings(**{flag.field: value for flag, value in values.items() if flag.sim})
     return Settings(**{flag.field: value for flag, value in values.items() if not flag.sim}, sim=sim)
 

@@ -63,7 +63,9 @@ class Settings(msgspec.Struct, kw_only=True):
     log_level: str = "info"
     log_format: str = "text"  # or "json"
     reasoning_keys_file: str = ""  # reasoning encryption keys, newest first; empty: the data dir's
-    upstream: str = ""  # the upstream server's /v1 URL (engines openai-chat and openai-responses)
+    upstream: list[str] = msgspec.field(default_factory=list)  # /v1 URLs of the upstream's replicas
+    route: str = "affinity"  # which replica takes a turn: affinity, round-robin, least-loaded
+    upstream_probe_s: float = 5.0  # health probe of each replica every this often; 0: off
     upstream_model: str = ""  # "name" or "public=upstream", comma-separated
     upstream_api_key_env: str = ""  # the environment variable holding the upstream's key
     upstream_context_window: int = 128_000

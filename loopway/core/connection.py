@@ -20,6 +20,7 @@ every rule of WebSocket mode is unit-tested without a socket.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -100,6 +101,7 @@ class ConnectionState:
         max_pending_bytes: int = 64 << 20,
     ) -> None:
         self.cache = ConnectionCache()
+        self.session_id = secrets.token_hex(12)  # for the engine: this connection's turns stay on one replica
         self.lanes: LaneScheduler[Job] = LaneScheduler(max_in_flight, max_named_lanes)
         self.max_pending_steers = max_pending_steers
         self.max_queued = max_queued

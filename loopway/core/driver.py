@@ -74,7 +74,7 @@ class TurnDriver:
             with turn.times.measure("persist"):
                 await self.log.put(self.pipeline.record(turn))
             if self.recent is not None and turn.after is not None and turn.response.status != "failed":
-                self.recent.remember(turn.tenant, turn.response, turn.after)
+                self.recent.remember(turn.tenant, turn.response, turn.after, turn.served_by)
 
     def _persist_behind(self, turn: Turn, on_unsaved: Callable[[ApiError], None] | None) -> None:
         if turn.request.store:

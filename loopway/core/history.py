@@ -30,6 +30,7 @@ class Parent(msgspec.Struct, kw_only=True):
     response: Response
     items: list[Item] | None = None  # previous input context + previous output, in order
     conversation: Conversation | None = None
+    replica: str | None = None  # the engine replica that served it, where its prefix is cached
 
     def context(self) -> Sequence[Item]:
         if self.conversation is not None:
@@ -39,6 +40,8 @@ class Parent(msgspec.Struct, kw_only=True):
 
 class ParentCache(Protocol):
     """Where a continuation looks before the store: a WebSocket connection's cache."""
+
+    session_id: str  # the connection's id: an engine with several replicas keeps its turns on one
 
     def parent(self, response_id: str) -> Parent | None: ...
 
@@ -78,7 +81,7 @@ async def load_parent(log: ResponseLog, response_id: str, tenant: str) -> Parent
             param="previous_response_id",
             code="previous_response_in_progress",
         )
-    return Parent(response=response, items=_context(records, include_last_output=True))
+    return Parent(response=response, items=_context(records, include_last_output=True), replica=records[-1].replica)
 
 
 async def stored_items(log: ResponseLog, item_ids: list[str], tenant: str) -> dict[str, Item]:

@@ -93,8 +93,75 @@ class Metrics:
             buckets=_GC_BUCKETS,
             registry=self.registry,
         )
+        self._upstream_metrics()
         self._stage_children = {stage: self.stage.labels(stage) for stage in STAGES}
         self._response_children: dict[tuple[str, str], Any] = {}
+
+    def _upstream_metrics(self) -> None:
+        """Per upstream replica (``engines.upstream.fleet`` reports through the methods below)."""
+        self.upstream_requests = Counter(
+            "loopway_upstream_requests",
+            "Requests to upstream replicas by outcome: ok, refused (4xx), failed (before the first "
+            "byte), broken (after it), probe_failed.",
+            ["replica", "outcome"],
+            registry=self.registry,
+        )
+        self.upstream_latency = Histogram(
+            "loopway_upstream_first_byte_seconds",
+            "From sending a request to a replica to its first event.",
+            ["replica"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_input = Counter(
+            "loopway_upstream_input_tokens", "Prompt tokens replicas reported.", ["replica"], registry=self.registry
+        )
+        self.upstream_cached = Counter(
+            "loopway_upstream_cached_tokens",
+            "Prompt tokens replicas reported served from their prefix cache.",
+            ["replica"],
+            registry=self.registry,
+        )
+        self.upstream_routing = Counter(
+            "loopway_upstream_routing",
+            "Routing decisions: kept (the conversation's replica), moved (it was down), new (a "
+            "connection's first pick), hashed or spilled (stateless), round-robin, least-loaded.",
+            ["decision"],
+            registry=self.registry,
+        )
+        self.upstream_in_flight_gauge = Gauge(
+            "loopway_upstream_in_flight",
+            "Requests open on each replica.",
+            ["replica"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.upstream_healthy_gauge = Gauge(
+            "loopway_upstream_healthy",
+            "1 while a replica takes requests, 0 while it is down.",
+            ["replica"],
+            registry=self.registry,
+            multiprocess_mode="livemin",
+        )
+
+    def upstream_request(self, replica: str, outcome: str) -> None:
+        self.upstream_requests.labels(replica, outcome).inc()
+
+    def upstream_first_byte(self, replica: str, seconds: float) -> None:
+        self.upstream_latency.labels(replica).observe(seconds)
+
+    def upstream_tokens(self, replica: str, input_tokens: int, cached_tokens: int) -> None:
+        self.upstream_input.labels(replica).inc(input_tokens)
+        self.upstream_cached.labels(replica).inc(cached_tokens)
+
+    def upstream_routed(self, decision: str) -> None:
+        self.upstream_routing.labels(decision).inc()
+
+    def upstream_in_flight(self, replica: str, change: int) -> None:
+        self.upstream_in_flight_gauge.labels(replica).inc(change)
+
+    def upstream_healthy(self, replica: str, healthy: bool) -> None:
+        self.upstream_healthy_gauge.labels(replica).set(1 if healthy else 0)
 
     def watch_gc(self) -> Callable[[], None]:
         """Time every collection (a callback per GC run; a pause is the tail's usual suspect).

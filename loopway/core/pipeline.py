@@ -69,6 +69,9 @@ class Turn:
         self.open_failure: tuple[str, str] | None = None  # the engine failed before it accepted
         self.opened_at = 0.0
         self.events: list[Event] | None = None  # kept for replay (background responses)
+        self.replica: str | None = None  # where the parent was served (its prefix is cached there)
+        self.session: str | None = None  # the WebSocket connection it runs on
+        self.served_by: str | None = None  # the engine replica that served this turn
 
     @property
     def id(self) -> str:
@@ -333,6 +336,7 @@ class TurnPipeline:
                 events = a.feed(delta)
                 if isinstance(delta, Finish):
                     times.decode = (time.perf_counter() - (first or started)) * 1000
+                    turn.served_by = delta.replica
                     events = self._terminal(turn, events)
                 for event in events:
                     yield event
@@ -373,6 +377,9 @@ class TurnPipeline:
             top_p=request.top_p,
             reasoning_effort=request.reasoning.get("effort"),
             reasoning_summary=request.reasoning.get("summary"),
+            replica=turn.replica,
+            session=turn.session,
+            route_prefix=_route_prefix(turn.conversation),
         )
 
     def _terminal(self, turn: Turn, events: list[Event]) -> list[Event]:
@@ -393,7 +400,16 @@ class TurnPipeline:
             events=b"[" + b",".join(encode_event(e) for e in turn.events) + b"]" if turn.events is not None else None,
             tenant=turn.tenant,
             item_ids=[item_id(i) for i in [*turn.new_items, *turn.response.output] if _indexed(i)],
+            replica=turn.served_by,
         )
+
+
+def _route_prefix(conversation: Conversation) -> int:
+    """The tokens that identify a conversation wherever it is continued: instructions, tools and
+    its first item (a coding agent's task), before any later turn."""
+    if not len(conversation.items):
+        return len(conversation.tokens)
+    return conversation.header_length + conversation.item_tokens(0)
 
 
 def is_terminal(event: Event) -> bool:

@@ -39,6 +39,7 @@ class _Entry(msgspec.Struct, gc=False):
     response: Response
     conversation: Conversation
     size: int
+    replica: str | None
 
 
 class RecentConversations:
@@ -50,7 +51,7 @@ class RecentConversations:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def remember(self, tenant: str, response: Response, conversation: Conversation) -> None:
+    def remember(self, tenant: str, response: Response, conversation: Conversation, replica: str | None = None) -> None:
         size = len(conversation.tokens) * BYTES_PER_TOKEN
         if size > self.max_bytes:
             return
@@ -58,7 +59,7 @@ class RecentConversations:
         old = self._entries.pop(key, None)
         if old is not None:
             self.size -= old.size
-        self._entries[key] = _Entry(response, conversation, size)
+        self._entries[key] = _Entry(response, conversation, size, replica)
         self.size += size
         while self.size > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
@@ -69,7 +70,7 @@ class RecentConversations:
         if entry is None:
             return None
         self._entries.move_to_end((tenant, response_id))
-        return Parent(response=entry.response, conversation=entry.conversation)
+        return Parent(response=entry.response, conversation=entry.conversation, replica=entry.replica)
 
     def forget_tenant(self, tenant: str) -> None:
         for key in [key for key in self._entries if key[0] == tenant]:

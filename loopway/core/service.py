@@ -104,6 +104,8 @@ class ResponsesService:
         parent = await self.resolve(request, times, tenant, cache)
         stored = await self._referenced(request, parent, tenant)
         turn = self.pipeline.prepare(request, parent, times, tenant, renderer, stored)
+        turn.replica = parent.replica if parent is not None else None
+        turn.session = cache.session_id if cache is not None else None
         await self.pipeline.start(turn)
         return turn
 

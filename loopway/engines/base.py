@@ -42,6 +42,10 @@ class EngineRequest(msgspec.Struct, kw_only=True):
     top_p: float
     reasoning_effort: str | None = None  # "minimal" … "xhigh"; None: the model's default
     reasoning_summary: str | None = None  # "auto", "concise", "detailed"; None: no summary
+    # Where the conversation's prefix is likely cached, for engines with several replicas:
+    replica: str | None = None  # the replica that served the previous response
+    session: str | None = None  # a WebSocket connection's id: its turns stay on one replica
+    route_prefix: int = 0  # tokens of ``tokens`` that identify the conversation (header + first item)
 
 
 class TextDelta(msgspec.Struct):
@@ -72,6 +76,7 @@ class Finish(msgspec.Struct, kw_only=True):
     cached_tokens: int
     output_tokens: int
     reasoning_tokens: int = 0
+    replica: str | None = None  # which of several upstream replicas served it
 
 
 Delta = TextDelta | ReasoningDelta | ToolCallDelta | Finish
@@ -96,6 +101,10 @@ class Engine(Protocol):
     def models(self) -> list[ModelInfo]: ...
 
     async def open(self, request: EngineRequest) -> AsyncIterator[Delta]: ...
+
+    def start(self) -> None:
+        """Called once the event loop runs (background work such as health probes starts here)."""
+        ...
 
     async def aclose(self) -> None: ...
 

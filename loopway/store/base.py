@@ -25,6 +25,7 @@ class StoredResponse(msgspec.Struct, kw_only=True):
     events: bytes | None = None  # JSON array of its events (background responses, for replay)
     tenant: str = ""  # whose response this is: other tenants never see it
     item_ids: list[str] = msgspec.field(default_factory=list)  # its input and output items, for item_reference
+    replica: str | None = None  # the engine replica that served it: its continuation goes there too
 
 
 class StoreUnavailable(Exception):

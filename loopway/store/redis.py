@@ -71,6 +71,7 @@ class RedisStore:
             "tenant": record.tenant,
             "has_events": int(record.events is not None),
             "item_ids": msgspec.json.encode(record.item_ids),
+            "replica": record.replica or "",
         }
         with _reachable():
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -93,6 +94,7 @@ class RedisStore:
             input_items=raw[b"input_items"],
             events=raw[b"events"] if raw.get(b"has_events") == b"1" else None,
             tenant=raw[b"tenant"].decode(),
+            replica=raw.get(b"replica", b"").decode() or None,
         )
 
     async def delete(self, response_id: str) -> bool:

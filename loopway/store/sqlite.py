@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS responses (
     response BLOB NOT NULL,
     input_items BLOB NOT NULL,
     events BLOB,
-    tenant TEXT NOT NULL DEFAULT ''
+    tenant TEXT NOT NULL DEFAULT '',
+    replica TEXT
 );
 CREATE TABLE IF NOT EXISTS items (
     tenant TEXT NOT NULL,
@@ -67,6 +68,9 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(responses)")}
+            if "replica" not in columns:  # a database from before engine fleets
+                db.execute("ALTER TABLE responses ADD COLUMN replica TEXT")
             db.execute("SELECT count(*) FROM responses").fetchone()
         except sqlite3.Error:
             db.close()
@@ -85,8 +89,8 @@ class SqliteStore:
             self._db.execute("BEGIN")
             self._db.execute(
                 "INSERT OR REPLACE INTO responses (id, created_at, previous_response_id, response, input_items, events,"
-                " tenant) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (r.id, r.created_at, r.previous_response_id, r.response, r.input_items, r.events, r.tenant),
+                " tenant, replica) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (r.id, r.created_at, r.previous_response_id, r.response, r.input_items, r.events, r.tenant, r.replica),
             )
             self._db.executemany(
                 "INSERT OR REPLACE INTO items (tenant, id, response_id) VALUES (?, ?, ?)",
@@ -96,7 +100,8 @@ class SqliteStore:
     def _get(self, response_id: str) -> StoredResponse | None:
         assert self._db is not None
         row = self._db.execute(
-            "SELECT id, created_at, previous_response_id, response, input_items, events, tenant FROM responses WHERE id = ?",
+            "SELECT id, created_at, previous_response_id, response, input_items, events, tenant, replica"
+            " FROM responses WHERE id = ?",
             (response_id,),
         ).fetchone()
         if row is None:
@@ -109,6 +114,7 @@ class SqliteStore:
             input_items=bytes(row[4]),
             events=bytes(row[5]) if row[5] is not None else None,
             tenant=row[6],
+            replica=row[7],
         )
 
     def _delete(self, response_id: str) -> bool:

@@ -62,6 +62,9 @@ class SimEngine:
             for name in self.settings.models
         ]
 
+    def start(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         return None
 

@@ -2,7 +2,8 @@
 
 loopway keeps the conversation (items, connection cache, store); the upstream sees each turn's
 full context, rendered its own way. Public model names map to upstream names
-(``--upstream-model public=upstream``).
+(``--upstream-model public=upstream``). Several upstream URLs are replicas of one model: the
+``fleet`` routes each turn, fails over, and the ``Finish`` says which replica served it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import msgspec
 
 from loopway.engines.base import (
@@ -25,6 +25,7 @@ from loopway.engines.base import (
     ToolCallDelta,
 )
 from loopway.engines.upstream.chat import ChunkDecoder, ToolNames, body_of
+from loopway.engines.upstream.fleet import Fleet, FleetObserver, Replica, Stream
 from loopway.engines.upstream.http import Upstream
 from loopway.protocol.errors import ApiError
 from loopway.protocol.items import to_builtins
@@ -32,12 +33,14 @@ from loopway.tokens.render import encode_long
 
 
 class UpstreamSettings(msgspec.Struct, kw_only=True):
-    url: str
+    urls: list[str]  # replicas of the same models
     models: dict[str, str]  # public name -> upstream name
     api_key: str | None = None
     context_window: int = 128_000
     timeout_s: float = 600.0
-    retries: int = 2
+    retries: int = 2  # attempts after the first, on other replicas while there are some
+    route: str = "affinity"  # affinity, round-robin or least-loaded (``fleet``)
+    probe_s: float = 5.0  # health probe period; 0: passive health only
     chain: bool = False  # openai-responses: continue upstream responses by id instead of resending
     reasoning_field: str = "auto"  # openai-chat: reasoning_content, reasoning, none, or auto (as streamed)
 
@@ -52,9 +55,19 @@ def parse_model_map(spec: str) -> dict[str, str]:
 
 
 class _UpstreamEngine:
-    def __init__(self, settings: UpstreamSettings) -> None:
+    def __init__(self, settings: UpstreamSettings, observer: FleetObserver | None = None) -> None:
         self.settings = settings
-        self.upstream = Upstream(settings.url, settings.api_key, timeout_s=settings.timeout_s, retries=settings.retries)
+        self.fleet = Fleet(
+            settings.urls,
+            lambda url: Upstream(url, settings.api_key, timeout_s=settings.timeout_s),
+            route=settings.route,
+            attempts=max(settings.retries + 1, len(settings.urls)),
+            probe_s=settings.probe_s,
+            observer=observer,
+        )
+
+    def start(self) -> None:
+        self.fleet.start()
 
     def models(self) -> list[ModelInfo]:
         return [
@@ -63,14 +76,14 @@ class _UpstreamEngine:
         ]
 
     async def aclose(self) -> None:
-        await self.upstream.aclose()
+        await self.fleet.aclose()
 
 
 class ChatEngine(_UpstreamEngine):
     """Translates each turn to Chat Completions and its stream back to Responses deltas."""
 
-    def __init__(self, settings: UpstreamSettings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: UpstreamSettings, observer: FleetObserver | None = None) -> None:
+        super().__init__(settings, observer)
         # Where earlier reasoning goes on an assistant message: configured, or the field the upstream
         # itself streamed reasoning in (learned from its first reasoning answer).
         self.reasoning_field = None if settings.reasoning_field == "none" else settings.reasoning_field
@@ -80,13 +93,13 @@ class ChatEngine(_UpstreamEngine):
 
     async def open(self, request: EngineRequest) -> AsyncIterator[Delta]:
         body = body_of(request, self.settings.models[request.model], self._outgoing_reasoning_field())
-        return self._deltas(await self.upstream.open("/chat/completions", body), request)
+        return self._deltas(await self.fleet.open("/chat/completions", body, request), request)
 
-    async def _deltas(self, response: httpx.Response, request: EngineRequest) -> AsyncIterator[Delta]:
+    async def _deltas(self, stream: Stream, request: EngineRequest) -> AsyncIterator[Delta]:
         decoder = ChunkDecoder(ToolNames(request.tools.functions))
         text: list[str] = []
         thought: list[str] = []
-        async for chunk in self.upstream.events(response):
+        async for chunk in stream.events():
             for delta in decoder.feed(chunk):
                 if isinstance(delta, ReasoningDelta):
                     thought.append(delta.text)
@@ -97,10 +110,14 @@ class ChatEngine(_UpstreamEngine):
             raise EngineError("The upstream stream ended without a finish reason.")
         if self.reasoning_field == "auto" and decoder.reasoning_field is not None:
             self.reasoning_field = decoder.reasoning_field
-        yield decoder.finish(
-            len(request.tokens),
-            lambda: len(encode_long("".join(thought) + "".join(text))),
-            lambda: len(encode_long("".join(thought))),
+        yield _served(
+            self.fleet,
+            stream.replica,
+            decoder.finish(
+                len(request.tokens),
+                lambda: len(encode_long("".join(thought) + "".join(text))),
+                lambda: len(encode_long("".join(thought))),
+            ),
         )
 
 
@@ -114,32 +131,37 @@ class ResponsesEngine(_UpstreamEngine):
 
     MAX_REMEMBERED = 100_000
 
-    def __init__(self, settings: UpstreamSettings) -> None:
-        super().__init__(settings)
-        self._upstream_ids: OrderedDict[str, str] = OrderedDict()
+    def __init__(self, settings: UpstreamSettings, observer: FleetObserver | None = None) -> None:
+        super().__init__(settings, observer)
+        self._upstream_ids: OrderedDict[str, tuple[str, str]] = OrderedDict()  # ours -> (replica, upstream id)
 
     async def open(self, request: EngineRequest) -> AsyncIterator[Delta]:
         model = self.settings.models[request.model]
+        full = responses_body(request, model, store=self.settings.chain)
         parent = self._upstream_ids.get(request.previous_response_id or "")
-        if self.settings.chain and parent is not None and request.known_items:
-            try:
-                body = responses_body(request, model, since=request.known_items, previous=parent)
-                return self._deltas(await self.upstream.open("/responses", body), request)
-            except ApiError as exc:
-                if exc.code != "previous_response_not_found":
-                    raise  # otherwise the upstream forgot the parent: send everything below
-        body = responses_body(request, model, store=self.settings.chain)
-        return self._deltas(await self.upstream.open("/responses", body), request)
+        if not (self.settings.chain and parent is not None and request.known_items):
+            return self._deltas(await self.fleet.open("/responses", full, request), request)
+        chained = responses_body(request, model, since=request.known_items, previous=parent[1])
 
-    def _remember(self, response_id: str, upstream_id: str) -> None:
+        def body(replica: Replica) -> dict[str, Any]:  # the parent's id means something only where it is
+            return chained if replica.name == parent[0] else full
+
+        try:
+            return self._deltas(await self.fleet.open("/responses", body, request), request)
+        except ApiError as exc:
+            if exc.code != "previous_response_not_found":
+                raise
+        return self._deltas(await self.fleet.open("/responses", full, request), request)  # the upstream forgot it
+
+    def _remember(self, response_id: str, replica: str, upstream_id: str) -> None:
         if self.settings.chain and response_id:
-            self._upstream_ids[response_id] = upstream_id
+            self._upstream_ids[response_id] = (replica, upstream_id)
             if len(self._upstream_ids) > self.MAX_REMEMBERED:
                 self._upstream_ids.popitem(last=False)
 
-    async def _deltas(self, response: httpx.Response, request: EngineRequest) -> AsyncIterator[Delta]:
+    async def _deltas(self, stream: Stream, request: EngineRequest) -> AsyncIterator[Delta]:
         calls = False
-        async for event in self.upstream.events(response):
+        async for event in stream.events():
             kind = event.get("type")
             if kind == "response.output_text.delta":
                 yield TextDelta(event.get("delta", ""))
@@ -154,13 +176,20 @@ class ResponsesEngine(_UpstreamEngine):
             elif kind == "response.function_call_arguments.delta":
                 yield ToolCallDelta(index=event["output_index"], arguments=event.get("delta", ""))
             elif kind in ("response.completed", "response.incomplete"):
-                self._remember(request.response_id, event["response"]["id"])
-                yield finish_of(event["response"], calls)
+                self._remember(request.response_id, stream.replica.name, event["response"]["id"])
+                yield _served(self.fleet, stream.replica, finish_of(event["response"], calls))
                 return
             elif kind in ("response.failed", "error"):
                 error = (event.get("response") or {}).get("error") or event.get("error") or event
                 raise EngineError(f"The upstream response failed: {error.get('message', error)}")
         raise EngineError("The upstream stream ended without a terminal event.")
+
+
+def _served(fleet: Fleet, replica: Replica, finish: Finish) -> Finish:
+    """The Finish says where the turn ran, so its continuation can go back there."""
+    fleet.finished(replica, finish.input_tokens, finish.cached_tokens)
+    finish.replica = replica.name
+    return finish
 
 
 def responses_body(

@@ -1,7 +1,8 @@
-"""The connection to an upstream server: pooled, retried before the first byte, errors mapped.
+"""The connection to one upstream server: pooled, errors mapped (``fleet`` retries elsewhere).
 
-- Transport errors before the response headers (refused connections, stale pooled connections) are
-  retried with backoff: nothing was generated yet.
+- A pooled connection the server had closed (llama-cpp-python drops it after a broken stream) is
+  retried once at once; any other failure before the response headers is the server's: it raises
+  ``EngineError`` and the fleet tries another replica (or this one again, after a pause).
 - An upstream 4xx is the client's error and becomes the matching ``ApiError`` (same status, the
   upstream's message), except 401/403: those mean loopway's own upstream credentials are wrong,
   which is a server error, not the client's.
@@ -10,7 +11,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,12 +28,10 @@ class Upstream:
         api_key: str | None = None,
         *,
         timeout_s: float = 600.0,
-        retries: int = 2,
         max_connections: int = 256,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
-        self.retries = retries
         self.client = httpx.AsyncClient(
             base_url=self.base_url,
             headers=headers,
@@ -43,22 +41,17 @@ class Upstream:
 
     async def open(self, path: str, body: dict[str, Any]) -> httpx.Response:
         """POST and return the streaming response once its status is known to be good."""
-        for attempt in range(self.retries + 1):
+        for attempt in range(2):
             try:
                 response = await self.client.send(self.client.build_request("POST", path, json=body), stream=True)
             except httpx.TimeoutException as exc:
-                if isinstance(exc, httpx.ConnectTimeout) and attempt < self.retries:
-                    continue
-                raise EngineError(f"The upstream timed out ({type(exc).__name__}).") from None
+                raise EngineError(f"The upstream at {self.base_url} timed out ({type(exc).__name__}).") from None
+            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                if attempt == 0:
+                    continue  # most likely a pooled connection the server had closed: nothing was sent
+                raise EngineError(f"The upstream at {self.base_url} broke the connection: {exc}") from None
             except httpx.TransportError as exc:
-                # Nothing was generated yet: a refused connection, or a pooled one the upstream had
-                # closed (llama-cpp-python drops it after a broken stream), is safe to retry.
-                if attempt == self.retries:
-                    raise EngineError(
-                        f"The upstream at {self.base_url} is unreachable: {type(exc).__name__} {exc}"
-                    ) from None
-                await asyncio.sleep(0.05 * 2**attempt)
-                continue
+                raise EngineError(f"The upstream at {self.base_url} is unreachable: {type(exc).__name__} {exc}") from None
             if response.status_code >= 400:
                 await response.aread()
                 await response.aclose()

@@ -1,0 +1,274 @@
+"""Several upstream replicas behind one engine: routing for cache locality, health, failover.
+
+What a conversation gains from landing where it was before is the replica's prefix (KV) cache:
+the engine recomputes only the new tokens. So, with ``--route affinity`` (the default):
+
+- a WebSocket connection (``EngineRequest.session``) takes the least-loaded healthy replica at its
+  first turn and keeps it for every turn (a bounded table of pins, per process);
+- a ``previous_response_id`` continuation goes where its parent was served
+  (``EngineRequest.replica``, recorded with the stored response, so this holds across loopway
+  replicas sharing a store);
+- anything else goes by rendezvous hashing of its rendered prefix (the instructions, tools and
+  first input item: ``EngineRequest.route_prefix`` tokens), with bounded-load spillover, so a
+  stateless client resending one conversation's history keeps landing on one replica.
+
+``round-robin`` and ``least-loaded`` ignore all of that (baselines, and engines without a prefix
+cache). Whichever the policy, a replica that is down is skipped, and a conversation pinned to it
+moves (its prefix is recomputed on the new replica) instead of failing.
+
+A request that fails before its first byte (no connection, a 5xx, a timeout, a stream that ends
+or breaks before its first event) marks that replica down and is retried on another: the client
+sees nothing of it. An upstream 4xx is the client's own error and is never retried. A periodic
+probe (``GET /models``) brings replicas back, or finds them down before a request does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
+
+import httpx
+
+from loopway.engines.base import EngineError, EngineRequest
+from loopway.engines.upstream import routing
+from loopway.engines.upstream.health import Health
+from loopway.engines.upstream.http import Upstream
+from loopway.protocol.errors import ApiError
+from loopway.tokens.sequence import BLOCK_SIZE
+
+ROUTES = ("affinity", "round-robin", "least-loaded")
+MAX_PINS = 100_000  # WebSocket connections remembered per process; the oldest is forgotten first
+
+
+class FleetObserver(Protocol):
+    """Where the fleet reports (``core.metrics`` implements it); every method is cheap and sync."""
+
+    def upstream_request(self, replica: str, outcome: str) -> None: ...
+
+    def upstream_first_byte(self, replica: str, seconds: float) -> None: ...
+
+    def upstream_tokens(self, replica: str, input_tokens: int, cached_tokens: int) -> None: ...
+
+    def upstream_routed(self, decision: str) -> None: ...
+
+    def upstream_in_flight(self, replica: str, change: int) -> None: ...
+
+    def upstream_healthy(self, replica: str, healthy: bool) -> None: ...
+
+
+class _Silent:
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args: None
+
+
+class Replica:
+    def __init__(self, url: str, upstream: Upstream) -> None:
+        self.name = url.rstrip("/")
+        self.upstream = upstream
+        self.health = Health()
+        self.in_flight = 0
+
+
+class Stream:
+    """An accepted upstream stream: its first event is already in hand, the rest follow."""
+
+    def __init__(self, fleet: Fleet, replica: Replica, first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]) -> None:
+        self.fleet, self.replica = fleet, replica
+        self._first, self._rest = first, rest
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        try:
+            yield self._first
+            async for event in self._rest:
+                yield event
+        except EngineError:
+            self.fleet.failed(self.replica, "broken")
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                await self._rest.aclose()  # type: ignore[attr-defined]
+            self.fleet.done(self.replica)
+
+
+class Fleet:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        upstream_of: Any,  # url -> Upstream
+        *,
+        route: str = "affinity",
+        attempts: int = 3,
+        probe_s: float = 5.0,
+        observer: FleetObserver | None = None,
+    ) -> None:
+        if route not in ROUTES:
+            raise ValueError(f"unknown route {route!r} (use {', '.join(ROUTES)})")
+        self.replicas = [Replica(url, upstream_of(url)) for url in urls]
+        self.by_name = {r.name: r for r in self.replicas}
+        self.route = route
+        self.attempts = max(1, attempts)
+        self.probe_s = probe_s
+        self.observer: FleetObserver = observer or _Silent()
+        self._pins: OrderedDict[str, str] = OrderedDict()
+        self._picks = 0
+        self._last_picked: dict[str, int] = {}
+        self._prober: asyncio.Task[None] | None = None
+        for replica in self.replicas:
+            self.observer.upstream_healthy(replica.name, True)
+
+    # Choosing ------------------------------------------------------------------------------------
+
+    def _available(self, exclude: set[str]) -> list[Replica]:
+        now = time.monotonic()
+        fresh = [r for r in self.replicas if r.name not in exclude]
+        healthy = [r for r in fresh if r.health.available(now)]
+        if healthy:
+            return healthy
+        # Every untried replica is down: try the one whose backoff ends first rather than fail.
+        return sorted(fresh or self.replicas, key=lambda r: r.health.retry_at)[:1]
+
+    def choose(self, request: EngineRequest, exclude: set[str]) -> tuple[Replica, str]:
+        """The replica for this attempt and why (kept, moved, new, hashed, spilled, …)."""
+        candidates = self._available(exclude)
+        names = [r.name for r in candidates]
+        loads = {r.name: r.in_flight for r in candidates}
+        if self.route == "round-robin":
+            name, decision = names[self._picks % len(names)], "round-robin"
+        elif self.route == "least-loaded":
+            name, decision = routing.least_loaded(names, loads, self._last_picked), "least-loaded"
+        else:
+            name, decision = self._affine(request, names, loads)
+        self._picks += 1
+        self._last_picked[name] = self._picks
+        if request.session is not None and self.route == "affinity":
+            self._pins[request.session] = name
+            self._pins.move_to_end(request.session)
+            if len(self._pins) > MAX_PINS:
+                self._pins.popitem(last=False)
+        return self.by_name[name], decision
+
+    def _affine(self, request: EngineRequest, names: list[str], loads: dict[str, int]) -> tuple[str, str]:
+        preferred = (self._pins.get(request.session) if request.session else None) or request.replica
+        if preferred is not None:
+            if preferred in names:
+                return preferred, "kept"
+            return routing.least_loaded(names, loads, self._last_picked), "moved"
+        if request.session is not None:
+            return routing.least_loaded(names, loads, self._last_picked), "new"
+        ranked = routing.rendezvous(prefix_key(request), names)
+        chosen = routing.bounded(ranked, loads)
+        return chosen, "hashed" if chosen == ranked[0] else "spilled"
+
+    # Opening ---------------------------------------------------------------------------------------
+
+    async def open(self, path: str, body: Any, request: EngineRequest) -> Stream:
+        """Send to a replica and wait for the first event; on a failure before it, the next replica.
+
+        ``body`` is a dict, or a function of the chosen replica that returns one (a body that
+        depends on where it goes, such as an upstream ``previous_response_id``)."""
+        tried: set[str] = set()
+        failure: EngineError | None = None
+        for attempt in range(self.attempts):
+            replica, decision = self.choose(request, tried)
+            if attempt == 0:
+                self.observer.upstream_routed(decision)
+            tried.add(replica.name)
+            try:
+                return await self._open_on(replica, path, body(replica) if callable(body) else body)
+            except EngineError as exc:
+                failure = exc
+                if len(self.replicas) == 1 and attempt + 1 < self.attempts:
+                    await asyncio.sleep(0.05 * 2**attempt)  # one replica: give it a moment
+        assert failure is not None
+        raise failure
+
+    async def _open_on(self, replica: Replica, path: str, body: dict[str, Any]) -> Stream:
+        replica.health.trying(time.monotonic())
+        replica.in_flight += 1
+        self.observer.upstream_in_flight(replica.name, 1)
+        started = time.perf_counter()
+        try:
+            response = await replica.upstream.open(path, body)
+            events = replica.upstream.events(response)
+            try:
+                first = await anext(events)
+            except StopAsyncIteration:
+                raise EngineError(f"The upstream at {replica.name} ended its stream before the first event.") from None
+        except ApiError:
+            self.observer.upstream_request(replica.name, "refused")
+            self.done(replica)
+            raise
+        except EngineError:
+            self.failed(replica, "failed")
+            self.done(replica)
+            raise
+        except BaseException:
+            self.done(replica)
+            raise
+        self.observer.upstream_first_byte(replica.name, time.perf_counter() - started)
+        self.observer.upstream_request(replica.name, "ok")
+        self.succeeded(replica)
+        return Stream(self, replica, first, events)
+
+    def done(self, replica: Replica) -> None:
+        replica.in_flight -= 1
+        self.observer.upstream_in_flight(replica.name, -1)
+
+    def failed(self, replica: Replica, outcome: str) -> None:
+        if outcome != "failed":  # "failed" is counted with the request; a broken stream here
+            self.observer.upstream_request(replica.name, outcome)
+        if replica.health.failed(time.monotonic()):
+            self.observer.upstream_healthy(replica.name, False)
+
+    def succeeded(self, replica: Replica) -> None:
+        if replica.health.succeeded():
+            self.observer.upstream_healthy(replica.name, True)
+
+    def finished(self, replica: Replica, input_tokens: int, cached_tokens: int) -> None:
+        self.observer.upstream_tokens(replica.name, input_tokens, cached_tokens)
+
+    # Probing ---------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.probe_s > 0 and self._prober is None:
+            self._prober = asyncio.get_running_loop().create_task(self._probe_forever())
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.gather(*(self.probe(r) for r in self.replicas))
+            await asyncio.sleep(self.probe_s)
+
+    async def probe(self, replica: Replica) -> bool:
+        """``GET /models``: any answer below 500 says the server is there and serving."""
+        try:
+            response = await replica.upstream.client.get("/models", timeout=min(5.0, max(self.probe_s, 1.0)))
+            alive = response.status_code < 500
+        except httpx.HTTPError:
+            alive = False
+        if alive:
+            self.succeeded(replica)
+        elif replica.health.up or replica.health.available(time.monotonic()):
+            self.failed(replica, "probe_failed")
+        return alive
+
+    async def aclose(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+        for replica in self.replicas:
+            await replica.upstream.aclose()
+
+
+def prefix_key(request: EngineRequest) -> bytes:
+    """What identifies a conversation's start: the chained hash of the last full block of its
+    rendered prefix, or the prefix's ids when it is shorter than a block."""
+    length = request.route_prefix or len(request.tokens)
+    blocks = min(length, len(request.tokens)) // BLOCK_SIZE
+    if blocks:
+        return request.tokens.block_hashes()[blocks - 1].to_bytes(8, "big", signed=True)
+    return str(request.tokens.ids()[:length]).encode()
