@@ -30,9 +30,11 @@ class Server:
         env: dict[str, str] | None = None,
         preexec: Callable[[], None] | None = None,
         python: str = sys.executable,
+        port: int | None = None,
     ) -> None:
-        """``python``: the interpreter that runs the server (another venv's, to test another install)."""
-        self.port = free_port()
+        """``python``: the interpreter that runs the server (another venv's, to test another install);
+        ``port``: a given one (to restart a server where it was), else a free one."""
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.log_path = tmp / f"server-{self.port}.log"
         command = [

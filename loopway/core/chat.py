@@ -19,7 +19,8 @@ from typing import Any
 from loopway.core.conversation import Conversation
 from loopway.engines.base import Delta, Engine, EngineRequest, Finish, ReasoningDelta, TextDelta, ToolCallDelta, find_model
 from loopway.protocol.chat import ChatRequest
-from loopway.protocol.errors import ApiError, model_not_found
+from loopway.protocol.errors import ApiError, invalid_request, model_not_found
+from loopway.protocol.items import FunctionCallOutput
 from loopway.tokens.render import Renderer
 
 
@@ -33,6 +34,13 @@ class ChatCompletions:
         if info is None:
             raise model_not_found(chat.model)
         conversation = Conversation.start(self.renderer, chat.instructions, chat.tools, chat.items)
+        for item in chat.items:
+            if isinstance(item, FunctionCallOutput) and not conversation.has_call(item.call_id):
+                raise invalid_request(
+                    f"A 'tool' message must answer a tool call of an earlier assistant message: no call {item.call_id!r}.",
+                    param="messages",
+                    code="tool_call_not_found",
+                )
         if len(conversation.tokens) > info.context_window:
             raise ApiError(
                 400,

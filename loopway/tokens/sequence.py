@@ -59,8 +59,8 @@ class AppendOnly(Generic[T]):
         """``self[start:]`` in the buffer's own type (no list of int objects for an array)."""
         return self._buffer[start : self._length]
 
-    def to_list(self, start: int = 0) -> list[T]:
-        part = self._buffer[start : self._length]
+    def to_list(self, start: int = 0, stop: int | None = None) -> list[T]:
+        part = self._buffer[start : self._length if stop is None else min(stop, self._length)]
         return part.tolist() if isinstance(part, array) else part
 
 
@@ -98,8 +98,8 @@ class TokenSequence:
     def __len__(self) -> int:
         return len(self._tokens)
 
-    def ids(self, start: int = 0) -> list[int]:
-        return self._tokens.to_list(start)
+    def ids(self, start: int = 0, stop: int | None = None) -> list[int]:
+        return self._tokens.to_list(start, stop)
 
     def tail(self, start: int = 0) -> Sequence[int]:
         """The ids from ``start`` on, as the buffer holds them (an array: no int objects made)."""

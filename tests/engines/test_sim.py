@@ -8,18 +8,20 @@ import time
 from pathlib import Path
 
 import jsonschema
+import msgspec
 import pytest
 
 from loopway.core.conversation import Conversation
 from loopway.engines.base import EngineRequest, Finish, ReasoningDelta, TextDelta, ToolCallDelta
 from loopway.engines.sim import SimEngine, SimSettings
-from loopway.engines.sim.cost import CostModel
+from loopway.engines.sim.cost import Capacity, CostModel, PrefixCache
 from loopway.engines.sim.policy import targets_of
 from loopway.engines.sim.trace import TraceError, load_trace
 from loopway.protocol.items import FunctionCall, FunctionCallOutput, Message
 from loopway.protocol.request import JsonSchemaFormat
 from loopway.protocol.tools import EMPTY_TOOLS, ToolChoice, parse_tool_choice, parse_tools
 from loopway.tokens.render import Renderer
+from loopway.tokens.sequence import TokenSequence
 
 R = Renderer()
 TOOLS = parse_tools(
@@ -364,3 +366,54 @@ def test_decoding_waits_instead_of_spinning_under_uvloop():
         sim_engine.asyncio.sleep = real_sleep  # type: ignore[assignment]
     assert produced >= 200
     assert wakeups <= produced  # at most one wake-up per token (it was ~300 per token)
+
+
+def test_a_full_prefix_cache_evicts_the_least_recently_used_tail_first():
+    one = TokenSequence.of(list(range(1000, 1640)))  # 10 blocks
+    two = TokenSequence.of(list(range(5000, 5640)))
+    cache = PrefixCache(capacity_tokens=15 * 64)
+    cache.insert(one.block_hashes())
+    cache.insert(two.block_hashes())
+    assert cache.cached_tokens(two.block_hashes()) == 640
+    assert cache.cached_tokens(one.block_hashes()) == 5 * 64  # its head survives, its tail went first
+    assert cache.evicted_blocks == 5
+    cache.insert(one.block_hashes())  # read again: now the freshest, and the other one pays
+    assert cache.cached_tokens(one.block_hashes()) == 640
+    assert cache.cached_tokens(two.block_hashes()) == 5 * 64
+
+
+def test_an_unbounded_prefix_cache_keeps_everything():
+    cache = PrefixCache(capacity_tokens=0)
+    sequences = [TokenSequence.of([i] * 640) for i in range(50)]
+    for sequence in sequences:
+        cache.insert(sequence.block_hashes())
+    assert all(cache.cached_tokens(s.block_hashes()) == 640 for s in sequences) and cache.evicted_blocks == 0
+
+
+def test_concurrent_prefills_queue_for_one_throughput():
+    shared = Capacity(10_000, 1_000, shared=True, slowdown=0)
+    assert shared.prefill_done(5_000, now=0.0) == pytest.approx(0.5)
+    assert shared.prefill_done(5_000, now=0.1) == pytest.approx(1.0)  # behind the first
+    assert shared.prefill_done(1_000, now=2.0) == pytest.approx(2.1)  # the queue had drained
+    separate = Capacity(10_000, 1_000, shared=False, slowdown=0)
+    assert separate.prefill_done(5_000, now=0.0) == separate.prefill_done(5_000, now=0.0) == pytest.approx(0.5)
+
+
+def test_decode_slows_as_the_batch_grows():
+    capacity = Capacity(10_000, 1_000, shared=True, slowdown=0.03)
+    capacity.decoding = 1
+    assert capacity.decode_rate() == 1_000
+    capacity.decoding = 8
+    assert capacity.decode_rate() == pytest.approx(1_000 / 1.21)  # 8 × 0.826 = 6.6× one sequence's throughput
+    assert Capacity(10_000, 1_000, shared=True, slowdown=0).decode_rate() == 1_000
+
+
+async def test_the_engine_counts_its_batch_while_it_decodes():
+    engine = SimEngine(msgspec.structs.replace(FAST, decode_tokens_per_s=2_000))
+    streams = [await engine.open(request([Message(role="user", content=f"explain question {i}")])) for i in range(3)]
+    firsts = [await anext(stream) for stream in streams]
+    assert all(not isinstance(f, Finish) for f in firsts) and engine.capacity.decoding == 3
+    for stream in streams:
+        async for _ in stream:
+            pass
+    assert engine.capacity.decoding == 0

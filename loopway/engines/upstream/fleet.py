@@ -266,9 +266,9 @@ class Fleet:
 
 def prefix_key(request: EngineRequest) -> bytes:
     """What identifies a conversation's start: the chained hash of the last full block of its
-    rendered prefix, or the prefix's ids when it is shorter than a block."""
-    length = request.route_prefix or len(request.tokens)
-    blocks = min(length, len(request.tokens)) // BLOCK_SIZE
-    if blocks:
-        return request.tokens.block_hashes()[blocks - 1].to_bytes(8, "big", signed=True)
-    return str(request.tokens.ids()[:length]).encode()
+    rendered prefix, and the ids after it (the part of a block where conversations sharing a
+    system prompt first differ)."""
+    length = min(request.route_prefix or len(request.tokens), len(request.tokens))
+    blocks = length // BLOCK_SIZE
+    head = request.tokens.block_hashes()[blocks - 1] if blocks else 0
+    return f"{head}:{request.tokens.ids(blocks * BLOCK_SIZE, length)}".encode()
