@@ -174,11 +174,11 @@ class Fleet:
         failure: EngineError | None = None
         for attempt in range(self.attempts):
             replica, decision = self.choose(request, tried)
-            if attempt == 0:
-                self.observer.upstream_routed(decision)
             tried.add(replica.name)
             try:
-                return await self._open_on(replica, path, body(replica) if callable(body) else body)
+                stream = await self._open_on(replica, path, body(replica) if callable(body) else body)
+                self.observer.upstream_routed(decision)  # where it ran: a retry after a pinned replica failed "moved"
+                return stream
             except EngineError as exc:
                 failure = exc
                 if len(self.replicas) == 1 and attempt + 1 < self.attempts:
@@ -219,8 +219,8 @@ class Fleet:
         self.observer.upstream_in_flight(replica.name, -1)
 
     def failed(self, replica: Replica, outcome: str) -> None:
-        if outcome != "failed":  # "failed" is counted with the request; a broken stream here
-            self.observer.upstream_request(replica.name, outcome)
+        """``outcome``: failed (before the first byte), broken (after it) or probe_failed."""
+        self.observer.upstream_request(replica.name, outcome)
         if replica.health.failed(time.monotonic()):
             self.observer.upstream_healthy(replica.name, False)
 
