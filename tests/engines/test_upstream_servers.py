@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import READ_FILE, Server, free_port
+from tests.conftest import READ_FILE, Server, free_port, metric_samples
 from tests.engines.tiny_gguf import write_tiny_model
 from tests.openapi import validate_event
 
@@ -37,13 +38,16 @@ def llama_python() -> str:
     pytest.skip("llama-cpp-python[server] is not installed (set LOOPWAY_LLAMA_PYTHON to its python)")
 
 
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextlib.contextmanager
+def llama_server(tmp: Path) -> Iterator[str]:
+    """A llama-cpp-python server of the tiny model; yields its /v1 URL."""
     python = llama_python()
-    tmp = tmp_path_factory.mktemp("llama")
-    model = write_tiny_model(tmp / "tiny.gguf")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model = tmp / "tiny.gguf"
+    if not model.exists():
+        write_tiny_model(model)
     port = free_port()
-    log = (tmp / "llama.log").open("wb")
+    log = (tmp / f"llama-{port}.log").open("wb")
     process = subprocess.Popen(
         [
             python,
@@ -65,18 +69,26 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 120
-    while True:
-        try:
-            httpx.get(f"{url}/models", timeout=1).raise_for_status()
-            break
-        except httpx.HTTPError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((tmp / "llama.log").read_text()[-3000:])
-            time.sleep(0.2)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
-    log.close()
+    try:
+        while True:
+            try:
+                httpx.get(f"{url}/models", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((tmp / f"llama-{port}.log").read_text()[-3000:]) from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with llama_server(tmp_path_factory.mktemp("llama")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -375,5 +387,52 @@ def test_a_client_that_goes_away_cancels_the_upstream_request(tmp_path: Path):
             while count() > idle and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert count() == idle  # the upstream's generation was cancelled, not left to run out
+        finally:
+            front.stop()
+
+
+def test_a_fleet_of_two_llama_servers_keeps_each_conversation_on_one(llama: str, tmp_path: Path):
+    """The CI's real upstream, twice: a WebSocket session and an HTTP chain each stay on one server."""
+    with llama_server(tmp_path / "second") as second:
+        front = Server(
+            tmp_path,
+            "--engine",
+            "openai-chat",
+            "--upstream",
+            f"{llama},{second}",
+            "--upstream-model",
+            "tiny",
+            "--upstream-context-window",
+            "4096",
+        )
+        client = sdk(front)
+
+        def served() -> dict[str, float]:
+            samples = metric_samples(front)
+            return {
+                url: samples.get(("loopway_upstream_requests_total", (("outcome", "ok"), ("replica", url))), 0.0)
+                for url in (llama, second)
+            }
+
+        try:
+            with client.responses.connect() as conn:
+                previous = None
+                for i in range(4):
+                    conn.response.create(
+                        model="tiny", input=f"say {i}", previous_response_id=previous, max_output_tokens=16, store=False
+                    )
+                    event = terminal(conn)
+                    assert event.type in ("response.completed", "response.incomplete"), event
+                    previous = event.response.id
+            after_ws = served()
+            assert sorted(after_ws.values()) == [0.0, 4.0]
+            previous = None
+            for i in range(3):
+                response = sdk(front).responses.create(
+                    model="tiny", input=f"count {i}", previous_response_id=previous, max_output_tokens=16
+                )
+                previous = response.id
+            chain = {url: n - after_ws[url] for url, n in served().items()}
+            assert sorted(chain.values()) == [0.0, 3.0]
         finally:
             front.stop()
