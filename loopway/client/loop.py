@@ -36,6 +36,7 @@ class TurnTrace(msgspec.Struct, kw_only=True):
     output_tokens: int
     started: float  # seconds since the run began
     to_first_event_s: float  # request sent → response.created: network + server pre-inference
+    to_first_token_s: float | None = None  # request sent → its first output delta (None: the turn had none)
     model_s: float  # response.created → terminal event
     tool_s: float  # terminal event → last tool result (tools that finished earlier cost nothing here)
     client_s: float  # the client's own time in this turn
@@ -126,7 +127,7 @@ class AgentLoop:
         began = time.perf_counter()
         calls: list[tuple[dict[str, Any], asyncio.Task[tuple[str, float]]]] = []
         try:
-            response, created, done = await self._stream(request, calls)
+            response, created, done, first_token = await self._stream(request, calls)
             results = await asyncio.gather(*(task for _, task in calls))
         except ServerError as exc:
             raise AgentError(str(exc)) from exc
@@ -150,6 +151,7 @@ class AgentLoop:
             output_tokens=usage.get("output_tokens", 0),
             started=began - start,
             to_first_event_s=created - began,
+            to_first_token_s=first_token - began if first_token is not None else None,
             model_s=done - created,
             tool_s=tools_done - done,
             client_s=finished - tools_done,
@@ -162,19 +164,22 @@ class AgentLoop:
 
     async def _stream(
         self, request: TurnRequest, calls: list[tuple[dict[str, Any], asyncio.Task[tuple[str, float]]]]
-    ) -> tuple[dict[str, Any], float, float]:
+    ) -> tuple[dict[str, Any], float, float, float | None]:
         """Read one response, starting each function call's tool the moment the call is complete."""
         created: float | None = None
+        first_token: float | None = None
         async with contextlib.aclosing(self.transport.stream(request)) as events:
             async for event in events:
-                kind = event.get("type")
+                kind = event.get("type") or ""
                 if kind == RECONNECTED:  # the turn restarts on a new socket: forget its partial output
                     for _, task in calls:
                         task.cancel()
                     calls.clear()
-                    created = None
+                    created = first_token = None
                 elif kind == "response.created":
                     created = created or time.perf_counter()
+                elif first_token is None and kind.endswith(".delta"):
+                    first_token = time.perf_counter()
                 elif kind == "response.output_item.done" and event["item"].get("type") == "function_call":
                     item = event["item"]
                     calls.append((item, asyncio.create_task(self._call(item))))
@@ -182,7 +187,7 @@ class AgentLoop:
                     response = event["response"]
                     if response.get("status") == "failed":
                         raise AgentError(f"response failed: {response.get('error')}")
-                    return response, created or time.perf_counter(), time.perf_counter()
+                    return response, created or time.perf_counter(), time.perf_counter(), first_token
         raise AgentError("the stream ended without a terminal event")
 
     async def _call(self, item: dict[str, Any]) -> tuple[str, float]:

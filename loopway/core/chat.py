@@ -73,8 +73,11 @@ class ChatCompletions:
     async def _stream(
         self, encoder: ChunkEncoder, deltas: AsyncIterator[Delta], include_usage: bool
     ) -> AsyncIterator[dict[str, Any]]:
-        yield encoder.opening()
+        opened = False
         async for delta in deltas:
+            if not opened:  # after the prefill, with the first token, as vLLM sends it: its time is TTFT
+                yield encoder.opening()
+                opened = True
             chunk = encoder.feed(delta)
             if chunk is not None:
                 yield chunk
