@@ -14,7 +14,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from tests.conftest import MODEL, Server, free_port, metric_samples
+from tests.conftest import MODEL, RedisServer, Server, free_port, metric_samples
 
 TERMINAL = ("response.completed", "response.incomplete", "response.failed", "error")
 SIM = ("--store", "memory", "--sim-decode-tps", "20000", "--sim-base-latency-ms", "1")
@@ -207,3 +207,30 @@ def test_an_upstream_4xx_is_the_clients_error_and_is_not_retried(fleet: Fleet):
     ]
     assert sum(refused) == 1.0
     assert all(fleet.healthy(r.url) == 1 for r in fleet.replicas)
+
+
+def test_an_http_chain_stays_on_its_replica_across_loopway_replicas_on_redis(fleet: Fleet, tmp_path: Path):
+    """Two loopways sharing a Redis store: each turn goes to the other one, and still to the parent's replica."""
+    redis = RedisServer(tmp_path / "redis")
+    urls = [r.url for r in fleet.replicas]
+    fronts = [front(tmp_path / f"front{i}", urls, "--store", redis.url) for i in range(2)]
+    try:
+        previous = None
+        for i in range(6):
+            server = fronts[i % 2]
+            client = OpenAI(base_url=server.url, api_key="sk-test", max_retries=0)
+            response = client.responses.create(
+                model=MODEL, input=f"replicated step {i}", previous_response_id=previous, max_output_tokens=16
+            )
+            previous = response.id
+        served: dict[str, float] = {}
+        for server in fronts:
+            for (name, labels), value in metric_samples(server).items():
+                if name == "loopway_upstream_requests_total" and ("outcome", "ok") in labels:
+                    served[dict(labels)["replica"]] = served.get(dict(labels)["replica"], 0.0) + value
+        assert list(served.values()) == [6.0]
+        assert response.usage.input_tokens_details.cached_tokens > 0
+    finally:
+        for server in fronts:
+            server.stop()
+        redis.stop()

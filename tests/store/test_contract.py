@@ -67,3 +67,12 @@ async def test_claims_expire_into_orphans_and_release_clears_them(store):
     assert await store.orphans(now=500.0) == ["resp_run"]
     await store.release("resp_run")
     assert await store.orphans(now=500.0) == []
+
+
+async def test_the_replica_that_served_a_response_is_kept_with_it(store):
+    served = record("resp_r")
+    served.replica = "http://10.0.0.7:8000/v1"
+    await store.put(served)
+    await store.put(record("resp_n"))
+    assert (await store.get("resp_r")).replica == "http://10.0.0.7:8000/v1"
+    assert (await store.get("resp_n")).replica is None

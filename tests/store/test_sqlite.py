@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from loopway.store.base import StoredResponse
@@ -37,3 +39,20 @@ async def test_sqlite_is_durable_across_reopen(tmp_path: Path):
     second = SqliteStore(path)
     assert await second.get("resp_1") == RECORD
     await second.aclose()
+
+
+async def test_a_database_from_before_engine_fleets_gains_the_replica_column(tmp_path: Path):
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE responses (id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, previous_response_id TEXT,"
+        " response BLOB NOT NULL, input_items BLOB NOT NULL, events BLOB, tenant TEXT NOT NULL DEFAULT '')"
+    )
+    db.execute("INSERT INTO responses VALUES ('resp_old', 1, NULL, X'7B7D', X'5B5D', NULL, '')")
+    db.commit()
+    db.close()
+    store = SqliteStore(path)
+    assert (await store.get("resp_old")).replica is None
+    await store.put(msgspec.structs.replace(RECORD, replica="http://a/v1"))
+    assert (await store.get("resp_1")).replica == "http://a/v1"
+    await store.aclose()
