@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loopway.bench import workload as workloads
+from loopway.bench.procs import stop
 from loopway.bench.runner import MODES, ReplayTools
 from loopway.bench.server import free_port, wait_healthy
 from loopway.client import AgentLoop, make_transport
@@ -73,11 +74,7 @@ def process(command: list[str], log: Path) -> Iterator[None]:
         try:
             yield
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -60,3 +61,13 @@ def pin(pid: int, cores: list[int]) -> None:
     for member in process_tree(pid):
         with contextlib.suppress(OSError):
             os.sched_setaffinity(member, cores)
+
+
+def stop(process: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    """SIGTERM (a server drains), then SIGKILL if it has not exited within ``timeout_s``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -40,7 +40,7 @@ from rich.console import Console
 from rich.table import Table
 from websockets.sync.client import connect
 
-from loopway.bench.procs import cpu_s, pin, rss_mb, split_cores
+from loopway.bench.procs import cpu_s, pin, rss_mb, split_cores, stop
 from loopway.bench.server import free_port, wait_healthy
 from loopway.bench.soakload import Tally
 
@@ -88,11 +88,7 @@ def server(kind: str, args: argparse.Namespace, cores: list[int]) -> Iterator[tu
             pin(process.pid, cores)  # workers started since
             yield process.pid, port
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop(process)
             if process.returncode not in (0, -15):
                 print(Path(f"{tmp}/server.log").read_text()[-2000:], file=sys.stderr)
 
