@@ -171,3 +171,11 @@ def test_retries_skip_replicas_already_tried_and_down_ones():
 def test_an_unknown_route_is_refused():
     with pytest.raises(ValueError, match="round-robin"):
         fleet("random")
+
+
+def test_new_sessions_balance_by_active_sessions_not_by_the_moments_in_flight():
+    f = fleet()
+    first = [f.choose(request("t", session=f"s{i}"), set())[0] for i in range(4)]
+    first[0].in_flight = 1  # one replica is busy with a turn at this moment, the others between turns
+    more = [f.choose(request("t", session=f"t{i}"), set())[0].name for i in range(4)]
+    assert sorted(more) == sorted(NAMES)  # each already holds one session: one more each, busy or not

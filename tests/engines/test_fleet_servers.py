@@ -234,3 +234,35 @@ def test_an_http_chain_stays_on_its_replica_across_loopway_replicas_on_redis(fle
         for server in fronts:
             server.stop()
         redis.stop()
+
+
+def test_a_responses_fleet_chains_upstream_ids_on_its_replica_and_resends_when_it_moves(tmp_path: Path):
+    """``openai-responses`` in front of two Responses servers, turns chained upstream by id."""
+    replicas = [replica(tmp_path / f"r{i}") for i in range(2)]
+    tmp = tmp_path / "front"
+    tmp.mkdir()
+    server = Server(tmp, "--engine", "openai-responses", "--upstream", ",".join(r.url for r in replicas),
+                    "--upstream-model", MODEL, "--upstream-chain", "on", "--upstream-probe-s", "0.2")  # fmt: skip
+    client = OpenAI(base_url=server.url, api_key="sk-test", max_retries=0)
+
+    def served() -> dict[str, float]:
+        samples = metric_samples(server)
+        return {
+            r.url: samples.get(("loopway_upstream_requests_total", (("outcome", "ok"), ("replica", r.url))), 0.0)
+            for r in replicas
+        }
+
+    try:
+        with client.responses.connect() as conn:
+            previous = None
+            for i in range(4):
+                previous = turn(conn, previous, f"chained turn {i}").id
+            pinned = next(url for url, n in served().items() if n == 4)
+            next(r for r in replicas if r.url == pinned).stop()
+            for i in range(4, 6):  # its upstream ids died with it: the whole input goes to the other one
+                previous = turn(conn, previous, f"chained turn {i}").id
+        assert sorted(served().values()) == [2.0, 4.0]
+    finally:
+        server.stop()
+        for r in replicas:
+            r.stop()

@@ -4,7 +4,10 @@ What a conversation gains from landing where it was before is the replica's pref
 the engine recomputes only the new tokens. So, with ``--route affinity`` (the default):
 
 - a WebSocket connection (``EngineRequest.session``) takes the least-loaded healthy replica at its
-  first turn and keeps it for every turn (a bounded table of pins, per process);
+  first turn and keeps it for every turn (a bounded table of pins, per process). Load, for a new
+  session, is first the sessions pinned there that sent a turn in the last two minutes, then the
+  requests in flight: in flight alone changes by the second, and placing sessions by it piles
+  them up unevenly on replicas that happened to be between turns;
 - a ``previous_response_id`` continuation goes where its parent was served
   (``EngineRequest.replica``, recorded with the stored response, so this holds across loopway
   replicas sharing a store);
@@ -42,6 +45,7 @@ from loopway.tokens.sequence import BLOCK_SIZE
 
 ROUTES = ("affinity", "round-robin", "least-loaded")
 MAX_PINS = 100_000  # WebSocket connections remembered per process; the oldest is forgotten first
+ACTIVE_SESSION_S = 120.0  # a pinned connection that sent a turn this recently is part of its replica's load
 
 
 class FleetObserver(Protocol):
@@ -113,7 +117,7 @@ class Fleet:
         self.attempts = max(1, attempts)
         self.probe_s = probe_s
         self.observer: FleetObserver = observer or _Silent()
-        self._pins: OrderedDict[str, str] = OrderedDict()
+        self._pins: OrderedDict[str, tuple[str, float]] = OrderedDict()  # session -> (replica, last turn)
         self._picks = 0
         self._last_picked: dict[str, int] = {}
         self._prober: asyncio.Task[None] | None = None
@@ -145,23 +149,35 @@ class Fleet:
         self._picks += 1
         self._last_picked[name] = self._picks
         if request.session is not None and self.route == "affinity":
-            self._pins[request.session] = name
+            self._pins[request.session] = (name, time.monotonic())
             self._pins.move_to_end(request.session)
             if len(self._pins) > MAX_PINS:
                 self._pins.popitem(last=False)
         return self.by_name[name], decision
 
     def _affine(self, request: EngineRequest, names: list[str], loads: dict[str, int]) -> tuple[str, str]:
-        preferred = (self._pins.get(request.session) if request.session else None) or request.replica
+        pin = self._pins.get(request.session) if request.session else None
+        preferred = pin[0] if pin is not None else request.replica
         if preferred is not None:
             if preferred in names:
                 return preferred, "kept"
-            return routing.least_loaded(names, loads, self._last_picked), "moved"
+            return routing.least_loaded(names, self._session_loads(loads), self._last_picked), "moved"
         if request.session is not None:
-            return routing.least_loaded(names, loads, self._last_picked), "new"
+            return routing.least_loaded(names, self._session_loads(loads), self._last_picked), "new"
         ranked = routing.rendezvous(prefix_key(request), names)
         chosen = routing.bounded(ranked, loads)
         return chosen, "hashed" if chosen == ranked[0] else "spilled"
+
+    def _session_loads(self, in_flight: dict[str, int]) -> dict[str, tuple[int, int]]:
+        """(active sessions pinned, requests in flight) per replica: what a new session adds to."""
+        sessions = dict.fromkeys(in_flight, 0)
+        since = time.monotonic() - ACTIVE_SESSION_S
+        for name, last_turn in reversed(self._pins.values()):  # the most recently used first
+            if last_turn < since:
+                break
+            if name in sessions:
+                sessions[name] += 1
+        return {name: (sessions[name], in_flight[name]) for name in in_flight}
 
     # Opening ---------------------------------------------------------------------------------------
 

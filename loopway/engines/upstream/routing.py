@@ -6,8 +6,8 @@
 - ``bounded``: consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2018):
   walk the key's ranking and take the first replica under ``factor`` × the average load, so one hot
   prefix spills to its second choice instead of piling onto one replica.
-- ``least_loaded``: fewest requests in flight; ties go to the replica picked longest ago, so idle
-  replicas take new sessions in turn.
+- ``least_loaded``: the lowest load (requests in flight, or any comparable measure); ties go to the
+  replica picked longest ago, so idle replicas take new sessions in turn.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
+from typing import Any
 
 SPILL_FACTOR = 1.25  # ε = 0.25, the paper's example and HAProxy's default (hash-balance-factor 125)
 
@@ -37,5 +38,5 @@ def bounded(ranked: Sequence[str], loads: dict[str, int], factor: float = SPILL_
     return ranked[0]
 
 
-def least_loaded(names: Sequence[str], loads: dict[str, int], last_picked: dict[str, int]) -> str:
+def least_loaded(names: Sequence[str], loads: dict[str, Any], last_picked: dict[str, int]) -> str:
     return min(names, key=lambda name: (loads[name], last_picked.get(name, -1)))
