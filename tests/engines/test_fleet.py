@@ -179,3 +179,32 @@ def test_new_sessions_balance_by_active_sessions_not_by_the_moments_in_flight():
     first[0].in_flight = 1  # one replica is busy with a turn at this moment, the others between turns
     more = [f.choose(request("t", session=f"t{i}"), set())[0].name for i in range(4)]
     assert sorted(more) == sorted(NAMES)  # each already holds one session: one more each, busy or not
+
+
+def test_new_stateless_conversations_balance_and_each_keeps_its_home():
+    f = fleet()
+    homes = {i: f.choose(request(f"balanced task {i}"), set())[0].name for i in range(40)}
+    counts = Counter(homes.values())
+    assert max(counts.values()) <= 13 and len(counts) == 4  # within 1.25 × the average of 10
+    for i in range(40):  # later turns of each, their history grown, land where each began
+        replica, decision = f.choose(request(f"balanced task {i}", "tool output " * 50), set())
+        assert (replica.name, decision) == (homes[i], "hashed")
+
+
+def test_a_stateless_conversation_whose_home_is_down_moves_and_stays_moved():
+    f = fleet()
+    home, _ = f.choose(request("a task"), set())
+    home.health.failed(now=1e18)
+    moved, decision = f.choose(request("a task", "more"), set())
+    assert moved is not home and decision == "moved"
+    assert f.choose(request("a task", "more", "and more"), set()) == (moved, "hashed")
+
+
+def test_placements_count_only_recent_conversations():
+    placements = routing.Placements(max_entries=3, active_s=10)
+    placements.place("a", NAMES[0], now=0)
+    placements.place("b", NAMES[0], now=5)
+    placements.place("c", NAMES[1], now=12)
+    assert placements.active(NAMES, now=14) == {NAMES[0]: 1, NAMES[1]: 1, NAMES[2]: 0, NAMES[3]: 0}
+    placements.place("d", NAMES[2], now=13)  # over the bound: the oldest is forgotten
+    assert placements.get("a") is None and placements.get("d") == NAMES[2]

@@ -12,8 +12,12 @@ the engine recomputes only the new tokens. So, with ``--route affinity`` (the de
   (``EngineRequest.replica``, recorded with the stored response, so this holds across loopway
   replicas sharing a store);
 - anything else goes by rendezvous hashing of its rendered prefix (the instructions, tools and
-  first input item: ``EngineRequest.route_prefix`` tokens), with bounded-load spillover, so a
-  stateless client resending one conversation's history keeps landing on one replica.
+  first input item: ``EngineRequest.route_prefix`` tokens), so a stateless client resending one
+  conversation's history keeps landing on one replica, with bounded loads twice over: a new
+  conversation takes the first replica in its key's ranking that holds fewer than 1.25 × the
+  average of recently active conversations (and keeps it: the placement is remembered), and a
+  request spills to the next replica in the ranking while its home has more than 1.25 × the
+  average requests in flight, so one hot prefix cannot overload a replica.
 
 ``round-robin`` and ``least-loaded`` ignore all of that (baselines, and engines without a prefix
 cache). Whichever the policy, a replica that is down is skipped, and a conversation pinned to it
@@ -30,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
@@ -44,8 +47,8 @@ from loopway.protocol.errors import ApiError
 from loopway.tokens.sequence import BLOCK_SIZE
 
 ROUTES = ("affinity", "round-robin", "least-loaded")
-MAX_PINS = 100_000  # WebSocket connections remembered per process; the oldest is forgotten first
-ACTIVE_SESSION_S = 120.0  # a pinned connection that sent a turn this recently is part of its replica's load
+MAX_PLACEMENTS = 100_000  # connections and prefixes remembered per process; the oldest are forgotten first
+ACTIVE_S = 120.0  # a conversation that sent a turn this recently is part of its replica's load
 
 
 class FleetObserver(Protocol):
@@ -117,7 +120,8 @@ class Fleet:
         self.attempts = max(1, attempts)
         self.probe_s = probe_s
         self.observer: FleetObserver = observer or _Silent()
-        self._pins: OrderedDict[str, tuple[str, float]] = OrderedDict()  # session -> (replica, last turn)
+        self._sessions = routing.Placements(MAX_PLACEMENTS, ACTIVE_S)  # WebSocket connections
+        self._prefixes = routing.Placements(MAX_PLACEMENTS, ACTIVE_S)  # stateless conversations, by prefix key
         self._picks = 0
         self._last_picked: dict[str, int] = {}
         self._prober: asyncio.Task[None] | None = None
@@ -148,36 +152,35 @@ class Fleet:
             name, decision = self._affine(request, names, loads)
         self._picks += 1
         self._last_picked[name] = self._picks
-        if request.session is not None and self.route == "affinity":
-            self._pins[request.session] = (name, time.monotonic())
-            self._pins.move_to_end(request.session)
-            if len(self._pins) > MAX_PINS:
-                self._pins.popitem(last=False)
         return self.by_name[name], decision
 
     def _affine(self, request: EngineRequest, names: list[str], loads: dict[str, int]) -> tuple[str, str]:
-        pin = self._pins.get(request.session) if request.session else None
-        preferred = pin[0] if pin is not None else request.replica
-        if preferred is not None:
-            if preferred in names:
-                return preferred, "kept"
-            return routing.least_loaded(names, self._session_loads(loads), self._last_picked), "moved"
+        now = time.monotonic()
+        if request.session is None and request.replica is None:
+            return self._hashed(request, names, loads, now)
+        preferred = (self._sessions.get(request.session) if request.session else None) or request.replica
+        if preferred in names:
+            name, decision = preferred, "kept"
+        else:
+            active = self._sessions.active(names, now)
+            sessions = {n: (active[n], loads[n]) for n in names}  # in flight alone changes by the second
+            name = routing.least_loaded(names, sessions, self._last_picked)
+            decision = "new" if preferred is None else "moved"
         if request.session is not None:
-            return routing.least_loaded(names, self._session_loads(loads), self._last_picked), "new"
-        ranked = routing.rendezvous(prefix_key(request), names)
-        chosen = routing.bounded(ranked, loads)
-        return chosen, "hashed" if chosen == ranked[0] else "spilled"
+            self._sessions.place(request.session, name, now)
+        return name, decision
 
-    def _session_loads(self, in_flight: dict[str, int]) -> dict[str, tuple[int, int]]:
-        """(active sessions pinned, requests in flight) per replica: what a new session adds to."""
-        sessions = dict.fromkeys(in_flight, 0)
-        since = time.monotonic() - ACTIVE_SESSION_S
-        for name, last_turn in reversed(self._pins.values()):  # the most recently used first
-            if last_turn < since:
-                break
-            if name in sessions:
-                sessions[name] += 1
-        return {name: (sessions[name], in_flight[name]) for name in in_flight}
+    def _hashed(self, request: EngineRequest, names: list[str], loads: dict[str, int], now: float) -> tuple[str, str]:
+        key = prefix_key(request)
+        ranked = routing.rendezvous(key, names)
+        home = self._prefixes.get(key)
+        decision = "hashed"
+        if home not in names:
+            decision = "hashed" if home is None else "moved"
+            home = routing.bounded(ranked, self._prefixes.active(names, now))
+        self._prefixes.place(key, home, now)
+        chosen = routing.bounded([home, *(n for n in ranked if n != home)], loads)  # a hot prefix spills
+        return chosen, decision if chosen == home else "spilled"
 
     # Opening ---------------------------------------------------------------------------------------
 
