@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import pytest
@@ -185,7 +186,7 @@ def test_new_stateless_conversations_balance_and_each_keeps_its_home():
     f = fleet()
     homes = {i: f.choose(request(f"balanced task {i}"), set())[0].name for i in range(40)}
     counts = Counter(homes.values())
-    assert max(counts.values()) <= 13 and len(counts) == 4  # within 1.25 × the average of 10
+    assert sorted(counts.values()) == [10, 10, 10, 10]  # each its share
     for i in range(40):  # later turns of each, their history grown, land where each began
         replica, decision = f.choose(request(f"balanced task {i}", "tool output " * 50), set())
         assert (replica.name, decision) == (homes[i], "hashed")
@@ -208,3 +209,11 @@ def test_placements_count_only_recent_conversations():
     assert placements.active(NAMES, now=14) == {NAMES[0]: 1, NAMES[1]: 1, NAMES[2]: 0, NAMES[3]: 0}
     placements.place("d", NAMES[2], now=13)  # over the bound: the oldest is forgotten
     assert placements.get("a") is None and placements.get("d") == NAMES[2]
+
+
+def test_a_continuation_keeps_its_conversation_counted_where_it_runs():
+    f = fleet()
+    home, _ = f.choose(request("long task"), set())
+    later = request("long task", "turn two", replica=home.name)
+    assert f.choose(later, set()) == (home, "kept")
+    assert f._prefixes.active(NAMES, now=time.monotonic())[home.name] == 1

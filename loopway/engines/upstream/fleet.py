@@ -14,10 +14,10 @@ the engine recomputes only the new tokens. So, with ``--route affinity`` (the de
 - anything else goes by rendezvous hashing of its rendered prefix (the instructions, tools and
   first input item: ``EngineRequest.route_prefix`` tokens), so a stateless client resending one
   conversation's history keeps landing on one replica, with bounded loads twice over: a new
-  conversation takes the first replica in its key's ranking that holds fewer than 1.25 × the
-  average of recently active conversations (and keeps it: the placement is remembered), and a
-  request spills to the next replica in the ranking while its home has more than 1.25 × the
-  average requests in flight, so one hot prefix cannot overload a replica.
+  conversation takes the first replica in its key's ranking that holds less than its share
+  (⌈(active + 1) ÷ replicas⌉) of the recently active conversations, and keeps it (the placement is
+  remembered), and a request spills to the next replica in the ranking while its home has more
+  than 1.25 × the average requests in flight, so one hot prefix cannot overload a replica.
 
 ``round-robin`` and ``least-loaded`` ignore all of that (baselines, and engines without a prefix
 cache). Whichever the policy, a replica that is down is skipped, and a conversation pinned to it
@@ -168,6 +168,8 @@ class Fleet:
             decision = "new" if preferred is None else "moved"
         if request.session is not None:
             self._sessions.place(request.session, name, now)
+        else:  # an HTTP continuation: its conversation stays active where it runs
+            self._prefixes.place(prefix_key(request), name, now)
         return name, decision
 
     def _hashed(self, request: EngineRequest, names: list[str], loads: dict[str, int], now: float) -> tuple[str, str]:
@@ -177,7 +179,7 @@ class Fleet:
         decision = "hashed"
         if home not in names:
             decision = "hashed" if home is None else "moved"
-            home = routing.bounded(ranked, self._prefixes.active(names, now))
+            home = routing.bounded(ranked, self._prefixes.active(names, now), routing.PLACE_FACTOR)
         self._prefixes.place(key, home, now)
         chosen = routing.bounded([home, *(n for n in ranked if n != home)], loads)  # a hot prefix spills
         return chosen, decision if chosen == home else "spilled"

@@ -21,6 +21,7 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 SPILL_FACTOR = 1.25  # ε = 0.25, the paper's example and HAProxy's default (hash-balance-factor 125)
+PLACE_FACTOR = 1.0  # conversations: each replica its share, no more (a placement is remembered, not rehashed)
 
 
 def _score(key: bytes, name: str) -> int:
