@@ -205,6 +205,7 @@ def plot(path: str, rows: list[dict]) -> None:
         for ax, title, unit in ((row_axes[0], "prefix-cache hit rate", "%"), (row_axes[1], "TTFT p99", "s")):
             ax.set_xticks([i + width * (len(routings) - 1) / 2 for i in range(len(modes))], modes)
             ax.set(title=f"{sessions} sessions: {title}", ylabel=unit)
-            ax.legend(fontsize=7)
+            ax.margins(y=0.25)  # room above the bars for the legend
+            ax.legend(fontsize=7, loc="upper left", ncols=len(routings))
     fig.tight_layout()
     fig.savefig(path, dpi=110)

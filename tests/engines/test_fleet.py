@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import Counter
 
 import pytest
 
 from loopway.core.conversation import Conversation
-from loopway.engines.base import EngineRequest
+from loopway.engines.base import EngineError, EngineRequest
 from loopway.engines.upstream import routing
 from loopway.engines.upstream.fleet import Fleet, prefix_key
 from loopway.engines.upstream.health import Health
@@ -143,6 +144,8 @@ def test_a_hot_prefix_spills_under_load():
     hot = request("the same task everyone sends")
     home, _ = f.choose(hot, set())
     home.in_flight = 5
+    assert f.choose(hot, set()) == (home, "hashed")  # one conversation's turn: its cache is home
+    f._prefix_flight[prefix_key(hot)] = 6  # six requests with this prefix at once: a hot prefix
     other, decision = f.choose(hot, set())
     assert other is not home and decision == "spilled"
 
@@ -217,3 +220,51 @@ def test_a_continuation_keeps_its_conversation_counted_where_it_runs():
     later = request("long task", "turn two", replica=home.name)
     assert f.choose(later, set()) == (home, "kept")
     assert f._prefixes.active(NAMES, now=time.monotonic())[home.name] == 1
+
+
+class _Upstream:
+    """One replica's connection, as the fleet uses it: a stream of events, or a failure."""
+
+    def __init__(self, url: str, fail: bool = False) -> None:
+        self.url, self.fail = url, fail
+
+    async def open(self, path: str, body: dict) -> str:
+        if self.fail:
+            raise EngineError(f"{self.url} is down")
+        return self.url
+
+    async def events(self, response: str):
+        for n in range(3):
+            yield {"n": n}
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_concurrent_requests_with_one_prefix_spill_and_a_conversations_turns_stay_home():
+    f = Fleet(NAMES, _Upstream, probe_s=0)
+    hot = request("the template everyone sends")
+    streams = [await f.open("/chat/completions", {}, hot) for _ in range(8)]
+    assert len({s.replica.name for s in streams}) > 1  # its home took its share, the rest spilled
+    for stream in streams:
+        [event async for event in stream.events()]
+    assert all(r.in_flight == 0 for r in f.replicas) and not f._prefix_flight
+    home = streams[0].replica
+    home.in_flight = 10  # busy with other conversations: one conversation's next turn still goes home
+    assert (await f.open("/chat/completions", {}, hot)).replica is home
+
+
+async def test_a_stream_dropped_unread_gives_its_place_back():
+    f = Fleet(NAMES, _Upstream, probe_s=0)
+    stream = await f.open("/chat/completions", {}, request("a task"))
+    assert stream.replica.in_flight == 1 and f._prefix_flight
+    del stream
+    gc.collect()
+    assert all(r.in_flight == 0 for r in f.replicas) and not f._prefix_flight
+
+
+async def test_a_failed_replica_is_retried_elsewhere_and_counts_nothing_in_flight():
+    f = Fleet(NAMES, lambda url: _Upstream(url, fail=url == NAMES[1]), probe_s=0)
+    stream = await f.open("/chat/completions", {}, request("t", replica=NAMES[1]))
+    assert stream.replica.name != NAMES[1] and not f.by_name[NAMES[1]].health.up
+    assert f.by_name[NAMES[1]].in_flight == 0

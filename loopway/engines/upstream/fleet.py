@@ -16,8 +16,10 @@ the engine recomputes only the new tokens. So, with ``--route affinity`` (the de
   conversation's history keeps landing on one replica, with bounded loads twice over: a new
   conversation takes the first replica in its key's ranking that holds less than its share
   (⌈(active + 1) ÷ replicas⌉) of the recently active conversations, and keeps it (the placement is
-  remembered), and a request spills to the next replica in the ranking while its home has more
-  than 1.25 × the average requests in flight, so one hot prefix cannot overload a replica.
+  remembered); and when several requests with one prefix are in flight at once (a hot prefix: one
+  conversation has one turn in flight at a time), each spills to the next replica in the ranking
+  while its home has more than 1.25 × the average requests in flight, so a hot prefix cannot
+  overload a replica while conversations keep their cache.
 
 ``round-robin`` and ``least-loaded`` ignore all of that (baselines, and engines without a prefix
 cache). Whichever the policy, a replica that is down is skipped, and a conversation pinned to it
@@ -34,7 +36,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 import httpx
@@ -83,11 +86,24 @@ class Replica:
 class Stream:
     """An accepted upstream stream: its first event is already in hand, the rest follow."""
 
-    def __init__(self, fleet: Fleet, replica: Replica, first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        replica: Replica,
+        first: dict[str, Any],
+        rest: AsyncIterator[dict[str, Any]],
+        release: Callable[[], None],
+    ) -> None:
         self.fleet, self.replica = fleet, replica
         self._first, self._rest = first, rest
+        self._release = release
+        # A turn dropped before its stream was read (its client left in between) still gives its
+        # place back: the counts steer routing. (The upstream response, already being read, is
+        # closed by the event loop's finalizer of its async generator.)
+        self._abandoned = weakref.finalize(self, _give_back, fleet, replica, release)
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
+        self._abandoned.detach()
         try:
             yield self._first
             async for event in self._rest:
@@ -99,6 +115,12 @@ class Stream:
             with contextlib.suppress(Exception):
                 await self._rest.aclose()  # type: ignore[attr-defined]
             self.fleet.done(self.replica)
+            self._release()
+
+
+def _give_back(fleet: Fleet, replica: Replica, release: Callable[[], None]) -> None:
+    fleet.done(replica)
+    release()
 
 
 class Fleet:
@@ -122,6 +144,7 @@ class Fleet:
         self.observer: FleetObserver = observer or _Silent()
         self._sessions = routing.Placements(MAX_PLACEMENTS, ACTIVE_S)  # WebSocket connections
         self._prefixes = routing.Placements(MAX_PLACEMENTS, ACTIVE_S)  # stateless conversations, by prefix key
+        self._prefix_flight: dict[bytes, int] = {}  # requests in flight per prefix key (hashed ones)
         self._picks = 0
         self._last_picked: dict[str, int] = {}
         self._prober: asyncio.Task[None] | None = None
@@ -181,8 +204,27 @@ class Fleet:
             decision = "hashed" if home is None else "moved"
             home = routing.bounded(ranked, self._prefixes.active(names, now), routing.PLACE_FACTOR)
         self._prefixes.place(key, home, now)
+        if self._prefix_flight.get(key, 0) <= 1:  # only this request: a conversation's turn stays home
+            return home, decision
         chosen = routing.bounded([home, *(n for n in ranked if n != home)], loads)  # a hot prefix spills
         return chosen, decision if chosen == home else "spilled"
+
+    def _hashed_key(self, request: EngineRequest) -> bytes | None:
+        hashed = self.route == "affinity" and request.session is None and request.replica is None
+        return prefix_key(request) if hashed else None
+
+    def _in_flight(self, key: bytes | None) -> Callable[[], None]:
+        """Count a hashed request in flight under its prefix key; returns what uncounts it."""
+        if key is None:
+            return lambda: None
+        self._prefix_flight[key] = self._prefix_flight.get(key, 0) + 1
+
+        def release() -> None:
+            left = self._prefix_flight.pop(key) - 1
+            if left:
+                self._prefix_flight[key] = left
+
+        return release
 
     # Opening ---------------------------------------------------------------------------------------
 
@@ -193,21 +235,27 @@ class Fleet:
         depends on where it goes, such as an upstream ``previous_response_id``)."""
         tried: set[str] = set()
         failure: EngineError | None = None
-        for attempt in range(self.attempts):
-            replica, decision = self.choose(request, tried)
-            tried.add(replica.name)
-            try:
-                stream = await self._open_on(replica, path, body(replica) if callable(body) else body)
-                self.observer.upstream_routed(decision)  # where it ran: a retry after a pinned replica failed "moved"
-                return stream
-            except EngineError as exc:
-                failure = exc
-                if len(self.replicas) == 1 and attempt + 1 < self.attempts:
-                    await asyncio.sleep(0.05 * 2**attempt)  # one replica: give it a moment
+        release = self._in_flight(self._hashed_key(request))
+        try:
+            for attempt in range(self.attempts):
+                replica, decision = self.choose(request, tried)
+                tried.add(replica.name)
+                try:
+                    stream = await self._open_on(replica, path, body(replica) if callable(body) else body, release)
+                    self.observer.upstream_routed(decision)  # the attempt that ran: after a failure, "moved"
+                    return stream
+                except EngineError as exc:
+                    failure = exc
+                    if len(self.replicas) == 1 and attempt + 1 < self.attempts:
+                        await asyncio.sleep(0.05 * 2**attempt)  # one replica: give it a moment
+        except BaseException:
+            release()
+            raise
+        release()
         assert failure is not None
         raise failure
 
-    async def _open_on(self, replica: Replica, path: str, body: dict[str, Any]) -> Stream:
+    async def _open_on(self, replica: Replica, path: str, body: dict[str, Any], release: Callable[[], None]) -> Stream:
         replica.health.trying(time.monotonic())
         replica.in_flight += 1
         self.observer.upstream_in_flight(replica.name, 1)
@@ -233,7 +281,7 @@ class Fleet:
         self.observer.upstream_first_byte(replica.name, time.perf_counter() - started)
         self.observer.upstream_request(replica.name, "ok")
         self.succeeded(replica)
-        return Stream(self, replica, first, events)
+        return Stream(self, replica, first, events, release)
 
     def done(self, replica: Replica) -> None:
         replica.in_flight -= 1
