@@ -181,27 +181,29 @@ class Fleet:
         now = time.monotonic()
         if request.session is None and request.replica is None:
             return self._hashed(request, names, loads, now)
-        preferred = (self._sessions.get(request.session) if request.session else None) or request.replica
+        # A WebSocket connection is placed as a session, an HTTP continuation as its conversation.
+        if request.session is not None:
+            table, key = self._sessions, request.session
+        else:
+            table, key = self._prefixes, prefix_key(request)
+        pinned = self._sessions.get(request.session) if request.session is not None else None
+        preferred = pinned or request.replica  # a connection's replica, else its parent's
         if preferred in names:
             name, decision = preferred, "kept"
         else:
-            active = self._sessions.active(names, now)
-            sessions = {n: (active[n], loads[n]) for n in names}  # in flight alone changes by the second
-            name = routing.least_loaded(names, sessions, self._last_picked)
+            active = table.active(names, now)
+            balance = {n: (active[n], loads[n]) for n in names}  # in flight alone changes by the second
+            name = routing.least_loaded(names, balance, self._last_picked)
             decision = "new" if preferred is None else "moved"
-        if request.session is not None:
-            self._sessions.place(request.session, name, now)
-        else:  # an HTTP continuation: its conversation stays active where it runs
-            self._prefixes.place(prefix_key(request), name, now)
+        table.place(key, name, now)  # and it counts as active there
         return name, decision
 
     def _hashed(self, request: EngineRequest, names: list[str], loads: dict[str, int], now: float) -> tuple[str, str]:
         key = prefix_key(request)
         ranked = routing.rendezvous(key, names)
         home = self._prefixes.get(key)
-        decision = "hashed"
+        decision = "moved" if home is not None and home not in names else "hashed"
         if home not in names:
-            decision = "hashed" if home is None else "moved"
             home = routing.bounded(ranked, self._prefixes.active(names, now), routing.PLACE_FACTOR)
         self._prefixes.place(key, home, now)
         if self._prefix_flight.get(key, 0) <= 1:  # only this request: a conversation's turn stays home
