@@ -64,6 +64,9 @@ class _NoUpstream:
     async def aclose(self) -> None:
         return None
 
+    async def alive(self, timeout_s: float) -> bool:
+        return True
+
 
 def fleet(route: str = "affinity") -> Fleet:
     return Fleet(NAMES, lambda url: _NoUpstream(), route=route, probe_s=0)
@@ -237,6 +240,9 @@ class _Upstream:
         for n in range(3):
             yield {"n": n}
 
+    async def alive(self, timeout_s: float) -> bool:
+        return not self.fail
+
     async def aclose(self) -> None:
         return None
 
@@ -268,3 +274,10 @@ async def test_a_failed_replica_is_retried_elsewhere_and_counts_nothing_in_fligh
     stream = await f.open("/chat/completions", {}, request("t", replica=NAMES[1]))
     assert stream.replica.name != NAMES[1] and not f.by_name[NAMES[1]].health.up
     assert f.by_name[NAMES[1]].in_flight == 0
+
+
+async def test_probes_take_a_failing_replica_out_and_bring_it_back():
+    f = Fleet(NAMES[:2], lambda url: _Upstream(url, fail=url == NAMES[0]), probe_s=0)
+    assert not await f.probe(f.replicas[0]) and not f.replicas[0].health.up
+    f.replicas[0].upstream.fail = False
+    assert await f.probe(f.replicas[0]) and f.replicas[0].health.up

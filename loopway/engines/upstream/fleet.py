@@ -40,12 +40,9 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
-import httpx
-
 from loopway.engines.base import EngineError, EngineRequest
 from loopway.engines.upstream import routing
 from loopway.engines.upstream.health import Health
-from loopway.engines.upstream.http import Upstream
 from loopway.protocol.errors import ApiError
 from loopway.tokens.sequence import BLOCK_SIZE
 
@@ -75,8 +72,20 @@ class _Silent:
         return lambda *args: None
 
 
+class Connection(Protocol):
+    """One replica's connection (``http.Upstream``): a stream opened, its events, a probe."""
+
+    async def open(self, path: str, body: dict[str, Any]) -> Any: ...
+
+    def events(self, response: Any) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def alive(self, timeout_s: float) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Replica:
-    def __init__(self, url: str, upstream: Upstream) -> None:
+    def __init__(self, url: str, upstream: Connection) -> None:
         self.name = url.rstrip("/")
         self.upstream = upstream
         self.health = Health()
@@ -127,7 +136,7 @@ class Fleet:
     def __init__(
         self,
         urls: Sequence[str],
-        upstream_of: Any,  # url -> Upstream
+        upstream_of: Callable[[str], Connection],
         *,
         route: str = "affinity",
         attempts: int = 3,
@@ -314,12 +323,7 @@ class Fleet:
             await asyncio.sleep(self.probe_s)
 
     async def probe(self, replica: Replica) -> bool:
-        """``GET /models``: any answer below 500 says the server is there and serving."""
-        try:
-            response = await replica.upstream.client.get("/models", timeout=min(5.0, max(self.probe_s, 1.0)))
-            alive = response.status_code < 500
-        except httpx.HTTPError:
-            alive = False
+        alive = await replica.upstream.alive(timeout_s=min(5.0, max(self.probe_s, 1.0)))
         if alive:
             self.succeeded(replica)
         elif replica.health.up or replica.health.available(time.monotonic()):

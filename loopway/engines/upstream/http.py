@@ -75,10 +75,12 @@ class Upstream:
         finally:
             await response.aclose()
 
-    async def get(self, path: str) -> Any:
-        response = await self.client.get(path)
-        response.raise_for_status()
-        return response.json()
+    async def alive(self, timeout_s: float) -> bool:
+        """``GET /models``: any answer below 500 says the server is there and serving."""
+        try:
+            return (await self.client.get("/models", timeout=timeout_s)).status_code < 500
+        except httpx.HTTPError:
+            return False
 
     async def aclose(self) -> None:
         await self.client.aclose()
