@@ -33,8 +33,21 @@ def components() -> dict[str, Any]:
     path = spec_path()
     with path.open() as f:
         if path.suffix == ".json":
-            return json.load(f)["components"]
-        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["components"]
+            return _nullable(json.load(f)["components"])
+        return _nullable(yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["components"])
+
+
+def _nullable(node: Any) -> Any:
+    """OpenAPI 3.0's ``nullable: true`` (which the Chat Completions schemas still use) as JSON Schema:
+    the schema, or null. JSON Schema validators ignore the keyword, and would refuse every null."""
+    if isinstance(node, list):
+        return [_nullable(value) for value in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _nullable(value) for key, value in node.items()}
+    if node.pop("nullable", False) is True:
+        return {"anyOf": [node, {"type": "null"}]}
+    return node
 
 
 @lru_cache(maxsize=None)

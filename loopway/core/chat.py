@@ -166,7 +166,7 @@ class ChunkEncoder:
         """The whole answer, for ``stream: false``, once every delta was fed."""
         if self.finish is None:
             raise ApiError(500, "The model ended without finishing the answer.", type="server_error", code="server_error")
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.text) or None}
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.text) or None, "refusal": None}
         if self.thought:
             message["reasoning_content"] = "".join(self.thought)
         if self.tool_calls:

@@ -9,6 +9,7 @@ import pytest
 from openai import BadRequestError, OpenAI
 
 from tests.conftest import MODEL, Server
+from tests.openapi import validator
 
 TOOLS = [
     {
@@ -126,3 +127,22 @@ def test_only_the_sim_engine_serves_chat_completions(tmp_path):
         assert response.status_code == 404
     finally:
         front.stop()
+
+
+def raw_chunks(sim: Server, body: dict) -> list[dict]:
+    response = httpx.post(f"{sim.url}/chat/completions", json={**body, "stream": True}, timeout=30)
+    blocks = [b.removeprefix("data: ") for b in response.text.strip().split("\n\n")]
+    assert blocks[-1] == "[DONE]"
+    return [json.loads(b) for b in blocks[:-1]]
+
+
+@pytest.mark.parametrize("tools", [None, TOOLS])
+def test_what_it_sends_validates_against_openais_schema(sim: Server, tools: list | None):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "read src/schema.py"}], "tools": tools}
+    body = {k: v for k, v in body.items() if v is not None}
+    chunks = raw_chunks(sim, {**body, "stream_options": {"include_usage": True}})
+    for chunk in chunks:
+        validator("CreateChatCompletionStreamResponse").validate(chunk)
+    whole = httpx.post(f"{sim.url}/chat/completions", json=body, timeout=30).json()
+    validator("CreateChatCompletionResponse").validate(whole)
+    assert whole["choices"][0]["finish_reason"] == ("tool_calls" if tools else "stop")

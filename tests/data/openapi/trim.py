@@ -30,6 +30,8 @@ ROOTS = (
     "ResponseItemList",
     "CompactResource",
     "TokenCountsResource",
+    "CreateChatCompletionResponse",  # the sim's /v1/chat/completions
+    "CreateChatCompletionStreamResponse",
 )
 PREFIX = "#/components/schemas/"
 
