@@ -114,14 +114,12 @@ class ChunkEncoder:
         self.tool_calls: list[dict[str, Any]] = []
         self.finish: Finish | None = None
 
+    def _object(self, kind: str, **fields: Any) -> dict[str, Any]:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model, **fields}
+
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-        }
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return self._object("chat.completion.chunk", choices=[choice])
 
     def opening(self) -> dict[str, Any]:
         return self._chunk({"role": "assistant", "content": ""})
@@ -153,14 +151,7 @@ class ChunkEncoder:
 
     def usage_chunk(self) -> dict[str, Any]:
         assert self.finish is not None
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [],
-            "usage": usage_of(self.finish),
-        }
+        return self._object("chat.completion.chunk", choices=[], usage=usage_of(self.finish))
 
     def completion(self) -> dict[str, Any]:
         """The whole answer, for ``stream: false``, once every delta was fed."""
@@ -171,11 +162,5 @@ class ChunkEncoder:
             message["reasoning_content"] = "".join(self.thought)
         if self.tool_calls:
             message["tool_calls"] = self.tool_calls
-        return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish.reason}],
-            "usage": usage_of(self.finish),
-        }
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish.reason}
+        return self._object("chat.completion", choices=[choice], usage=usage_of(self.finish))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,8 +18,6 @@ from loopway.protocol.request import decode_json
 from loopway.settings import Settings
 from loopway.transports.http import read_body
 from loopway.transports.sse import HEADERS
-
-log = logging.getLogger("loopway.chat")
 
 
 class ChatApi:

@@ -105,14 +105,12 @@ class Stream:
     ) -> None:
         self.fleet, self.replica = fleet, replica
         self._first, self._rest = first, rest
-        self._release = release
-        # A turn dropped before its stream was read (its client left in between) still gives its
-        # place back: the counts steer routing. (The upstream response, already being read, is
-        # closed by the event loop's finalizer of its async generator.)
-        self._abandoned = weakref.finalize(self, _give_back, fleet, replica, release)
+        # Its place is given back once: when its events end, or when a turn dropped before reading
+        # them (its client left in between) is collected; the counts steer routing. (The upstream
+        # response, already being read, is closed by the event loop's finalizer of its generator.)
+        self._give_back = weakref.finalize(self, _give_back, fleet, replica, release)
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
-        self._abandoned.detach()
         try:
             yield self._first
             async for event in self._rest:
@@ -123,8 +121,7 @@ class Stream:
         finally:
             with contextlib.suppress(Exception):
                 await self._rest.aclose()  # type: ignore[attr-defined]
-            self.fleet.done(self.replica)
-            self._release()
+            self._give_back()
 
 
 def _give_back(fleet: Fleet, replica: Replica, release: Callable[[], None]) -> None:
@@ -171,8 +168,9 @@ class Fleet:
         # Every untried replica is down: try the one whose backoff ends first rather than fail.
         return sorted(fresh or self.replicas, key=lambda r: r.health.retry_at)[:1]
 
-    def choose(self, request: EngineRequest, exclude: set[str]) -> tuple[Replica, str]:
-        """The replica for this attempt and why (kept, moved, new, hashed, spilled, …)."""
+    def choose(self, request: EngineRequest, exclude: set[str], key: bytes | None = None) -> tuple[Replica, str]:
+        """The replica for this attempt and why (kept, moved, new, hashed, spilled, …); ``key``: the
+        request's ``prefix_key``, when the caller has it already."""
         candidates = self._available(exclude)
         names = [r.name for r in candidates]
         loads = {r.name: r.in_flight for r in candidates}
@@ -181,20 +179,21 @@ class Fleet:
         elif self.route == "least-loaded":
             name, decision = routing.least_loaded(names, loads, self._last_picked), "least-loaded"
         else:
-            name, decision = self._affine(request, names, loads)
+            name, decision = self._affine(request, names, loads, key)
         self._picks += 1
         self._last_picked[name] = self._picks
         return self.by_name[name], decision
 
-    def _affine(self, request: EngineRequest, names: list[str], loads: dict[str, int]) -> tuple[str, str]:
+    def _affine(self, request: EngineRequest, names: list[str], loads: dict[str, int], key: bytes | None) -> tuple[str, str]:
         now = time.monotonic()
         if request.session is None and request.replica is None:
-            return self._hashed(request, names, loads, now)
+            return self._hashed(key or prefix_key(request), names, loads, now)
         # A WebSocket connection is placed as a session, an HTTP continuation as its conversation.
+        table: routing.Placements
         if request.session is not None:
-            table, key = self._sessions, request.session
+            table, placed = self._sessions, request.session
         else:
-            table, key = self._prefixes, prefix_key(request)
+            table, placed = self._prefixes, key or prefix_key(request)
         pinned = self._sessions.get(request.session) if request.session is not None else None
         preferred = pinned or request.replica  # a connection's replica, else its parent's
         if preferred in names:
@@ -204,11 +203,10 @@ class Fleet:
             balance = {n: (active[n], loads[n]) for n in names}  # in flight alone changes by the second
             name = routing.least_loaded(names, balance, self._last_picked)
             decision = "new" if preferred is None else "moved"
-        table.place(key, name, now)  # and it counts as active there
+        table.place(placed, name, now)  # and it counts as active there
         return name, decision
 
-    def _hashed(self, request: EngineRequest, names: list[str], loads: dict[str, int], now: float) -> tuple[str, str]:
-        key = prefix_key(request)
+    def _hashed(self, key: bytes, names: list[str], loads: dict[str, int], now: float) -> tuple[str, str]:
         ranked = routing.rendezvous(key, names)
         home = self._prefixes.get(key)
         decision = "moved" if home is not None and home not in names else "hashed"
@@ -219,10 +217,6 @@ class Fleet:
             return home, decision
         chosen = routing.bounded([home, *(n for n in ranked if n != home)], loads)  # a hot prefix spills
         return chosen, decision if chosen == home else "spilled"
-
-    def _hashed_key(self, request: EngineRequest) -> bytes | None:
-        hashed = self.route == "affinity" and request.session is None and request.replica is None
-        return prefix_key(request) if hashed else None
 
     def _in_flight(self, key: bytes | None) -> Callable[[], None]:
         """Count a hashed request in flight under its prefix key; returns what uncounts it."""
@@ -246,10 +240,11 @@ class Fleet:
         depends on where it goes, such as an upstream ``previous_response_id``)."""
         tried: set[str] = set()
         failure: EngineError | None = None
-        release = self._in_flight(self._hashed_key(request))
+        key = prefix_key(request) if self.route == "affinity" and request.session is None else None
+        release = self._in_flight(key if request.replica is None else None)  # hashed requests are counted
         try:
             for attempt in range(self.attempts):
-                replica, decision = self.choose(request, tried)
+                replica, decision = self.choose(request, tried, key)
                 tried.add(replica.name)
                 try:
                     stream = await self._open_on(replica, path, body(replica) if callable(body) else body, release)
@@ -278,15 +273,11 @@ class Fleet:
                 first = await anext(events)
             except StopAsyncIteration:
                 raise EngineError(f"The upstream at {replica.name} ended its stream before the first event.") from None
-        except ApiError:
-            self.observer.upstream_request(replica.name, "refused")
-            self.done(replica)
-            raise
-        except EngineError:
-            self.failed(replica, "failed")
-            self.done(replica)
-            raise
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, ApiError):  # the client's error: the replica is fine
+                self.observer.upstream_request(replica.name, "refused")
+            elif isinstance(exc, EngineError):
+                self.failed(replica, "failed")
             self.done(replica)
             raise
         self.observer.upstream_first_byte(replica.name, time.perf_counter() - started)
