@@ -1,7 +1,8 @@
 """The sim engine as a Chat Completions server: a stateless request straight to the engine.
 
 No conversation state, no store: each request is rendered and generated as it comes, with the
-engine's own prefix cache deciding ``cached_tokens``, as a vLLM server does. ``ChunkEncoder`` turns
+engine's own prefix cache deciding ``cached_tokens``, as a vLLM server does. ``prepare`` is pure
+(parse, validate, render), so a transport can run it off the loop for a large body. ``ChunkEncoder`` turns
 deltas into ``chat.completion.chunk`` objects as vLLM streams them: the role first, content and
 ``reasoning_content`` deltas, tool calls by their own index (0, 1, … among calls) with id and name
 on their first piece, ``finish_reason`` on the last choice chunk, and usage
@@ -18,9 +19,11 @@ from typing import Any
 
 from loopway.core.conversation import Conversation
 from loopway.engines.base import Delta, Engine, EngineRequest, Finish, ReasoningDelta, TextDelta, ToolCallDelta, find_model
-from loopway.protocol.chat import ChatRequest
+from loopway.protocol.bounds import JsonBounds
+from loopway.protocol.chat import ChatRequest, parse_chat
 from loopway.protocol.errors import ApiError, invalid_request, model_not_found
 from loopway.protocol.items import FunctionCallOutput
+from loopway.protocol.request import decode_json
 from loopway.tokens.render import Renderer
 
 
@@ -28,6 +31,11 @@ class ChatCompletions:
     def __init__(self, engine: Engine, renderer: Renderer | None = None) -> None:
         self.engine = engine
         self.renderer = renderer or Renderer()
+
+    def prepare(self, body: bytes, limits: JsonBounds) -> tuple[ChatRequest, EngineRequest]:
+        """A request body, decoded within ``limits``, validated and rendered for the engine."""
+        chat = parse_chat(decode_json(body, limits), limits)
+        return chat, self.engine_request(chat)
 
     def engine_request(self, chat: ChatRequest) -> EngineRequest:
         info = find_model(self.engine, chat.model)
@@ -65,9 +73,9 @@ class ChatCompletions:
             reasoning_effort=chat.reasoning_effort,
         )
 
-    async def chunks(self, chat: ChatRequest) -> AsyncIterator[dict[str, Any]]:
-        """The streamed answer; raises ``ApiError`` before the first chunk when the request is refused."""
-        deltas = await self.engine.open(self.engine_request(chat))
+    async def chunks(self, chat: ChatRequest, request: EngineRequest) -> AsyncIterator[dict[str, Any]]:
+        """The streamed answer; raises ``ApiError`` before the first chunk when the engine refuses it."""
+        deltas = await self.engine.open(request)
         return self._stream(ChunkEncoder(chat.model), deltas, chat.include_usage)
 
     async def _stream(
@@ -84,9 +92,9 @@ class ChatCompletions:
         if include_usage and encoder.finish is not None:
             yield encoder.usage_chunk()
 
-    async def complete(self, chat: ChatRequest) -> dict[str, Any]:
+    async def complete(self, chat: ChatRequest, request: EngineRequest) -> dict[str, Any]:
         encoder = ChunkEncoder(chat.model)
-        async for delta in await self.engine.open(self.engine_request(chat)):
+        async for delta in await self.engine.open(request):
             encoder.feed(delta)
         return encoder.completion()
 

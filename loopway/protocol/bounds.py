@@ -65,15 +65,15 @@ def deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
-def check_input_items(raw: Any, bounds: JsonBounds) -> None:
-    """The number of input items, bounded before any of them is parsed."""
-    items = raw.get("input") if isinstance(raw, dict) else None
+def check_input_items(raw: Any, bounds: JsonBounds, field: str = "input") -> None:
+    """The number of input items (a Chat Completions body's ``messages``), bounded before any of them is parsed."""
+    items = raw.get(field) if isinstance(raw, dict) else None
     if isinstance(items, list) and len(items) > bounds.max_input_items:
         raise ApiError(
             400,
-            f"Invalid 'input': array too long. Expected an array with at most {bounds.max_input_items} items, "
+            f"Invalid '{field}': array too long. Expected an array with at most {bounds.max_input_items} items, "
             f"but got an array with {len(items)} items instead.",
-            param="input",
+            param=field,
             code="array_above_max_length",
         )
 

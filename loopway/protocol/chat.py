@@ -14,6 +14,8 @@ from typing import Any
 
 import msgspec
 
+from loopway.protocol import bounds
+from loopway.protocol.bounds import DEFAULT_BOUNDS, JsonBounds
 from loopway.protocol.errors import invalid_request
 from loopway.protocol.items import Item, parse_input
 from loopway.protocol.request import JsonSchemaFormat
@@ -55,7 +57,8 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     reasoning_effort: str | None
 
 
-def parse_chat(raw: Any) -> ChatRequest:
+def parse_chat(raw: Any, limits: JsonBounds = DEFAULT_BOUNDS) -> ChatRequest:
+    bounds.check_input_items(raw, limits, field="messages")
     try:
         body = msgspec.convert(raw, ChatBody)
     except msgspec.ValidationError as exc:

@@ -1,4 +1,7 @@
-"""``POST /v1/chat/completions`` on the sim engine: JSON, or SSE ``data:`` chunks ending ``[DONE]``."""
+"""``POST /v1/chat/completions`` on the sim engine: JSON, or SSE ``data:`` chunks ending ``[DONE]``.
+
+Bodies are bounded as the Responses API's are (size, arrival time, JSON values and depth, messages),
+and a large one is parsed and rendered in a worker thread (``core.offload``)."""
 
 from __future__ import annotations
 
@@ -11,10 +14,9 @@ from starlette.responses import Response as HttpResponse
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
+from loopway.core import offload
 from loopway.core.chat import ChatCompletions
 from loopway.engines.base import Engine, EngineError
-from loopway.protocol.chat import parse_chat
-from loopway.protocol.request import decode_json
 from loopway.settings import Settings
 from loopway.transports.http import read_body
 from loopway.transports.sse import HEADERS
@@ -28,10 +30,13 @@ class ChatApi:
     async def create(self, request: Request) -> HttpResponse:
         s = self.settings
         body = await read_body(request, s.max_body_bytes, s.body_timeout_s, s.body_min_rate)
-        chat = parse_chat(decode_json(body, s.json_bounds()))
+        chat, prepared = await offload.call(
+            len(body) > s.offload_bytes, lambda: self.completions.prepare(body, s.json_bounds())
+        )
         if not chat.stream:
-            return HttpResponse(msgspec.json.encode(await self.completions.complete(chat)), media_type="application/json")
-        chunks = await self.completions.chunks(chat)
+            answer = await self.completions.complete(chat, prepared)
+            return HttpResponse(msgspec.json.encode(answer), media_type="application/json")
+        chunks = await self.completions.chunks(chat, prepared)
         return StreamingResponse(_sse(chunks), media_type="text/event-stream", headers=HEADERS)
 
 

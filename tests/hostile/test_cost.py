@@ -183,3 +183,51 @@ def test_a_large_legal_body_is_parsed_off_the_loop_while_others_stream(tmp_path:
         assert events[-1]["response"]["usage"]["input_tokens"] > 4_000_000
     finally:
         server.stop()
+
+
+def chat(server, body: dict | bytes, timeout: float = 120) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(
+        f"{server.url}/chat/completions", content=content, timeout=timeout, headers={"content-type": "application/json"}
+    )
+
+
+def test_the_chat_endpoint_counts_messages_and_values_before_it_parses_them(tmp_path: Path):
+    server = started(tmp_path, "--max-input-items", "1000")
+    try:
+        messages = [{"role": "user", "content": "a"} for _ in range(1_001)]
+        answer = chat(server, {"model": MODEL, "messages": messages})
+        assert answer.status_code == 400
+        assert_openai_error(answer.json(), "array_above_max_length")
+        assert answer.json()["error"]["param"] == "messages"
+        amplified = b"[" + b",".join([b"{}"] * (10 * 1024 * 1024)) + b"]"
+        with Watch(server, rss_bound_mib=200):
+            answer = chat(server, b'{"model": "loopway-sim", "messages": ' + amplified + b"}")
+        assert answer.status_code == 400
+        assert_openai_error(answer.json(), "json_too_large")
+        deep = b'{"model": "loopway-sim", "messages": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+        answer = chat(server, deep)
+        assert answer.status_code == 400
+        assert_openai_error(answer.json())
+    finally:
+        server.stop()
+
+
+def test_a_large_chat_body_is_rendered_off_the_loop_while_others_are_served(tmp_path: Path):
+    server = started(
+        tmp_path, "--sim-context-window", "20000000", "--sim-prefill-tps", "1e12", "--max-body-bytes", str(64 << 20)
+    )
+    try:
+        output = "line of tool output with some words in it\n" * 500_000  # 21 MB
+        messages = [
+            {"role": "user", "content": "Summarise the log"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "read_log", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": output},
+        ]  # fmt: skip
+        with Watch(server, rss_bound_mib=600):
+            answer = chat(server, {"model": MODEL, "messages": messages, "max_tokens": 16})
+        assert answer.status_code == 200
+        assert answer.json()["usage"]["prompt_tokens"] > 4_000_000
+    finally:
+        server.stop()
