@@ -18,6 +18,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from loopway.core.auth import KeyRing
+from loopway.core.faults import FaultInjector, FaultSpecError
 from loopway.core.limits import ConnectionLimiter, RateLimiter
 from loopway.core.metrics import Metrics
 from loopway.core.persistence import ResponseLog
@@ -113,7 +114,15 @@ def build_service(settings: Settings, share: WorkerShare | None = None) -> Respo
         ),
         background_claim_s=settings.background_claim_s,
         recent=RecentConversations(settings.http_cache_mb << 20),
+        faults=make_faults(settings, metrics),
     )
+
+
+def make_faults(settings: Settings, metrics: Metrics) -> FaultInjector | None:
+    try:
+        return FaultInjector.of(settings.faults, settings.fault_metadata, metrics.fault_injected)
+    except FaultSpecError as exc:
+        raise ConfigError(f"--faults: {exc}") from None
 
 
 def edge_policy(settings: Settings) -> EdgePolicy:

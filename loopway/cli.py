@@ -85,6 +85,17 @@ def _optional(value: str) -> str | None:
     return value or None
 
 
+def _fault_spec(value: str) -> str:
+    """Checked here so a bad SPEC stops ``serve`` with the clause that is wrong."""
+    from loopway.core.faults import FaultSpecError, parse_spec
+
+    try:
+        parse_spec(value)
+    except FaultSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 SERVE_FLAGS = [
     _Flag("host", str, "address to listen on"),
     _Flag("workers", _workers, "server processes sharing the port, each a full server ('auto': one per core)"),
@@ -145,6 +156,14 @@ SERVE_FLAGS = [
         "decrypt); default: reasoning.keys in the data dir",
         "reasoning_keys_file",
     ),
+    # Looking inside, and failing on purpose.
+    _Flag("admin-keys", str, "a file of 'KEY TENANT' lines that open /dashboard (needed with --api-keys)"),
+    _Flag(
+        "faults",
+        _fault_spec,
+        "fail on purpose, for testing clients: 'seed=N; KIND=RATE [PARAM=V ...]; ...' (docs/faults.md)",
+    ),
+    _Flag("fault-metadata", _on_off, "let a request's metadata['loopway_fault'] name its own fault (on|off)"),
     # Upstream engines.
     _Flag(
         "upstream",

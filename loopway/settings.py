@@ -73,6 +73,9 @@ class Settings(msgspec.Struct, kw_only=True):
     upstream_retries: int = 2
     upstream_chain: bool = False  # openai-responses: chain upstream ids instead of resending the input
     upstream_reasoning_field: str = "auto"  # openai-chat: where earlier reasoning goes on assistant messages
+    faults: str = ""  # failing on purpose, for client developers (docs/faults.md); empty: never
+    fault_metadata: bool = False  # a request's metadata["loopway_fault"] may name its own fault
+    admin_keys: str = ""  # a file of "KEY TENANT" lines for the dashboard; with --api-keys it is required
     sim: SimSettings = msgspec.field(default_factory=SimSettings)
 
     def json_bounds(self) -> JsonBounds:

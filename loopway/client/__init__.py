@@ -1,6 +1,7 @@
 """The client side: an async agent loop for any Responses server, over HTTP or WebSocket mode."""
 
 from loopway.client.loop import AgentError, AgentLoop, RunResult, TurnTrace
+from loopway.client.retry import RetryPolicy
 from loopway.client.tools import ToolRegistry
 from loopway.client.transports import (
     HttpChainedTransport,
@@ -16,6 +17,7 @@ __all__ = [
     "RunResult",
     "TurnTrace",
     "ToolRegistry",
+    "RetryPolicy",
     "Transport",
     "HttpStatelessTransport",
     "HttpChainedTransport",

@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from loopway.client.tools import ToolRegistry
-from loopway.client.transports import RECONNECTED, TERMINAL, ServerError, Transport, TurnRequest
+from loopway.client.transports import RESTARTED, TERMINAL, ServerError, Transport, TurnRequest
 
 
 class AgentError(Exception):
@@ -171,7 +171,7 @@ class AgentLoop:
         async with contextlib.aclosing(self.transport.stream(request)) as events:
             async for event in events:
                 kind = event.get("type") or ""
-                if kind == RECONNECTED:  # the turn restarts on a new socket: forget its partial output
+                if kind == RESTARTED:  # the turn is sent again: forget its partial output
                     for _, task in calls:
                         task.cancel()
                     calls.clear()

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import msgspec
 
 from loopway.core.cache import CachedResponse, ConnectionCache
+from loopway.core.faults import Fault
 from loopway.core.history import Parent
 from loopway.core.lanes import LaneLimitReached, LaneScheduler
 from loopway.core.pipeline import Turn
@@ -55,10 +56,18 @@ class OpenConnection(Protocol):
 class Job:
     """A validated ``response.create`` waiting for (or running on) its lane."""
 
-    __slots__ = ("request", "lane", "times", "renderer", "size", "submitted", "pinned")
+    __slots__ = ("request", "lane", "times", "renderer", "size", "submitted", "pinned", "fault")
 
-    def __init__(self, request: CreateRequest, times: StageTimes, renderer: Renderer | None = None, size: int = 0) -> None:
+    def __init__(
+        self,
+        request: CreateRequest,
+        times: StageTimes,
+        renderer: Renderer | None = None,
+        size: int = 0,
+        fault: Fault | None = None,
+    ) -> None:
         self.request = request
+        self.fault = fault  # injected on purpose (core.faults), drawn when the request arrived
         self.lane = request.stream_id
         self.times = times
         self.renderer = renderer  # the request's tokens, when they were rendered ahead (core.offload)
@@ -123,7 +132,12 @@ class ConnectionState:
     # response.create -------------------------------------------------------------------------
 
     def submit(
-        self, request: CreateRequest, times: StageTimes, renderer: Renderer | None = None, size: int = 0
+        self,
+        request: CreateRequest,
+        times: StageTimes,
+        renderer: Renderer | None = None,
+        size: int = 0,
+        fault: Fault | None = None,
     ) -> list[Job]:
         """Queue a validated request on its lane; returns the jobs that may start now.
 
@@ -139,7 +153,7 @@ class ConnectionState:
         steering = self._take_steers(request.previous_response_id)
         if steering:
             request = msgspec.structs.replace(request, input=[*steering, *request.input])
-        job = Job(request, times, renderer, size)
+        job = Job(request, times, renderer, size, fault)
         self._pending_bytes += size
         if request.previous_response_id and self.cache.pin(request.previous_response_id):
             job.pinned = request.previous_response_id

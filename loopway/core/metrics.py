@@ -93,6 +93,12 @@ class Metrics:
             buckets=_GC_BUCKETS,
             registry=self.registry,
         )
+        self.faults = Counter(
+            "loopway_faults_injected",
+            "Faults injected on purpose (--faults, or a request's metadata), by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
         self._upstream_metrics()
         self._stage_children = {stage: self.stage.labels(stage) for stage in STAGES}
         self._response_children: dict[tuple[str, str], Any] = {}
@@ -143,6 +149,9 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livemin",
         )
+
+    def fault_injected(self, kind: str) -> None:
+        self.faults.labels(kind).inc()
 
     def upstream_request(self, replica: str, outcome: str) -> None:
         self.upstream_requests.labels(replica, outcome).inc()

@@ -16,6 +16,7 @@ from loopway.core import compaction, history
 from loopway.core.background import CLAIM_S, BackgroundRuns
 from loopway.core.connection import OpenConnection
 from loopway.core.driver import Persist, TurnDriver
+from loopway.core.faults import Fault, FaultInjector
 from loopway.core.history import Parent, ParentCache
 from loopway.core.limits import ConnectionLimiter, RateLimiter
 from loopway.core.metrics import Metrics
@@ -65,6 +66,7 @@ class ResponsesService:
         connection_limit: ConnectionLimiter | None = None,
         background_claim_s: float = CLAIM_S,
         recent: RecentConversations | None = None,
+        faults: FaultInjector | None = None,
     ) -> None:
         self.engine = engine
         self.pipeline = pipeline
@@ -81,6 +83,7 @@ class ResponsesService:
             lambda: len(self.open_connections), lambda: sum(c.lanes_used for c in self.open_connections)
         )
         self.draining = False  # set on SIGTERM: finish what is in flight, start nothing new
+        self.faults = faults  # --faults: failing on purpose, for client developers (core.faults)
 
     # Creating --------------------------------------------------------------------------------
 
@@ -91,13 +94,18 @@ class ResponsesService:
         tenant: str = "",
         cache: ParentCache | None = None,
         renderer: Renderer | None = None,
+        fault: Fault | None = None,
     ) -> Turn:
         """Everything before the first event: resolve, validate, render, and the engine's acceptance.
 
         ``cache`` is where a continuation looks first (a WebSocket connection's); a miss there goes
         to the store only for ``store=true`` requests, as WebSocket mode requires. ``renderer`` holds
         the request's tokens when they were rendered ahead, off the loop (``core.offload``).
+        ``fault``: the one ``draw_fault`` gave this request, refusing it here or breaking its stream.
         """
+        refusal = fault.refusal(request) if fault is not None else None
+        if refusal is not None:
+            raise refusal
         times = times or StageTimes()
         if request.store:
             await self.log.check()  # store=true needs the store: say so now, not after generating
@@ -107,7 +115,13 @@ class ResponsesService:
         turn.replica = parent.replica if parent is not None else None
         turn.session = cache.session_id if cache is not None else None
         await self.pipeline.start(turn)
+        if fault is not None and turn.generation is not None:
+            turn.generation = fault.wrap(turn.generation)
         return turn
+
+    def draw_fault(self, request: CreateRequest, transport: str) -> Fault | None:
+        """This request's injected fault, if the server injects any (``transport``: ws, sse, http)."""
+        return self.faults.draw(request, transport) if self.faults is not None else None
 
     async def _referenced(self, request: CreateRequest, parent: Parent | None, tenant: str) -> dict[str, Item]:
         """Stored items that the input's ``item_reference`` names beyond its own context."""

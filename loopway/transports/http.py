@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,13 +12,13 @@ import msgspec
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response as HttpResponse
-from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from loopway.core import offload
 from loopway.core.driver import Persist
+from loopway.core.faults import Fault
 from loopway.core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from loopway.core.pipeline import Turn
+from loopway.core.pipeline import Turn, is_terminal
 from loopway.core.service import ResponsesService
 from loopway.core.timing import StageTimes
 from loopway.protocol import response as wire
@@ -26,7 +27,7 @@ from loopway.protocol.events import StreamError
 from loopway.protocol.request import create_from, decode_json, parse_create
 from loopway.settings import Settings
 from loopway.transports.errors import error_response
-from loopway.transports.sse import HEADERS, frame_any, frames
+from loopway.transports.sse import HEADERS, CuttableStream, StreamCut, frame_any, frames
 
 log = logging.getLogger("loopway.http")
 
@@ -64,17 +65,24 @@ async def read_body(request: Request, limit: int, timeout_s: float = 30.0, min_r
     return b"".join(chunks)
 
 
-async def sse_turn(service: ResponsesService, turn: Turn) -> AsyncIterator[bytes]:
-    """A turn as SSE; a store that fails the final write ends the stream with an ``error`` event."""
+async def sse_turn(service: ResponsesService, turn: Turn, fault: Fault | None = None) -> AsyncIterator[bytes]:
+    """A turn as SSE; a store that fails the final write ends the stream with an ``error`` event,
+    and an injected ``drop`` cuts the connection where it says."""
+    sent = 0
     try:
-        async for event in service.run(turn, "http", Persist.FIRST):
-            yield frame_any(event)
+        async with contextlib.aclosing(service.run(turn, "http", Persist.FIRST)) as events:
+            async for event in events:
+                if fault is not None and fault.cuts(sent, is_terminal(event)):
+                    log.info("fault: dropping the connection of %s after %d events", turn.id, sent)
+                    raise StreamCut
+                sent += 1
+                yield frame_any(event)
     except ApiError as err:
         yield frame_any(turn.assembler.stamp(StreamError(code=err.code, message=err.message, param=err.param)))
 
 
-def _sse(events: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream", headers={**HEADERS, **(headers or {})})
+def _sse(events: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> CuttableStream:
+    return CuttableStream(events, media_type="text/event-stream", headers={**HEADERS, **(headers or {})})
 
 
 def _int_query(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -123,11 +131,13 @@ class HttpApi:
                 len(body) > self.settings.offload_bytes, lambda: parse_create(body, limits=self.bounds)
             )
         create = intake.request
-        turn = await self.service.prepare(create, times, tenant_of(request), renderer=intake.renderer)
+        fault = None if create.background else self.service.draw_fault(create, "sse" if create.stream else "http")
+        turn = await self.service.prepare(create, times, tenant_of(request), renderer=intake.renderer, fault=fault)
         if create.background:
             return await self._background(turn)
         if create.stream:  # Server-Timing can only carry what happened before the first byte
-            return _sse(sse_turn(self.service, turn), {"Server-Timing": times.header(("validate", "resolve", "render"))})
+            timing = {"Server-Timing": times.header(("validate", "resolve", "render"))}
+            return _sse(sse_turn(self.service, turn, fault), timing)
         response = await self.service.complete(turn)
         return json_response(response, headers={"Server-Timing": times.header()})
 

@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+from starlette.responses import StreamingResponse
+from starlette.types import Send
 
 from loopway.protocol.events import Event, sse_frame
 
@@ -23,3 +25,18 @@ async def frames(events: AsyncIterator[Event | dict[str, Any]]) -> AsyncIterator
 
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class StreamCut(Exception):
+    """Raised by a stream's events to cut its connection mid-body (an injected ``drop``)."""
+
+
+class CuttableStream(StreamingResponse):
+    """An SSE response whose events may end it without its last chunk: the server closes the
+    connection mid-body, as a crashed proxy or server would, and the client reads a truncated stream."""
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        except StreamCut:
+            return  # no closing chunk: uvicorn closes the connection on an unfinished body

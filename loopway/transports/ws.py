@@ -34,6 +34,7 @@ from loopway.core import offload
 from loopway.core.auth import KeyRing
 from loopway.core.connection import ConnectionState, Job, Outbound, steer_failed
 from loopway.core.driver import Persist
+from loopway.core.faults import Fault
 from loopway.core.pipeline import is_terminal
 from loopway.core.service import ResponsesService
 from loopway.core.timing import StageTimes
@@ -51,6 +52,7 @@ log = logging.getLogger("loopway.ws")
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_SERVICE_RESTART = 1012
 
 
@@ -217,7 +219,10 @@ class Session:
         with times.measure("validate"):
             large = size > self.settings.offload_bytes
             intake = await offload.intake(large, lambda: create_from(raw, websocket=True, limits=self.bounds))
-        self._start(self.state.submit(intake.request, times, intake.renderer, size))
+        fault = self.service.draw_fault(intake.request, "ws")
+        if fault is not None and fault.kind == "connection-limit":
+            raise ConnectionExpired(raw.get("stream_id"))
+        self._start(self.state.submit(intake.request, times, intake.renderer, size, fault))
 
     async def _on_steer(self, raw: dict[str, Any]) -> None:
         self._check_key()
@@ -245,12 +250,19 @@ class Session:
         job.started()
         turn = None
         try:
-            turn = await self.service.prepare(job.request, job.times, self.tenant, cache=self.state)
+            turn = await self.service.prepare(job.request, job.times, self.tenant, cache=self.state, fault=job.fault)
             self.state.started(job, turn)
-            async for event in self.service.run(turn, "ws", self.persist, self._unsaved_reporter(job.lane)):
-                if is_terminal(event):
-                    self.state.completed(job, turn)
-                await self.send(event, job.lane)
+            sent = 0
+            events = self.service.run(turn, "ws", self.persist, self._unsaved_reporter(job.lane))
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    if job.fault is not None and job.fault.cuts(sent, is_terminal(event)):
+                        await self._cut(job.fault, turn.id, sent)
+                        return
+                    if is_terminal(event):
+                        self.state.completed(job, turn)
+                    await self.send(event, job.lane)
+                    sent += 1
         except ApiError as err:  # refused before it started, or its store write failed
             if turn is None:
                 self.state.refused(job)
@@ -266,6 +278,16 @@ class Session:
                 for outbound in after.send:
                     await self._send(outbound)
                 self._start(after.start)
+
+    async def _cut(self, fault: Fault, response_id: str, sent: int) -> None:
+        """An injected fault ends the connection mid-stream: a close frame 1011, or no close at all."""
+        log.info("fault: %s on the connection of %s after %d events", fault.kind, response_id, sent)
+        if fault.kind == "close":
+            await self._close(CLOSE_INTERNAL_ERROR, "internal error")
+            return
+        self.outbox.flush()  # the events before the cut reach the client
+        await self.outbox.wire.drained()
+        self.outbox.wire.abort()
 
     def _unsaved_reporter(self, lane: str | None) -> Callable[[ApiError], None]:
         """A write behind ``response.completed`` that fails is told to the client as an ``error`` event."""

@@ -126,6 +126,9 @@ class LoopwayWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         self.transport.write(b"".join(chunks))
 
+    def abort(self) -> None:
+        self.transport.abort()
+
 
 def text_frame_header(length: int) -> bytes:
     """RFC 6455 §5.2: FIN + text opcode, then the payload length in 7, 7+16 or 7+64 bits; no mask."""
@@ -176,6 +179,12 @@ class AsgiWire:
         self._idle.clear()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._pump())
+
+    def abort(self) -> None:
+        """Plain ASGI cannot cut a connection: the nearest it has is a close frame 1011."""
+        self._closed = True
+        self._queue.clear()
+        self._closing = asyncio.get_running_loop().create_task(self._send({"type": "websocket.close", "code": 1011}))
 
     async def _pump(self) -> None:
         try:
