@@ -37,7 +37,7 @@ from loopway.store.base import Store
 from loopway.store.memory import MemoryStore
 from loopway.store.redis import RedisStore
 from loopway.store.sqlite import SqliteStore, StoreOpenError
-from loopway.transports import chat, http, ws
+from loopway.transports import chat, dashboard, http, ws
 from loopway.transports.edge import EdgeMiddleware, EdgePolicy
 from loopway.transports.outbox import FlushClock
 
@@ -114,13 +114,13 @@ def build_service(settings: Settings, share: WorkerShare | None = None) -> Respo
         ),
         background_claim_s=settings.background_claim_s,
         recent=RecentConversations(settings.http_cache_mb << 20),
-        faults=make_faults(settings, metrics),
+        faults=make_faults(settings),
     )
 
 
-def make_faults(settings: Settings, metrics: Metrics) -> FaultInjector | None:
+def make_faults(settings: Settings) -> FaultInjector | None:
     try:
-        return FaultInjector.of(settings.faults, settings.fault_metadata, metrics.fault_injected)
+        return FaultInjector.of(settings.faults, settings.fault_metadata)
     except FaultSpecError as exc:
         raise ConfigError(f"--faults: {exc}") from None
 
@@ -135,13 +135,14 @@ def create_app(
     settings = settings or Settings()
     service = service or build_service(settings)
     keys = keys or KeyRing(settings.api_keys or None)
+    admin_keys = KeyRing(settings.admin_keys) if settings.admin_keys else None
     clock = FlushClock(settings.ws_flush_ms / 1000)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread: no signals
-            loop.add_signal_handler(signal.SIGHUP, keys.reload)
+            loop.add_signal_handler(signal.SIGHUP, lambda: [ring.reload() for ring in (keys, admin_keys) if ring])
         service.background.keep_claims()  # and end what a stopped process left running
         service.engine.start()
         stop_watching_gc = service.metrics.watch_gc()
@@ -164,10 +165,19 @@ def create_app(
             *ws.routes(service, settings, keys, clock),
             *http.routes(service, settings),
             *_engine_routes(service, settings),
+            *dashboard.routes(service, dashboard.DashboardGate(keys, admin_keys)),
         ],
         exception_handlers=http.exception_handlers(),
         lifespan=lifespan,
-        middleware=[Middleware(EdgeMiddleware, keys=keys, policy=edge_policy(settings), limiter=service.limiter)],
+        middleware=[
+            Middleware(
+                EdgeMiddleware,
+                keys=keys,
+                policy=edge_policy(settings),
+                limiter=service.limiter,
+                observe=service.observe_error,
+            )
+        ],
     )
     app.state.service = service
     app.state.settings = settings

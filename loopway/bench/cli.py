@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from loopway.bench import fleet, overhead, report, soak, upstream, workload
+from loopway.bench import faults, fleet, overhead, report, soak, upstream, workload
 from loopway.bench.link import PROFILES
 from loopway.bench.runner import MODES, ModeResult, run_mode
 
@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     overhead.add_arguments(sub.add_parser("overhead", help="server time per turn, engine excluded, vs history length"))
     soak.add_arguments(sub.add_parser("soak", help="concurrent WebSocket agent sessions until latency limits"))
     fleet.add_arguments(sub.add_parser("fleet", help="routing in front of sim replicas with finite prefix caches"))
+    faults.add_arguments(sub.add_parser("faults", help="agent sessions under injected faults reach the same answers"))
     upstream.add_arguments(sub.add_parser("upstream", help="what loopway (and LiteLLM) add in front of a chat upstream"))
     generate = sub.add_parser("generate", help="write a workload trace generated from a seed")
     generate.add_argument("--calls", type=int, required=True, help="tool calls in the rollout")
@@ -52,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         return soak.run(args)
     if args.bench == "fleet":
         return fleet.run(args)
+    if args.bench == "faults":
+        return faults.run(args)
     if args.bench == "generate":
         Path(args.out).write_text(json.dumps(workload.generate(args.calls, args.seed), indent=1) + "\n")
         print(f"wrote {args.out}")

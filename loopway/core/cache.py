@@ -35,6 +35,10 @@ class ConnectionCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def tokens(self) -> int:
+        """Rendered tokens held, over every cached response's conversation."""
+        return sum(len(entry.conversation.tokens) for entry in self._entries.values())
+
     def get(self, response_id: str) -> CachedResponse | None:
         return self._entries.get(response_id)
 

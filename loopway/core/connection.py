@@ -31,6 +31,7 @@ from loopway.core.cache import CachedResponse, ConnectionCache
 from loopway.core.faults import Fault
 from loopway.core.history import Parent
 from loopway.core.lanes import LaneLimitReached, LaneScheduler
+from loopway.core.observatory import ConnectionView
 from loopway.core.pipeline import Turn
 from loopway.core.timing import StageTimes
 from loopway.protocol import ids
@@ -44,10 +45,13 @@ MAX_PENDING_STEERS = 8
 
 
 class OpenConnection(Protocol):
-    """What the service asks of a transport's open connection: its lanes (for metrics) and a drain."""
+    """What the service asks of a transport's open connection: its lanes (for metrics), how it looks
+    on the dashboard, and a drain."""
 
     @property
     def lanes_used(self) -> int: ...
+
+    def view(self) -> ConnectionView: ...
 
     async def drain(self, timeout_s: float) -> None:
         """Let in-flight responses finish (up to ``timeout_s``), then close so the client reconnects."""

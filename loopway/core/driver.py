@@ -22,6 +22,7 @@ import enum
 from collections.abc import AsyncIterator, Callable
 
 from loopway.core.metrics import Metrics
+from loopway.core.observatory import Observatory
 from loopway.core.persistence import ResponseLog
 from loopway.core.pipeline import Turn, TurnPipeline, is_terminal
 from loopway.core.recent import RecentConversations
@@ -36,12 +37,18 @@ class Persist(enum.Enum):
 
 class TurnDriver:
     def __init__(
-        self, pipeline: TurnPipeline, log: ResponseLog, metrics: Metrics, recent: RecentConversations | None = None
+        self,
+        pipeline: TurnPipeline,
+        log: ResponseLog,
+        metrics: Metrics,
+        recent: RecentConversations | None = None,
+        observatory: Observatory | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.log = log
         self.metrics = metrics
         self.recent = recent
+        self.observatory = observatory or Observatory()
 
     async def events(
         self,
@@ -51,23 +58,31 @@ class TurnDriver:
         on_unsaved: Callable[[ApiError], None] | None = None,
     ) -> AsyncIterator[Event]:
         """The turn's events in order, ending with its terminal event (or a raised store error)."""
-        async for event in self.pipeline.run(turn):
-            if turn.events is not None:  # kept for replay (background runs)
-                turn.events.append(event)
-            if not is_terminal(event):
-                yield event
-            elif persist is Persist.FIRST:
-                try:
-                    await self._persist(turn)
-                finally:
-                    self.metrics.turn_finished(turn, transport)
-                yield event
-            else:
-                try:
+        self.observatory.in_flight[transport] += 1
+        try:
+            async for event in self.pipeline.run(turn):
+                if turn.events is not None:  # kept for replay (background runs)
+                    turn.events.append(event)
+                if not is_terminal(event):
                     yield event
-                finally:  # also when the consumer stops here: the client has had its answer
-                    self._persist_behind(turn, on_unsaved)
-                    self.metrics.turn_finished(turn, transport)
+                elif persist is Persist.FIRST:
+                    try:
+                        await self._persist(turn)
+                    finally:
+                        self._finished(turn, transport)
+                    yield event
+                else:
+                    try:
+                        yield event
+                    finally:  # also when the consumer stops here: the client has had its answer
+                        self._persist_behind(turn, on_unsaved)
+                        self._finished(turn, transport)
+        finally:
+            self.observatory.in_flight[transport] -= 1
+
+    def _finished(self, turn: Turn, transport: str) -> None:
+        self.metrics.turn_finished(turn, transport)
+        self.observatory.turn_finished(turn, transport)
 
     async def _persist(self, turn: Turn) -> None:
         if turn.request.store:

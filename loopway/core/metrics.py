@@ -93,6 +93,12 @@ class Metrics:
             buckets=_GC_BUCKETS,
             registry=self.registry,
         )
+        self.errors = Counter(
+            "loopway_errors",
+            "Errors answered to clients (HTTP and WebSocket error events), by code (or type, without one).",
+            ["code"],
+            registry=self.registry,
+        )
         self.faults = Counter(
             "loopway_faults_injected",
             "Faults injected on purpose (--faults, or a request's metadata), by kind.",
@@ -149,6 +155,9 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livemin",
         )
+
+    def error(self, code: str) -> None:
+        self.errors.labels(code).inc()
 
     def fault_injected(self, kind: str) -> None:
         self.faults.labels(kind).inc()

@@ -17,9 +17,11 @@ from loopway.core.background import CLAIM_S, BackgroundRuns
 from loopway.core.connection import OpenConnection
 from loopway.core.driver import Persist, TurnDriver
 from loopway.core.faults import Fault, FaultInjector
+from loopway.core.feed import Feed
 from loopway.core.history import Parent, ParentCache
 from loopway.core.limits import ConnectionLimiter, RateLimiter
 from loopway.core.metrics import Metrics
+from loopway.core.observatory import ConnectionView, Observatory
 from loopway.core.persistence import ResponseLog
 from loopway.core.pipeline import Turn, TurnPipeline, unresolved_references
 from loopway.core.recent import RecentConversations
@@ -76,7 +78,9 @@ class ResponsesService:
         self.connection_limit = connection_limit or ConnectionLimiter(0)
         log.on_persisted = self.metrics.persisted
         self.recent = recent if recent is not None else RecentConversations(0)  # HTTP continuations' rendered parents
-        self.driver = TurnDriver(pipeline, log, self.metrics, self.recent)
+        self.observatory = Observatory()  # what the dashboard shows
+        self.feed = Feed(self.dashboard)  # and how it reaches the viewers
+        self.driver = TurnDriver(pipeline, log, self.metrics, self.recent, self.observatory)
         self.background = BackgroundRuns(self.driver, log, background_claim_s)
         self.open_connections: set[OpenConnection] = set()  # WebSocket sessions, for metrics and draining
         self.metrics.watch_connections(
@@ -84,6 +88,9 @@ class ResponsesService:
         )
         self.draining = False  # set on SIGTERM: finish what is in flight, start nothing new
         self.faults = faults  # --faults: failing on purpose, for client developers (core.faults)
+        if faults is not None:
+            faults.on_fault = self._fault_injected
+        self._store_health: tuple[float, dict[str, Any]] = (0.0, {"state": "unknown"})
 
     # Creating --------------------------------------------------------------------------------
 
@@ -272,6 +279,36 @@ class ResponsesService:
             "usage": msgspec.to_builtins(Usage.of(before, 0, after)),
         }
 
+    # Looking inside ----------------------------------------------------------------------------
+
+    def observe_error(self, err: ApiError) -> None:
+        """An error a client was answered with, by any transport (for ``/metrics`` and the dashboard)."""
+        self.metrics.error(err.code or err.type)
+        self.observatory.error(err.code, err.type)
+
+    def _fault_injected(self, kind: str) -> None:
+        self.metrics.fault_injected(kind)
+        self.observatory.fault(kind)
+
+    async def dashboard(self, viewer: str | None) -> dict[str, Any]:
+        """The dashboard's snapshot for ``viewer`` (a tenant; None: every tenant in full)."""
+        connections: list[ConnectionView] = [c.view() for c in self.open_connections]
+        return self.observatory.snapshot(viewer, connections, await self._cached_store_health(), self.engine.replicas())
+
+    async def _cached_store_health(self) -> dict[str, Any]:
+        """Asked at most every 2 s, and never waited on for more than 1 s (a dashboard must not
+        queue probes behind a store that hangs)."""
+        checked, report = self._store_health
+        now = time.monotonic()
+        if now - checked >= 2.0:
+            try:
+                async with asyncio.timeout(1.0):
+                    report = await self.log.health()
+            except TimeoutError:
+                report = {"state": "unavailable", "detail": "the store did not answer within 1 s"}
+            self._store_health = (now, report)
+        return report
+
     # Health ----------------------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:
@@ -295,11 +332,13 @@ class ResponsesService:
         """Let in-flight responses finish (up to ``timeout_s``): every open connection's, then closing it,
         and every background run's, ending the rest as failed."""
         self.draining = True
+        await self.feed.aclose()
         deadline = asyncio.get_running_loop().time() + timeout_s
         work = [self.background.drain(deadline), *(c.drain(timeout_s) for c in list(self.open_connections))]
         await asyncio.wait([asyncio.create_task(w) for w in work], timeout=timeout_s + 1)
 
     async def aclose(self) -> None:
+        await self.feed.aclose()
         await self.background.aclose()
         await self.log.drain()
 

@@ -97,8 +97,20 @@ class EngineError(Exception):
         self.code = code
 
 
+class ReplicaStatus(msgspec.Struct, frozen=True):
+    """One replica of an engine with several, as a dashboard shows it."""
+
+    name: str
+    healthy: bool
+    in_flight: int
+
+
 class Engine(Protocol):
     def models(self) -> list[ModelInfo]: ...
+
+    def replicas(self) -> list[ReplicaStatus]:
+        """The engine's replicas when it has several (an upstream fleet); empty otherwise."""
+        ...
 
     async def open(self, request: EngineRequest) -> AsyncIterator[Delta]: ...
 

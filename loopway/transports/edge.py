@@ -5,13 +5,15 @@ answered; ``transports.guard``); the ``Host`` must be one this server answers to
 a browser ``Origin`` must be this server's own or an allowed one (a WebSocket handshake included:
 browsers do not apply CORS to sockets); a POST body must be ``application/json`` (a browser sends
 ``text/plain`` or form bodies cross-origin without asking first); then the API key, and for HTTP the
-rate limit (sockets count each ``response.create``). Each refusal is OpenAI-shaped, as the HTTP
-answer or as the WebSocket handshake's denial. The tenant is left in ``scope["state"]["tenant"]``.
+rate limit (sockets count each ``response.create``); ``/dashboard`` checks its own admin keys. Each
+refusal is OpenAI-shaped, as the HTTP answer or as the WebSocket handshake's denial. The tenant is
+left in ``scope["state"]["tenant"]``.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 
 import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -23,6 +25,7 @@ from loopway.transports.errors import error_response
 from loopway.transports.guard import OVERFLOW
 
 PUBLIC = ("/metrics", "/health")
+DASHBOARD = "/dashboard"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 ANY = "*"
 
@@ -63,11 +66,19 @@ def host_name(host: str) -> str:
 
 
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, keys: KeyRing, policy: EdgePolicy, limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: KeyRing,
+        policy: EdgePolicy,
+        limiter: RateLimiter | None = None,
+        observe: Callable[[ApiError], None] | None = None,
+    ) -> None:
         self.app = app
         self.keys = keys
         self.policy = policy
         self.limiter = limiter
+        self.observe = observe  # told of every refusal (the dashboard's and /metrics' errors by code)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -77,6 +88,8 @@ class EdgeMiddleware:
         try:
             self._check(scope, headers)
         except ApiError as err:
+            if self.observe is not None:
+                self.observe(err)
             await error_response(err)(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -89,8 +102,8 @@ class EdgeMiddleware:
         self._check_origin(headers.get(b"origin"), host)
         if scope["type"] == "http" and scope["method"] == "POST":
             self._check_content_type(headers)
-        if scope["path"] in PUBLIC:
-            return
+        if scope["path"] in PUBLIC or scope["path"].startswith(DASHBOARD):
+            return  # the dashboard checks its own keys (transports.dashboard)
         tenant = self.keys.tenant(headers.get(b"authorization"))
         if self.limiter is not None and scope["type"] == "http":  # the socket counts response.create
             self.limiter.check(tenant)

@@ -15,5 +15,5 @@ from loopway.protocol.errors import ApiError
 def error_response(err: ApiError) -> Response:
     headers = dict(err.headers)
     if err.status == 401:
-        headers["www-authenticate"] = "Bearer"
+        headers.setdefault("www-authenticate", "Bearer")
     return Response(msgspec.json.encode(err.body()), status_code=err.status, media_type="application/json", headers=headers)

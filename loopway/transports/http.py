@@ -219,7 +219,14 @@ def routes(service: ResponsesService, settings: Settings) -> list[Route]:
 
 async def _api_error(request: Request, exc: Exception) -> HttpResponse:
     assert isinstance(exc, ApiError)
+    _observe(request, exc)
     return error_response(exc)
+
+
+def _observe(request: Request, err: ApiError) -> None:
+    service = getattr(request.app.state, "service", None)
+    if service is not None:
+        service.observe_error(err)
 
 
 async def _http_error(request: Request, exc: Exception) -> HttpResponse:
@@ -235,7 +242,9 @@ async def _http_error(request: Request, exc: Exception) -> HttpResponse:
 
 async def _unexpected(request: Request, exc: Exception) -> HttpResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response(server_error())
+    err = server_error()
+    _observe(request, err)
+    return error_response(err)
 
 
 def exception_handlers() -> dict[Any, Any]:

@@ -35,6 +35,7 @@ from loopway.core.auth import KeyRing
 from loopway.core.connection import ConnectionState, Job, Outbound, steer_failed
 from loopway.core.driver import Persist
 from loopway.core.faults import Fault
+from loopway.core.observatory import ConnectionView
 from loopway.core.pipeline import is_terminal
 from loopway.core.service import ResponsesService
 from loopway.core.timing import StageTimes
@@ -119,10 +120,27 @@ class Session:
         self._closing = False
         self.last_activity = asyncio.get_running_loop().time()
         self.outbox = outbox
+        self.opened_at = time.time()
+        self.turns = 0  # turns that reached their terminal event here
 
     @property
     def lanes_used(self) -> int:
         return self.state.lanes_used
+
+    def view(self) -> ConnectionView:
+        state = self.state
+        return ConnectionView(
+            id=state.session_id[:8],
+            transport="ws",
+            tenant=self.tenant,
+            opened_at=self.opened_at,
+            lanes=state.lanes_used,
+            in_flight=state.lanes.in_flight,
+            queued=state.lanes.queued(),
+            cache_items=len(state.cache),
+            cache_tokens=state.cache.tokens(),
+            turns=self.turns,
+        )
 
     # Receiving -------------------------------------------------------------------------------
 
@@ -261,6 +279,7 @@ class Session:
                         return
                     if is_terminal(event):
                         self.state.completed(job, turn)
+                        self.turns += 1
                     await self.send(event, job.lane)
                     sent += 1
         except ApiError as err:  # refused before it started, or its store write failed
@@ -313,6 +332,7 @@ class Session:
         await self.send(outbound.event, outbound.lane)
 
     async def send_error(self, err: ApiError, lane: str | None = None) -> None:
+        self.service.observe_error(err)
         await self.send(WsError.of(err), lane)
 
     # Limits and shutdown ---------------------------------------------------------------------

@@ -8,7 +8,16 @@ from collections.abc import AsyncIterator, Callable
 
 import msgspec
 
-from loopway.engines.base import Delta, EngineRequest, Finish, ModelInfo, ReasoningDelta, TextDelta, ToolCallDelta
+from loopway.engines.base import (
+    Delta,
+    EngineRequest,
+    Finish,
+    ModelInfo,
+    ReasoningDelta,
+    ReplicaStatus,
+    TextDelta,
+    ToolCallDelta,
+)
 from loopway.engines.sim.cost import Capacity, CostModel, PrefixCache
 from loopway.engines.sim.policy import DefaultPolicy, Plan, PlannedCall
 from loopway.engines.sim.schema_instance import Budget
@@ -61,6 +70,9 @@ class SimEngine:
             ModelInfo(id=name, context_window=self.settings.context_window, created=1_767_225_600)
             for name in self.settings.models
         ]
+
+    def replicas(self) -> list[ReplicaStatus]:
+        return []
 
     def start(self) -> None:
         return None

@@ -21,6 +21,7 @@ from loopway.engines.base import (
     Finish,
     ModelInfo,
     ReasoningDelta,
+    ReplicaStatus,
     TextDelta,
     ToolCallDelta,
 )
@@ -68,6 +69,9 @@ class _UpstreamEngine:
 
     def start(self) -> None:
         self.fleet.start()
+
+    def replicas(self) -> list[ReplicaStatus]:
+        return self.fleet.statuses()
 
     def models(self) -> list[ModelInfo]:
         return [

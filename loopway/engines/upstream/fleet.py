@@ -40,7 +40,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
-from loopway.engines.base import EngineError, EngineRequest
+from loopway.engines.base import EngineError, EngineRequest, ReplicaStatus
 from loopway.engines.upstream import routing
 from loopway.engines.upstream.health import Health
 from loopway.protocol.errors import ApiError
@@ -158,6 +158,9 @@ class Fleet:
             self.observer.upstream_healthy(replica.name, True)
 
     # Choosing ------------------------------------------------------------------------------------
+
+    def statuses(self) -> list[ReplicaStatus]:
+        return [ReplicaStatus(r.name, r.health.up, r.in_flight) for r in self.replicas]
 
     def _available(self, exclude: set[str]) -> list[Replica]:
         now = time.monotonic()
