@@ -10,7 +10,9 @@ ids) must be the same in both runs. Reported: sessions that matched, the faults 
 session time.
 
 Tools answer from the workload by their call (a name and its arguments, the first recorded result),
-so a turn run again gets the same results, after the recorded time × ``--tool-time-scale``.
+so a turn run again gets the same results, after the recorded time × ``--tool-time-scale``. The
+sim runs as one unbounded engine (no cache limit, no shared prefill, no batch slowdown): this
+measures what faults cost the clients, not a GPU's queue.
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ def server(tmp: Path, trace: str, model: str, faults: str | None) -> Iterator[st
     port = free_port()
     command = [sys.executable, "-m", "loopway", "serve", "--port", str(port), "--store", "memory",
                "--data-dir", str(tmp), "--log-level", "warning", "--sim-trace", trace, "--sim-models", model,
+               "--sim-kv-cache-tokens", "0", "--sim-shared-prefill", "off", "--sim-decode-slowdown", "0",
                *(["--faults", faults] if faults else [])]  # fmt: skip
     with (tmp / "server.log").open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -207,6 +210,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "requests_faulted": sum(results["faults"]["injected"].values()),
         "recovered": dict(recovered.most_common()),
         "turns": sum(s["turns"] for s in faulty),
+        "requests": sum(s["turns"] for s in faulty) + sum(recovered.values()),  # each recovery sends once more
         "by_client": by_client,
         "wall_s": {"clean": results["clean"]["wall_s"], "faults": results["faults"]["wall_s"]},
     }
@@ -228,6 +232,9 @@ def print_table(console: Console, args: argparse.Namespace, summary: dict[str, A
         table.add_row(client, str(row["sessions"]), str(row["matched"]), str(row["recoveries"]),
                       f"{row['clean_p50_s']:.1f}", f"{row['faults_p50_s']:.1f}", f"{row['faults_max_s']:.1f}")  # fmt: skip
     console.print(table)
-    console.print(f"injected: {summary['injected']} ({summary['requests_faulted']} requests)")
+    share = summary["requests_faulted"] / max(1, summary["requests"])
+    console.print(
+        f"injected: {summary['injected']} ({summary['requests_faulted']} of {summary['requests']} requests, {share:.1%})"
+    )
     console.print(f"recovered from: {summary['recovered']}")
     console.print(f"matched {summary['matched']}/{args.sessions}; errors: {summary['errors'] or 'none'}")
