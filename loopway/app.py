@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import multiprocessing
 import os
 import signal
 import socket
@@ -120,7 +121,8 @@ def build_service(settings: Settings, share: WorkerShare | None = None) -> Respo
 
 def make_faults(settings: Settings) -> FaultInjector | None:
     try:
-        return FaultInjector.of(settings.faults, settings.fault_metadata)
+        worker = multiprocessing.current_process().name  # "loopway-worker-N" under --workers N
+        return FaultInjector.of(settings.faults, settings.fault_metadata, worker if worker != "MainProcess" else "")
     except FaultSpecError as exc:
         raise ConfigError(f"--faults: {exc}") from None
 

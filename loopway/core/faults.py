@@ -232,18 +232,27 @@ class FaultInjector:
     The RNG is drawn the same number of times for every request (one choice, one placement), so
     the n-th request of a run meets the same fault whatever the earlier ones met."""
 
-    def __init__(self, plan: FaultPlan, *, from_metadata: bool = False, on_fault: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        plan: FaultPlan,
+        *,
+        from_metadata: bool = False,
+        on_fault: Callable[[str], None] | None = None,
+        stream: str = "",
+    ) -> None:
+        """``stream``: a worker's name under ``--workers N``, so each worker draws its own sequence
+        (the same seed would otherwise fault the n-th request of every worker alike)."""
         self.plan = plan
         self.from_metadata = from_metadata
         self.on_fault = on_fault
-        self._rng = random.Random(plan.seed)
+        self._rng = random.Random(f"{plan.seed}:{stream}" if stream else plan.seed)
 
     @classmethod
-    def of(cls, spec: str, from_metadata: bool, on_fault: Callable[[str], None] | None = None) -> FaultInjector | None:
+    def of(cls, spec: str, from_metadata: bool, stream: str = "") -> FaultInjector | None:
         """None when nothing can fail (no SPEC, no metadata override): the turn path pays nothing."""
         if not spec.strip() and not from_metadata:
             return None
-        return cls(parse_spec(spec), from_metadata=from_metadata, on_fault=on_fault)
+        return cls(parse_spec(spec), from_metadata=from_metadata, stream=stream)
 
     def draw(self, request: CreateRequest, transport: str) -> Fault | None:
         """``transport``: ws, sse (HTTP streaming) or http (JSON)."""

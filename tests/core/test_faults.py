@@ -167,8 +167,9 @@ def test_a_request_may_name_its_own_fault_when_the_server_allows_it():
 
 def test_each_injected_fault_is_reported():
     seen: list[str] = []
-    injector = FaultInjector.of("seed=5; failed=100%", False, seen.append)
+    injector = FaultInjector.of("seed=5; failed=100%", False)
     assert injector is not None
+    injector.on_fault = seen.append
     injector.draw(request(), "http")
     assert seen == ["failed"]
 
@@ -183,3 +184,12 @@ async def test_the_service_refuses_or_breaks_a_turn_as_its_fault_says():
     events = [event async for event in service.run(turn, "test", Persist.FIRST)]
     assert events[-1].type == "response.failed"
     assert turn.response.error is not None and turn.response.error.code == "server_error"
+
+
+def test_workers_draw_their_own_sequences_from_one_seed():
+    def drawn(stream: str) -> list:
+        injector = FaultInjector(parse_spec("seed=4; any=50%"), stream=stream)
+        return [injector.draw(CONTINUATION, "ws") for _ in range(100)]
+
+    assert drawn("") == drawn("") and drawn("loopway-worker-1") == drawn("loopway-worker-1")
+    assert drawn("loopway-worker-0") != drawn("loopway-worker-1") != drawn("")

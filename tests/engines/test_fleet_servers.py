@@ -53,6 +53,10 @@ class Fleet:
             if name == "loopway_upstream_routing_total"
         }
 
+    def dashboard_replicas(self) -> dict[str, bool]:
+        snapshot = httpx.get(self.front.url.removesuffix("/v1") + "/dashboard/snapshot", timeout=10).json()
+        return {r["name"]: r["healthy"] for r in snapshot["replicas"]}
+
     def healthy(self, url: str) -> float:
         return metric_samples(self.front)[("loopway_upstream_healthy", (("replica", url),))]
 
@@ -153,9 +157,12 @@ def test_a_killed_replica_moves_its_session_without_an_error_and_rejoins(tmp_pat
             assert len(moved) == 1 and pinned not in moved and list(moved.values()) == [3.0]
             assert delta(f.routed(), routed) == {"moved": 1.0, "kept": 2.0}
         wait_for(lambda: f.healthy(pinned) == 0)
+        assert f.dashboard_replicas()[pinned] is False  # the dashboard shows it down, the others up
+        assert sum(f.dashboard_replicas().values()) == 2
 
         f.replicas[f.replicas.index(victim)] = replica(tmp_path / "again", port=victim.port)
         wait_for(lambda: f.healthy(pinned) == 1)
+        assert f.dashboard_replicas()[pinned] is True
         before = f.served()
         for i in range(2):  # new sessions go to the replicas picked longest ago: the untouched one, then it
             with f.client.responses.connect() as conn:
