@@ -16,8 +16,7 @@ from websockets.sync.client import connect
 
 from tests.conftest import MODEL, Server, metric_samples, metric_value
 from tests.openapi import validate, validate_event
-
-TERMINAL = {"response.completed", "response.incomplete", "response.failed", "error"}
+from tests.transports.test_ws import raw_turn
 
 
 @pytest.fixture(scope="module")
@@ -51,19 +50,13 @@ def ws_url(server: Server) -> str:
     return server.url.replace("http://", "ws://") + "/responses"
 
 
-def read_until_terminal(ws: Any) -> list[dict[str, Any]]:
-    events = []
-    while True:
-        event = json.loads(ws.recv(timeout=30))
-        validate_event(event, websocket=True)
-        events.append(event)
-        if event["type"] in TERMINAL:
-            return events
+def turn(ws: Any, clause: str | None = None, **body: Any) -> list[dict[str, Any]]:
+    """One request on a raw socket, naming its fault; its events up to the terminal one, validated."""
+    return raw_turn(ws, {"input": "Tell me a story", **(fault(clause) if clause else {}), **body})
 
 
-def create(ws: Any, clause: str | None = None, **body: Any) -> None:
-    extra = fault(clause) if clause else {}
-    ws.send(json.dumps({"type": "response.create", "model": MODEL, "input": "Tell me a story", **extra, **body}))
+def create(ws: Any, clause: str) -> None:
+    ws.send(json.dumps({"type": "response.create", "model": MODEL, "input": "Tell me a story", **fault(clause)}))
 
 
 # HTTP -----------------------------------------------------------------------------------------
@@ -182,14 +175,12 @@ def test_without_the_flag_metadata_is_only_metadata(server: Server):
 )
 def test_socket_refusals_are_error_events_and_keep_the_socket(faulty: Server, clause: str, status: int, code: str):
     with connect(ws_url(faulty)) as ws:
-        create(ws, clause)
-        error = read_until_terminal(ws)[-1]
+        error = turn(ws, clause)[-1]
         validate("ResponseWsError", error)
         assert error["type"] == "error" and error["status"] == status and error["error"]["code"] == code
         if status == 429:
             assert error["error"]["headers"]["retry-after-ms"] == "500"
-        create(ws)  # the socket still serves
-        assert read_until_terminal(ws)[-1]["type"] == "response.completed"
+        assert turn(ws)[-1]["type"] == "response.completed"  # the socket still serves
 
 
 def test_socket_close_1011_mid_stream(faulty: Server):
@@ -216,16 +207,14 @@ def test_socket_drop_mid_stream_has_no_close_frame(faulty: Server):
 
 def test_socket_failed_mid_stream(faulty: Server):
     with connect(ws_url(faulty)) as ws:
-        create(ws, "failed after=2")
-        events = read_until_terminal(ws)
+        events = turn(ws, "failed after=2")
         assert events[-1]["type"] == "response.failed"
         assert events[-1]["response"]["error"]["code"] == "server_error"
 
 
 def test_socket_connection_limit_early(faulty: Server):
     with connect(ws_url(faulty)) as ws:
-        create(ws, "connection-limit")
-        error = read_until_terminal(ws)[-1]
+        error = turn(ws, "connection-limit")[-1]
         validate("ResponseWsError", error)
         assert error["error"]["code"] == "websocket_connection_limit_reached" and error["status"] == 400
         with pytest.raises(ConnectionClosed) as closed:
@@ -235,10 +224,8 @@ def test_socket_connection_limit_early(faulty: Server):
 
 def test_socket_cache_miss_on_a_continuation(faulty: Server):
     with connect(ws_url(faulty)) as ws:
-        create(ws)
-        parent = read_until_terminal(ws)[-1]["response"]["id"]
-        create(ws, "cache-miss", previous_response_id=parent, store=False)
-        error = read_until_terminal(ws)[-1]
+        parent = turn(ws)[-1]["response"]["id"]
+        error = turn(ws, "cache-miss", previous_response_id=parent, store=False)[-1]
         assert error["error"]["code"] == "previous_response_not_found" and error["status"] == 400
 
 
