@@ -58,6 +58,7 @@ class Feed:
         self.max_viewers = max_viewers
         self.viewers: set[Viewer] = set()
         self._task: asyncio.Task[None] | None = None
+        self.closed = False  # the server is shutting down: a late viewer's feed ends at once
 
     def check_room(self) -> None:
         if len(self.viewers) >= self.max_viewers:
@@ -71,6 +72,9 @@ class Feed:
 
     def join(self, tenant: str | None) -> Viewer:
         viewer = Viewer(tenant)
+        if self.closed:
+            viewer.close()
+            return viewer
         self.viewers.add(viewer)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._publish())
@@ -93,6 +97,7 @@ class Feed:
 
     async def aclose(self) -> None:
         """End every viewer's feed (a drain must not wait on dashboards that never close)."""
+        self.closed = True
         for viewer in self.viewers:
             viewer.close()
         self.viewers.clear()

@@ -53,3 +53,4 @@ async def test_viewers_are_capped_and_closing_ends_every_feed():
     assert full.value.status == 429 and full.value.code == "too_many_viewers"
     await feed.aclose()
     assert await first.next() is None
+    assert await feed.join(None).next() is None  # one that arrives during the drain ends at once
