@@ -247,3 +247,15 @@ def test_seeded_faults_hit_the_same_requests_every_run(tmp_path_factory: pytest.
 
     first = run()
     assert first == run() and 500 in first and 200 in first
+
+
+def test_errors_answered_are_counted_by_code(faulty: Server, sdk: OpenAI):
+    def errors(code: str) -> float:
+        return metric_value(metric_samples(faulty), "loopway_errors_total", code=code)
+
+    before = (errors("rate_limit_exceeded"), errors("server_error"))
+    with pytest.raises(openai.RateLimitError):
+        sdk.responses.create(model=MODEL, input="hi", **fault("rate-limit"))
+    with connect(ws_url(faulty)) as ws:
+        turn(ws, "http-503")  # code null: counted by its type
+    assert (errors("rate_limit_exceeded"), errors("server_error")) == (before[0] + 1, before[1] + 1)
