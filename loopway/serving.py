@@ -121,6 +121,16 @@ def announce(settings: Settings, models: list[str], store: str, keys_open: bool,
         print("loopway: auth OFF: no --api-keys, so anyone who can reach this port can use it")
     else:
         print(f"loopway: auth on: keys from {settings.api_keys} (kill -HUP reloads them)")
+    if settings.faults or settings.fault_metadata:
+        named = "; requests may name their own (metadata.loopway_fault)" if settings.fault_metadata else ""
+        print(f"loopway: FAULTS ON: failing requests on purpose ({settings.faults or 'none drawn'}){named}")
+    dashboard = f"http://{settings.host}:{settings.port}/dashboard"
+    if settings.admin_keys:
+        print(f"loopway: dashboard on {dashboard} (admin keys from {settings.admin_keys})")
+    elif keys_open:
+        print(f"loopway: dashboard on {dashboard} (loopback clients only)")
+    else:
+        print("loopway: dashboard off (start with --admin-keys to open it)")
     websocket = f"ws://{settings.host}:{settings.port}/v1/responses" if settings.websocket else "off"
     workers_note = f", {workers} workers" if workers > 1 else ""
     print(

@@ -49,6 +49,7 @@ def test_open_mode_serves_loopback_clients(server: Server):
     assert "script-src 'self'" in page.headers["content-security-policy"] and "unsafe-inline" not in page.text
     assert httpx.get(root(server) + "/dashboard/app.js").status_code == 200
     assert httpx.get(root(server) + "/dashboard/snapshot").json()["viewer"] is None
+    assert f"dashboard on http://127.0.0.1:{server.port}/dashboard (loopback clients only)" in server.output()
 
 
 @pytest.mark.parametrize("header", ["x-forwarded-for", "forwarded", "x-real-ip"])
@@ -65,6 +66,7 @@ def test_with_api_keys_and_no_admin_keys_the_dashboard_is_off(tmp_path: Path):
             headers = {"authorization": f"Bearer {key}"} if key else {}
             off = httpx.get(root(server) + "/dashboard", headers=headers)
             assert off.status_code == 404 and off.json()["error"]["code"] == "dashboard_disabled"
+        assert "dashboard off (start with --admin-keys to open it)" in server.output()
     finally:
         server.stop()
 
@@ -77,6 +79,7 @@ def test_an_admin_key_is_needed_and_a_browser_is_asked_for_one(secured: Server):
     assert httpx.get(root(secured) + "/dashboard", headers={"authorization": f"Basic {basic}"}).status_code == 200
     bearer = httpx.get(root(secured) + "/dashboard/snapshot", headers={"authorization": f"Bearer {ADMIN}"})
     assert bearer.status_code == 200 and bearer.json()["viewer"] == "alice"
+    assert "(admin keys from " in secured.output()
 
 
 def test_a_viewer_sees_its_tenant_and_only_counts_of_the_others(secured: Server):

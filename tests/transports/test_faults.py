@@ -156,6 +156,10 @@ def test_a_bad_fault_clause_is_a_400_naming_it(sdk: OpenAI):
     assert bad.value.param == "metadata.loopway_fault" and "'colour=red' is not a parameter of drop" in bad.value.message
 
 
+def test_a_server_that_fails_on_purpose_says_so(faulty: Server):
+    assert "FAULTS ON: failing requests on purpose (none drawn); requests may name their own" in faulty.output()
+
+
 def test_without_the_flag_metadata_is_only_metadata(server: Server):
     client = OpenAI(base_url=server.url, api_key="sk-test", max_retries=0)
     response = client.responses.create(model=MODEL, input="hi", **fault("http-500"))
