@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -263,3 +264,37 @@ def test_errors_answered_are_counted_by_code(faulty: Server, sdk: OpenAI):
     with connect(ws_url(faulty)) as ws:
         turn(ws, "http-503")  # code null: counted by its type
     assert (errors("rate_limit_exceeded"), errors("server_error")) == (before[0] + 1, before[1] + 1)
+
+
+@pytest.mark.parametrize(("clause", "close_code"), [("close after=3", 1011), ("drop after=3", 1006)])
+def test_the_sdks_own_reconnect_takes_a_cut_socket_as_recoverable(sdk: OpenAI, clause: str, close_code: int):
+    """openai-python reconnects on the codes RFC 6455 calls recoverable (1006 and 1011 among them):
+    a cut loses the response in flight, and the same connection object serves the next request."""
+    reconnects: list[tuple[int, int]] = []
+    with sdk.responses.connect(
+        on_reconnecting=lambda e: reconnects.append((e.attempt, e.close_code)), initial_delay=0.05
+    ) as conn:
+        conn.response.create(model=MODEL, input="Tell me a story", store=False, **fault(clause))
+        events = iter(conn)
+        assert [next(events).type for _ in range(3)] == [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+        ]
+        following: list[Any] = []
+
+        def read() -> None:  # the SDK reconnects inside its receive loop
+            for event in events:
+                following.append(event)
+                if event.type == "response.completed":
+                    return
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + 10
+        while not reconnects and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reconnects == [(1, close_code)]
+        conn.response.create(model=MODEL, input="again", store=False)
+        while not (following and following[-1].type == "response.completed") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert following[0].type == "response.created" and following[-1].type == "response.completed"
