@@ -188,26 +188,17 @@ def test_socket_refusals_are_error_events_and_keep_the_socket(faulty: Server, cl
         assert turn(ws)[-1]["type"] == "response.completed"  # the socket still serves
 
 
-def test_socket_close_1011_mid_stream(faulty: Server):
+@pytest.mark.parametrize(("clause", "sent", "close_code"), [("close after=3", 3, 1011), ("drop after=5", 5, None)])
+def test_socket_cut_mid_stream(faulty: Server, clause: str, sent: int, close_code: int | None):
+    """``close``: a close frame 1011; ``drop``: no close frame at all (the client sees 1006)."""
     with connect(ws_url(faulty)) as ws:
-        create(ws, "close after=3")
+        create(ws, clause)
         seen = []
-        with pytest.raises(ConnectionClosedError) as closed:
+        with pytest.raises(ConnectionClosedError) as cut:
             while True:
                 seen.append(json.loads(ws.recv(timeout=30))["type"])
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
-        assert len(seen) == 3
-
-
-def test_socket_drop_mid_stream_has_no_close_frame(faulty: Server):
-    with connect(ws_url(faulty)) as ws:
-        create(ws, "drop after=5")
-        seen = []
-        with pytest.raises(ConnectionClosedError) as dropped:
-            while True:
-                seen.append(json.loads(ws.recv(timeout=30))["type"])
-        assert dropped.value.rcvd is None  # cut, not closed
-        assert len(seen) == 5 and "response.completed" not in seen
+        assert (cut.value.rcvd.code if cut.value.rcvd is not None else None) == close_code
+        assert len(seen) == sent and "response.completed" not in seen
 
 
 def test_socket_failed_mid_stream(faulty: Server):
