@@ -7,6 +7,10 @@ indexed by id per tenant, so an ``item_reference`` can name any item the tenant 
 OpenAI resolves them (``store=false`` items are never put, so never indexed). A claim says a
 process is still running a background response, so that one that died (``kill -9``) leaves
 something for its successor, or a peer replica, to end (``core.background``).
+
+A conversation (OpenAI's Conversations API) is its metadata and an ordered list of items, each kept
+as its JSON with its id. Appends are atomic and ordered: items appended together stay together,
+and the order of two appends is the order the store received them. Conversations never expire.
 """
 
 from __future__ import annotations
@@ -26,6 +30,20 @@ class StoredResponse(msgspec.Struct, kw_only=True):
     tenant: str = ""  # whose response this is: other tenants never see it
     item_ids: list[str] = msgspec.field(default_factory=list)  # its input and output items, for item_reference
     replica: str | None = None  # the engine replica that served it: its continuation goes there too
+
+
+class StoredConversation(msgspec.Struct, kw_only=True):
+    id: str
+    created_at: int
+    tenant: str = ""
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class StoredItem(msgspec.Struct, frozen=True):
+    """One item of a conversation: its id, and the item as JSON."""
+
+    id: str
+    data: bytes
 
 
 class StoreUnavailable(Exception):
@@ -55,6 +73,31 @@ class Store(Protocol):
         """Runs whose claim has expired: their process died without finishing them."""
         ...
 
+    async def put_conversation(self, conversation: StoredConversation) -> None:
+        """Create a conversation, or replace its metadata."""
+        ...
+
+    async def get_conversation(self, conversation_id: str) -> StoredConversation | None: ...
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        """Delete a conversation and its items."""
+        ...
+
+    async def append_items(self, conversation_id: str, items: list[StoredItem]) -> None:
+        """Add ``items`` at the end of the conversation, together and in order."""
+        ...
+
+    async def conversation_items(
+        self, conversation_id: str, *, after: str | None = None, limit: int | None = None, descending: bool = False
+    ) -> list[StoredItem]:
+        """Items in order (newest first when ``descending``), those after item ``after`` in that order
+        (none if it is not there), at most ``limit``."""
+        ...
+
+    async def conversation_item(self, conversation_id: str, item_id: str) -> StoredItem | None: ...
+
+    async def delete_item(self, conversation_id: str, item_id: str) -> bool: ...
+
     async def ping(self) -> None:
         """Raise ``StoreUnavailable`` if the store cannot be reached now."""
         ...
@@ -62,3 +105,12 @@ class Store(Protocol):
     async def aclose(self) -> None: ...
 
     def describe(self) -> str: ...
+
+
+def page(items: list[StoredItem], after: str | None, limit: int | None, descending: bool) -> list[StoredItem]:
+    """A page of an ordered list, for a store that holds it whole (memory, and Redis's ids)."""
+    ordered = list(reversed(items)) if descending else items
+    if after is not None:
+        position = next((i for i, item in enumerate(ordered) if item.id == after), None)
+        ordered = [] if position is None else ordered[position + 1 :]
+    return ordered if limit is None else ordered[:limit]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from loopway.store.base import StoredResponse
+import msgspec
+
+from loopway.store.base import StoredConversation, StoredItem, StoredResponse, page
 
 
 class MemoryStore:
@@ -10,6 +12,8 @@ class MemoryStore:
         self._records: dict[str, StoredResponse] = {}
         self._items: dict[tuple[str, str], str] = {}  # (tenant, item id) -> response id
         self._claims: dict[str, float] = {}
+        self._conversations: dict[str, StoredConversation] = {}
+        self._conversation_items: dict[str, list[StoredItem]] = {}
 
     async def put(self, record: StoredResponse) -> None:
         self._records[record.id] = record
@@ -39,6 +43,37 @@ class MemoryStore:
 
     async def orphans(self, now: float) -> list[str]:
         return [response_id for response_id, until in self._claims.items() if until < now]
+
+    async def put_conversation(self, conversation: StoredConversation) -> None:
+        existing = self._conversations.get(conversation.id)
+        if existing is not None:  # only the metadata of a conversation changes
+            conversation = msgspec.structs.replace(existing, metadata=conversation.metadata)
+        self._conversations[conversation.id] = conversation
+        self._conversation_items.setdefault(conversation.id, [])
+
+    async def get_conversation(self, conversation_id: str) -> StoredConversation | None:
+        return self._conversations.get(conversation_id)
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        self._conversation_items.pop(conversation_id, None)
+        return self._conversations.pop(conversation_id, None) is not None
+
+    async def append_items(self, conversation_id: str, items: list[StoredItem]) -> None:
+        self._conversation_items.setdefault(conversation_id, []).extend(items)
+
+    async def conversation_items(
+        self, conversation_id: str, *, after: str | None = None, limit: int | None = None, descending: bool = False
+    ) -> list[StoredItem]:
+        return page(self._conversation_items.get(conversation_id, []), after, limit, descending)
+
+    async def conversation_item(self, conversation_id: str, item_id: str) -> StoredItem | None:
+        return next((i for i in self._conversation_items.get(conversation_id, []) if i.id == item_id), None)
+
+    async def delete_item(self, conversation_id: str, item_id: str) -> bool:
+        items = self._conversation_items.get(conversation_id, [])
+        kept = [i for i in items if i.id != item_id]
+        self._conversation_items[conversation_id] = kept
+        return len(kept) < len(items)
 
     async def ping(self) -> None:
         return None

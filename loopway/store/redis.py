@@ -1,10 +1,12 @@
 """A store several replicas share: Redis (``--store redis://HOST:PORT/DB``).
 
 Each response is one hash (``loopway:response:{id}``) with a TTL (30 days, as OpenAI keeps stored
-responses). Redis being down is ``StoreUnavailable`` (a 503 for requests that need the store);
-redis-py reconnects on the next command, so recovery needs nothing from anyone. Durability across
-``kill -9`` is Redis's own: run it with ``appendonly yes`` (and ``appendfsync always`` for every
-acknowledged write).
+responses). A conversation is a hash of its fields (``loopway:conversation:{id}``), a list of its
+item ids in order (``…:ids``) and a hash of the items by id (``…:items``), without a TTL: OpenAI
+keeps conversation items until they are deleted. Redis being down is ``StoreUnavailable`` (a 503
+for requests that need the store); redis-py reconnects on the next command, so recovery needs
+nothing from anyone. Durability across ``kill -9`` is Redis's own: run it with ``appendonly yes``
+(and ``appendfsync always`` for every acknowledged write).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from loopway.store.base import StoredResponse, StoreUnavailable
+from loopway.store.base import StoredConversation, StoredItem, StoredResponse, StoreUnavailable
 
 TTL_S = 30 * 24 * 3600
 CLAIMS = "loopway:claims"  # sorted set: background response id → until (epoch seconds)
@@ -119,6 +121,92 @@ class RedisStore:
     async def orphans(self, now: float) -> list[str]:
         with _reachable():
             return [member.decode() for member in await self._redis.zrangebyscore(CLAIMS, "-inf", now)]
+
+    # Conversations ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _conversation_key(conversation_id: str, part: str = "") -> str:
+        return f"loopway:conversation:{conversation_id}{part}"
+
+    async def put_conversation(self, conversation: StoredConversation) -> None:
+        key = self._conversation_key(conversation.id)
+        with _reachable():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hsetnx(key, "created_at", conversation.created_at)
+                pipe.hsetnx(key, "tenant", conversation.tenant)
+                pipe.hset(key, "metadata", msgspec.json.encode(conversation.metadata))
+                await pipe.execute()
+
+    async def get_conversation(self, conversation_id: str) -> StoredConversation | None:
+        with _reachable():
+            raw = await self._redis.hgetall(self._conversation_key(conversation_id))
+        if not raw:
+            return None
+        return StoredConversation(
+            id=conversation_id,
+            created_at=int(raw[b"created_at"]),
+            tenant=raw[b"tenant"].decode(),
+            metadata=msgspec.json.decode(raw[b"metadata"]),
+        )
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        keys = [self._conversation_key(conversation_id, part) for part in ("", ":ids", ":items")]
+        with _reachable():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.exists(keys[0])
+                pipe.delete(*keys)
+                existed, _ = await pipe.execute()
+        return bool(existed)
+
+    async def append_items(self, conversation_id: str, items: list[StoredItem]) -> None:
+        if not items:
+            return
+        with _reachable():
+            async with self._redis.pipeline(transaction=True) as pipe:  # MULTI: appends never interleave
+                pipe.hset(self._conversation_key(conversation_id, ":items"), mapping={i.id: i.data for i in items})
+                pipe.rpush(self._conversation_key(conversation_id, ":ids"), *(i.id for i in items))
+                await pipe.execute()
+
+    async def conversation_items(
+        self, conversation_id: str, *, after: str | None = None, limit: int | None = None, descending: bool = False
+    ) -> list[StoredItem]:
+        ids_key = self._conversation_key(conversation_id, ":ids")
+        with _reachable():
+            start, stop = await self._range(ids_key, after, limit, descending)
+            if start > stop:
+                return []
+            ids = await self._redis.lrange(ids_key, start, stop)
+            if descending:
+                ids.reverse()
+            data = await self._redis.hmget(self._conversation_key(conversation_id, ":items"), ids) if ids else []
+        return [StoredItem(i.decode(), d) for i, d in zip(ids, data) if d is not None]
+
+    async def _range(self, ids_key: str, after: str | None, limit: int | None, descending: bool) -> tuple[int, int]:
+        """The list positions a page spans (inclusive), found with LPOS instead of reading every id."""
+        length = await self._redis.llen(ids_key)
+        if after is None:
+            edge = length if descending else -1  # the position just past the page's first item
+        else:
+            found = await self._redis.lpos(ids_key, after)
+            if found is None:
+                return 0, -1
+            edge = found
+        if descending:
+            return (0 if limit is None else max(0, edge - limit)), edge - 1
+        return edge + 1, (length - 1 if limit is None else edge + limit)
+
+    async def conversation_item(self, conversation_id: str, item_id: str) -> StoredItem | None:
+        with _reachable():
+            data = await self._redis.hget(self._conversation_key(conversation_id, ":items"), item_id)
+        return StoredItem(item_id, data) if data is not None else None
+
+    async def delete_item(self, conversation_id: str, item_id: str) -> bool:
+        with _reachable():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.lrem(self._conversation_key(conversation_id, ":ids"), 1, item_id)
+                pipe.hdel(self._conversation_key(conversation_id, ":items"), item_id)
+                removed, _ = await pipe.execute()
+        return bool(removed)
 
     async def ping(self) -> None:
         with _reachable():

@@ -17,7 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from loopway.store.base import StoredResponse, StoreUnavailable
+import msgspec
+
+from loopway.store.base import StoredConversation, StoredItem, StoredResponse, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -43,6 +45,20 @@ CREATE TABLE IF NOT EXISTS claims (
     id TEXT PRIMARY KEY,
     until REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    tenant TEXT NOT NULL DEFAULT '',
+    metadata BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS conversation_items (
+    conversation_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (conversation_id, position)
+);
+CREATE INDEX IF NOT EXISTS conversation_items_by_id ON conversation_items (conversation_id, id);
 """
 
 
@@ -161,6 +177,100 @@ class SqliteStore:
 
     async def orphans(self, now: float) -> list[str]:
         return await self._run(self._orphans, now)
+
+    # Conversations ----------------------------------------------------------------------------
+
+    def _put_conversation(self, c: StoredConversation) -> None:
+        assert self._db is not None
+        self._db.execute(
+            "INSERT INTO conversations (id, created_at, tenant, metadata) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET metadata = excluded.metadata",
+            (c.id, c.created_at, c.tenant, msgspec.json.encode(c.metadata)),
+        )
+
+    def _get_conversation(self, conversation_id: str) -> StoredConversation | None:
+        assert self._db is not None
+        row = self._db.execute(
+            "SELECT created_at, tenant, metadata FROM conversations WHERE id = ?", (conversation_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return StoredConversation(id=conversation_id, created_at=row[0], tenant=row[1], metadata=msgspec.json.decode(row[2]))
+
+    def _delete_conversation(self, conversation_id: str) -> bool:
+        assert self._db is not None
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM conversation_items WHERE conversation_id = ?", (conversation_id,))
+            return self._db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount > 0
+
+    def _append_items(self, conversation_id: str, items: list[StoredItem]) -> None:
+        assert self._db is not None
+        with self._db:  # one writer thread, one transaction: appends never interleave
+            self._db.execute("BEGIN")
+            (last,) = self._db.execute(
+                "SELECT COALESCE(MAX(position), -1) FROM conversation_items WHERE conversation_id = ?", (conversation_id,)
+            ).fetchone()
+            self._db.executemany(
+                "INSERT INTO conversation_items (conversation_id, position, id, data) VALUES (?, ?, ?, ?)",
+                [(conversation_id, last + 1 + i, item.id, item.data) for i, item in enumerate(items)],
+            )
+
+    def _conversation_items(
+        self, conversation_id: str, after: str | None, limit: int | None, descending: bool
+    ) -> list[StoredItem]:
+        assert self._db is not None
+        query, args = "SELECT id, data FROM conversation_items WHERE conversation_id = ?", [conversation_id]
+        if after is not None:
+            row = self._db.execute(
+                "SELECT position FROM conversation_items WHERE conversation_id = ? AND id = ?", (conversation_id, after)
+            ).fetchone()
+            if row is None:
+                return []
+            query += " AND position < ?" if descending else " AND position > ?"
+            args.append(row[0])
+        query += " ORDER BY position DESC" if descending else " ORDER BY position"
+        if limit is not None:
+            query += " LIMIT ?"
+            args.append(limit)
+        return [StoredItem(row[0], bytes(row[1])) for row in self._db.execute(query, args)]
+
+    def _conversation_item(self, conversation_id: str, item_id: str) -> StoredItem | None:
+        assert self._db is not None
+        row = self._db.execute(
+            "SELECT data FROM conversation_items WHERE conversation_id = ? AND id = ?", (conversation_id, item_id)
+        ).fetchone()
+        return StoredItem(item_id, bytes(row[0])) if row else None
+
+    def _delete_item(self, conversation_id: str, item_id: str) -> bool:
+        assert self._db is not None
+        cursor = self._db.execute(
+            "DELETE FROM conversation_items WHERE conversation_id = ? AND id = ?", (conversation_id, item_id)
+        )
+        return cursor.rowcount > 0
+
+    async def put_conversation(self, conversation: StoredConversation) -> None:
+        await self._run(self._put_conversation, conversation)
+
+    async def get_conversation(self, conversation_id: str) -> StoredConversation | None:
+        return await self._run(self._get_conversation, conversation_id)
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        return await self._run(self._delete_conversation, conversation_id)
+
+    async def append_items(self, conversation_id: str, items: list[StoredItem]) -> None:
+        await self._run(self._append_items, conversation_id, items)
+
+    async def conversation_items(
+        self, conversation_id: str, *, after: str | None = None, limit: int | None = None, descending: bool = False
+    ) -> list[StoredItem]:
+        return await self._run(self._conversation_items, conversation_id, after, limit, descending)
+
+    async def conversation_item(self, conversation_id: str, item_id: str) -> StoredItem | None:
+        return await self._run(self._conversation_item, conversation_id, item_id)
+
+    async def delete_item(self, conversation_id: str, item_id: str) -> bool:
+        return await self._run(self._delete_item, conversation_id, item_id)
 
     async def ping(self) -> None:
         return None  # an embedded file: a broken one fails the next read or write, and the log remembers

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from loopway.store.base import StoredResponse
+from loopway.store.base import StoredConversation, StoredItem, StoredResponse
 from loopway.store.memory import MemoryStore
 from loopway.store.redis import RedisStore
 from loopway.store.sqlite import SqliteStore
@@ -76,3 +77,65 @@ async def test_the_replica_that_served_a_response_is_kept_with_it(store):
     await store.put(record("resp_n"))
     assert (await store.get("resp_r")).replica == "http://10.0.0.7:8000/v1"
     assert (await store.get("resp_n")).replica is None
+
+
+# Conversations -----------------------------------------------------------------------------------
+
+
+def items(*ids: str) -> list[StoredItem]:
+    return [StoredItem(item_id, b'{"id": "%s"}' % item_id.encode()) for item_id in ids]
+
+
+def ids_of(found: list[StoredItem]) -> list[str]:
+    return [item.id for item in found]
+
+
+async def test_a_conversation_keeps_its_fields_and_its_metadata_can_change(store):
+    await store.put_conversation(StoredConversation(id="conv_1", created_at=7, tenant="acme", metadata={"a": "1"}))
+    await store.put_conversation(StoredConversation(id="conv_1", created_at=99, tenant="other", metadata={"b": "2"}))
+    found = await store.get_conversation("conv_1")
+    assert found == StoredConversation(id="conv_1", created_at=7, tenant="acme", metadata={"b": "2"})
+    assert await store.get_conversation("conv_none") is None
+
+
+async def test_items_append_in_order_and_page_both_ways(store):
+    await store.put_conversation(StoredConversation(id="conv_1", created_at=1))
+    await store.append_items("conv_1", items("a", "b"))
+    await store.append_items("conv_1", items("c", "d", "e"))
+    assert ids_of(await store.conversation_items("conv_1")) == ["a", "b", "c", "d", "e"]
+    assert ids_of(await store.conversation_items("conv_1", limit=2)) == ["a", "b"]
+    assert ids_of(await store.conversation_items("conv_1", after="b", limit=2)) == ["c", "d"]
+    assert ids_of(await store.conversation_items("conv_1", after="d")) == ["e"]
+    assert ids_of(await store.conversation_items("conv_1", after="e")) == []
+    assert ids_of(await store.conversation_items("conv_1", descending=True)) == ["e", "d", "c", "b", "a"]
+    assert ids_of(await store.conversation_items("conv_1", descending=True, limit=2)) == ["e", "d"]
+    assert ids_of(await store.conversation_items("conv_1", descending=True, after="d", limit=2)) == ["c", "b"]
+    assert ids_of(await store.conversation_items("conv_1", descending=True, after="a")) == []
+    assert await store.conversation_items("conv_1", after="missing") == []
+    assert (await store.conversation_item("conv_1", "c")) == items("c")[0]
+    assert await store.conversation_items("conv_none") == []
+
+
+async def test_items_can_be_deleted_one_by_one_and_with_their_conversation(store):
+    await store.put_conversation(StoredConversation(id="conv_1", created_at=1))
+    await store.append_items("conv_1", items("a", "b", "c"))
+    assert await store.delete_item("conv_1", "b")
+    assert not await store.delete_item("conv_1", "b")
+    assert ids_of(await store.conversation_items("conv_1")) == ["a", "c"]
+    assert await store.conversation_item("conv_1", "b") is None
+    await store.append_items("conv_1", items("d"))
+    assert ids_of(await store.conversation_items("conv_1", after="a")) == ["c", "d"]
+    assert await store.delete_conversation("conv_1")
+    assert not await store.delete_conversation("conv_1")
+    assert await store.get_conversation("conv_1") is None and await store.conversation_items("conv_1") == []
+
+
+async def test_concurrent_appends_never_interleave(store):
+    await store.put_conversation(StoredConversation(id="conv_1", created_at=1))
+    batches = [items(*(f"{n}-{i}" for i in range(5))) for n in range(8)]
+    await asyncio.gather(*(store.append_items("conv_1", batch) for batch in batches))
+    found = ids_of(await store.conversation_items("conv_1"))
+    assert len(found) == 40
+    for start in range(0, 40, 5):  # each batch stays whole and in its own order
+        run = found[start : start + 5]
+        assert run == [f"{run[0].split('-')[0]}-{i}" for i in range(5)]
