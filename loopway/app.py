@@ -38,7 +38,7 @@ from loopway.store.base import Store
 from loopway.store.memory import MemoryStore
 from loopway.store.redis import RedisStore
 from loopway.store.sqlite import SqliteStore, StoreOpenError
-from loopway.transports import chat, dashboard, http, ws
+from loopway.transports import chat, conversations, dashboard, http, ws
 from loopway.transports.edge import EdgeMiddleware, EdgePolicy
 from loopway.transports.outbox import FlushClock
 
@@ -166,6 +166,7 @@ def create_app(
         routes=[
             *ws.routes(service, settings, keys, clock),
             *http.routes(service, settings),
+            *conversations.routes(service, settings),
             *_engine_routes(service, settings),
             *dashboard.routes(service, dashboard.DashboardGate(keys, admin_keys)),
         ],

@@ -243,6 +243,8 @@ class ConnectionState:
         turn, _ = self._active[target]
         if turn.request.compact_threshold is not None:
             return "steering_not_supported", "Steering is not supported with automatic compaction."
+        if turn.request.conversation is not None:
+            return "steering_not_supported", "Steering is not supported for responses bound to a conversation."
         if len(self._steers.get(target, [])) >= self.max_pending_steers:
             return "too_many_pending_steers", f"At most {self.max_pending_steers} steers may be pending per response."
         return _steer_input_refusal(raw_input)

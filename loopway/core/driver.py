@@ -11,6 +11,10 @@ event, and it is made here, once:
   the record is readable from the moment it is submitted (``ResponseLog.put_behind``). A write that
   fails later is reported to ``on_unsaved`` with the same 503, naming the response.
 
+A turn on a conversation (``conversation`` in the request) appends its input and output to it before
+its terminal event on every transport, so the next turn finds them wherever it runs; appends land in
+the order turns finish.
+
 ``store=false`` turns write nothing. Every finished turn is counted once, when its terminal event
 leaves. A stored turn persisted first (HTTP, background, ``--ws-durable-store``) is also remembered,
 rendered, in the process's recent conversations (``core.recent``) for an HTTP continuation of it.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Callable
 
+from loopway.core.conversations import Conversations
 from loopway.core.metrics import Metrics
 from loopway.core.observatory import Observatory
 from loopway.core.persistence import ResponseLog
@@ -43,12 +48,14 @@ class TurnDriver:
         metrics: Metrics,
         recent: RecentConversations | None = None,
         observatory: Observatory | None = None,
+        conversations: Conversations | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.log = log
         self.metrics = metrics
         self.recent = recent
         self.observatory = observatory or Observatory()
+        self.conversations = conversations
 
     async def events(
         self,
@@ -65,13 +72,20 @@ class TurnDriver:
                     turn.events.append(event)
                 if not is_terminal(event):
                     yield event
-                elif persist is Persist.FIRST:
+                    continue
+                if persist is Persist.FIRST:
                     try:
+                        await self._append_to_conversation(turn)
                         await self._persist(turn)
                     finally:
                         self._finished(turn, transport)
                     yield event
                 else:
+                    try:
+                        await self._append_to_conversation(turn)
+                    except ApiError:
+                        self._finished(turn, transport)
+                        raise
                     try:
                         yield event
                     finally:  # also when the consumer stops here: the client has had its answer
@@ -79,6 +93,15 @@ class TurnDriver:
                         self._finished(turn, transport)
         finally:
             self.observatory.in_flight[transport] -= 1
+
+    async def _append_to_conversation(self, turn: Turn) -> None:
+        """A turn on a conversation adds its input and output to it before its terminal event, on
+        every transport: the next turn, wherever it runs, finds them (a failed turn adds nothing)."""
+        conversation = turn.request.conversation
+        if conversation is None or self.conversations is None or turn.response.status == "failed":
+            return
+        items = [*turn.new_items, *turn.response.output]
+        await self.conversations.append(conversation, items, turn.tenant, param="conversation")
 
     def _finished(self, turn: Turn, transport: str) -> None:
         self.metrics.turn_finished(turn, transport)

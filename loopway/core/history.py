@@ -27,7 +27,7 @@ class Parent(msgspec.Struct, kw_only=True):
     From a connection cache it comes rendered (``conversation``); from the store, as raw items.
     """
 
-    response: Response
+    response: Response | None = None  # None for a conversation's items (``core.conversations``)
     items: list[Item] | None = None  # previous input context + previous output, in order
     conversation: Conversation | None = None
     replica: str | None = None  # the engine replica that served it, where its prefix is cached

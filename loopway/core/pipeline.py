@@ -105,6 +105,7 @@ def new_response(request: CreateRequest, response_id: str) -> Response:
         frequency_penalty=request.frequency_penalty,
         truncation=request.truncation,
         user=request.user if request.user is not None else UNSET,
+        conversation={"id": request.conversation} if request.conversation is not None else UNSET,
         metadata=request.metadata,
     )
 

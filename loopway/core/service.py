@@ -15,6 +15,7 @@ import msgspec
 from loopway.core import compaction, history
 from loopway.core.background import CLAIM_S, BackgroundRuns
 from loopway.core.connection import OpenConnection
+from loopway.core.conversations import Conversations
 from loopway.core.driver import Persist, TurnDriver
 from loopway.core.faults import Fault, FaultInjector
 from loopway.core.feed import Feed
@@ -78,9 +79,10 @@ class ResponsesService:
         self.connection_limit = connection_limit or ConnectionLimiter(0)
         log.on_persisted = self.metrics.persisted
         self.recent = recent if recent is not None else RecentConversations(0)  # HTTP continuations' rendered parents
+        self.conversations = Conversations(log.store)  # the Conversations API's objects
         self.observatory = Observatory()  # what the dashboard shows
         self.feed = Feed(self.dashboard)  # and how it reaches the viewers
-        self.driver = TurnDriver(pipeline, log, self.metrics, self.recent, self.observatory)
+        self.driver = TurnDriver(pipeline, log, self.metrics, self.recent, self.observatory, self.conversations)
         self.background = BackgroundRuns(self.driver, log, background_claim_s)
         self.open_connections: set[OpenConnection] = set()  # WebSocket sessions, for metrics and draining
         self.metrics.watch_connections(
@@ -116,7 +118,11 @@ class ResponsesService:
         times = times or StageTimes()
         if request.store:
             await self.log.check()  # store=true needs the store: say so now, not after generating
-        parent = await self.resolve(request, times, tenant, cache)
+        if request.conversation is not None:
+            with times.measure("resolve"):
+                parent = Parent(items=await self.conversations.context(request.conversation, tenant))
+        else:
+            parent = await self.resolve(request, times, tenant, cache)
         stored = await self._referenced(request, parent, tenant)
         turn = self.pipeline.prepare(request, parent, times, tenant, renderer, stored)
         turn.replica = parent.replica if parent is not None else None

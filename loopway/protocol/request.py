@@ -100,6 +100,7 @@ class CreateRequest(msgspec.Struct, kw_only=True):
     compact_now: bool
     generate: bool
     stream_id: str | None
+    conversation: str | None = None  # a Conversations API object whose items are the context
 
 
 INCLUDABLE = frozenset(
@@ -145,7 +146,8 @@ def _range(name: str, value: float | None, low: float, high: float) -> None:
         )
 
 
-def _metadata(raw: dict[str, Any] | None) -> dict[str, str]:
+def check_metadata(raw: dict[str, Any] | None) -> dict[str, str]:
+    """OpenAI's metadata rules: at most 16 pairs, keys ≤ 64 characters, string values ≤ 512."""
     if raw is None:
         return {}
     if len(raw) > 16:
@@ -293,7 +295,7 @@ def _known_values(body: CreateBody, websocket: bool) -> None:
             raise invalid_value("include", entry, sorted(INCLUDABLE))
 
 
-def _no_conversation(body: CreateBody, websocket: bool) -> None:
+def _conversation_shape(body: CreateBody, websocket: bool) -> None:
     if body.conversation is None:
         return
     if body.previous_response_id is not None:
@@ -302,12 +304,18 @@ def _no_conversation(body: CreateBody, websocket: bool) -> None:
             param="conversation",
             code="invalid_value",
         )
-    raise ApiError(
-        400,
-        "loopway does not implement the Conversations API; chain with 'previous_response_id'.",
-        param="conversation",
-        code="unsupported_parameter",
-    )
+    if conversation_id(body.conversation) is None:
+        raise invalid_request(
+            "Invalid 'conversation': expected a conversation id, or an object with its 'id'.",
+            param="conversation",
+            code="invalid_value",
+        )
+
+
+def conversation_id(value: str | dict[str, Any] | None) -> str | None:
+    """``"conv_…"`` or ``{"id": "conv_…"}``, as ``ConversationParam`` allows."""
+    raw = value.get("id") if isinstance(value, dict) else value
+    return raw if isinstance(raw, str) and 0 < len(raw) <= 256 else None
 
 
 def _background_is_stored_http(body: CreateBody, websocket: bool) -> None:
@@ -345,7 +353,7 @@ RULES: tuple[Callable[[CreateBody, bool], None], ...] = (
     _model_is_named,
     _numbers_in_range,
     _known_values,
-    _no_conversation,
+    _conversation_shape,
     _background_is_stored_http,
     _websocket_only_fields,
     _input_is_given,
@@ -384,7 +392,7 @@ def validate_create(body: CreateBody, *, websocket: bool = False) -> CreateReque
         top_logprobs=body.top_logprobs or 0,
         presence_penalty=float(body.presence_penalty or 0.0),
         frequency_penalty=float(body.frequency_penalty or 0.0),
-        metadata=_metadata(body.metadata),
+        metadata=check_metadata(body.metadata),
         text=text,
         json_schema=json_schema,
         reasoning={"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
@@ -397,6 +405,7 @@ def validate_create(body: CreateBody, *, websocket: bool = False) -> CreateReque
         compact_threshold=_compaction(body.context_management),
         compact_now=compact_now,
         generate=body.generate is not False,
+        conversation=conversation_id(body.conversation),
         stream_id=body.stream_id,
     )
 

@@ -89,6 +89,7 @@ class Response(msgspec.Struct, gc=False, kw_only=True):
     # OpenAI's schema allows no null here; an unfinished response reports zero usage.
     usage: Usage = msgspec.field(default_factory=Usage)
     user: str | UnsetType = UNSET  # absent unless the request set it (the schema allows no null)
+    conversation: dict[str, str] | UnsetType = UNSET  # {"id": "conv_…"} when the request named one
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
 
     @property

@@ -85,7 +85,7 @@ def _sse(events: AsyncIterator[bytes], headers: dict[str, str] | None = None) ->
     return CuttableStream(events, media_type="text/event-stream", headers={**HEADERS, **(headers or {})})
 
 
-def _int_query(request: Request, name: str, default: int, low: int, high: int) -> int:
+def int_query(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
@@ -119,7 +119,8 @@ class HttpApi:
         s = self.settings
         return await read_body(request, s.max_body_bytes, s.body_timeout_s, s.body_min_rate)
 
-    async def _body(self, request: Request) -> Any:
+    async def body(self, request: Request) -> Any:
+        """A JSON body, read within the body limits and decoded within the JSON bounds."""
         body = await self._read(request)
         return await offload.call(len(body) > self.settings.offload_bytes, lambda: decode_json(body, self.bounds))
 
@@ -150,7 +151,7 @@ class HttpApi:
     async def retrieve(self, request: Request) -> HttpResponse:
         response_id = request.path_params["response_id"]
         if request.query_params.get("stream") == "true":
-            starting_after = _int_query(request, "starting_after", -1, -1, 1 << 62)
+            starting_after = int_query(request, "starting_after", -1, -1, 1 << 62)
             return _sse(frames(await self.service.events(response_id, starting_after, tenant_of(request))))
         return json_response(await self.service.retrieve(response_id, tenant_of(request)))
 
@@ -166,7 +167,7 @@ class HttpApi:
             raise invalid_value("order", order, ["asc", "desc"])
         page = await self.service.input_items(
             request.path_params["response_id"],
-            limit=_int_query(request, "limit", 20, 1, 100),
+            limit=int_query(request, "limit", 20, 1, 100),
             order=order,
             after=request.query_params.get("after"),
             tenant=tenant_of(request),
@@ -174,7 +175,7 @@ class HttpApi:
         return json_response(page)
 
     async def input_tokens(self, request: Request) -> HttpResponse:
-        raw = await self._body(request)
+        raw = await self.body(request)
         if isinstance(raw, dict):  # a create body whose streaming and input are optional here
             raw = {**raw, "stream": None, "background": None}
             if raw.get("input") is None and raw.get("previous_response_id") is None:
@@ -183,7 +184,7 @@ class HttpApi:
         return json_response(await self.service.count_input_tokens(create, tenant_of(request)))
 
     async def compact(self, request: Request) -> HttpResponse:
-        return json_response(await self.service.compact(await self._body(request), tenant_of(request)))
+        return json_response(await self.service.compact(await self.body(request), tenant_of(request)))
 
     async def health(self, request: Request) -> HttpResponse:
         """200 while the server can answer its default requests (store=true needs the store); else 503."""

@@ -187,6 +187,8 @@ async def test_steering_an_unknown_a_finished_or_a_compacting_response_fails():
         state, request(stream_id="c", context_management=[{"type": "compaction", "compact_threshold": 100_000}])
     )
     assert failure(state, compacting.id, "x") == "steering_not_supported"
+    _, on_conversation = await running(state, request(stream_id="d", conversation="conv_1"))
+    assert failure(state, on_conversation.id, "x") == "steering_not_supported"
 
 
 async def test_at_most_so_many_steers_wait_per_response():

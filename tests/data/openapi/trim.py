@@ -32,6 +32,9 @@ ROOTS = (
     "TokenCountsResource",
     "CreateChatCompletionResponse",  # the sim's /v1/chat/completions
     "CreateChatCompletionStreamResponse",
+    "ConversationResource",  # the Conversations API
+    "ConversationItemList",
+    "DeletedConversationResource",
 )
 PREFIX = "#/components/schemas/"
 
