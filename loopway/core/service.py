@@ -118,11 +118,7 @@ class ResponsesService:
         times = times or StageTimes()
         if request.store:
             await self.log.check()  # store=true needs the store: say so now, not after generating
-        if request.conversation is not None:
-            with times.measure("resolve"):
-                parent = Parent(items=await self.conversations.context(request.conversation, tenant))
-        else:
-            parent = await self.resolve(request, times, tenant, cache)
+        parent = await self._parent(request, times, tenant, cache)
         stored = await self._referenced(request, parent, tenant)
         turn = self.pipeline.prepare(request, parent, times, tenant, renderer, stored)
         turn.replica = parent.replica if parent is not None else None
@@ -131,6 +127,15 @@ class ResponsesService:
         if fault is not None and turn.generation is not None:
             turn.generation = fault.wrap(turn.generation)
         return turn
+
+    async def _parent(
+        self, request: CreateRequest, times: StageTimes, tenant: str, cache: ParentCache | None
+    ) -> Parent | None:
+        """What the turn continues: a conversation's items, or a previous response."""
+        if request.conversation is None:
+            return await self.resolve(request, times, tenant, cache)
+        with times.measure("resolve"):
+            return Parent(items=await self.conversations.context(request.conversation, tenant))
 
     def draw_fault(self, request: CreateRequest, transport: str) -> Fault | None:
         """This request's injected fault, if the server injects any (``transport``: ws, sse, http)."""
@@ -252,7 +257,7 @@ class ResponsesService:
     async def count_input_tokens(self, request: CreateRequest, tenant: str = "") -> dict[str, Any]:
         if find_model(self.engine, request.model) is None:
             raise model_not_found(request.model)
-        parent = await self.resolve(request, StageTimes(), tenant)
+        parent = await self._parent(request, StageTimes(), tenant, None)
         stored = await self._referenced(request, parent, tenant)
         count = self.pipeline.count_input_tokens(request, parent, stored)
         return {"object": "response.input_tokens", "input_tokens": count}

@@ -131,8 +131,10 @@ def test_responses_run_on_a_conversation_over_http_and_sse(client: OpenAI):
     first = client.responses.create(model=MODEL, conversation=conversation.id, input="What was it?")
     assert first.conversation is not None and first.conversation.id == conversation.id
     validate("Response", json.loads(first.model_dump_json(exclude_unset=True)))
+    counted = client.responses.input_tokens.count(model=MODEL, conversation=conversation.id, input="Again?")
     events = list(client.responses.create(model=MODEL, conversation={"id": conversation.id}, input="Again?", stream=True))
     second = events[-1].response
+    assert counted.input_tokens == second.usage.input_tokens  # the count sees the conversation too
     assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens  # the first turn is context
     assert texts(client, conversation.id) == [
         ("message", "user"),
