@@ -16,18 +16,21 @@ every rule of WebSocket mode is unit-tested without a socket.
 | after a steered turn: wait for tool output (pending) or start a successor at once | ``ended`` |
 | steering input goes first in the next request that continues the steered response | ``submit`` |
 | bounded per connection: requests waiting for a lane, and bytes of requests not yet ended | ``submit`` |
+| a conversation object stays rendered while only this connection writes to it (its version) | ``completed`` |
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import msgspec
 
 from loopway.core.cache import CachedResponse, ConnectionCache
+from loopway.core.conversation import Conversation
 from loopway.core.faults import Fault
 from loopway.core.history import Parent
 from loopway.core.lanes import LaneLimitReached, LaneScheduler
@@ -42,6 +45,7 @@ from loopway.protocol.request import CreateRequest
 from loopway.tokens.render import Renderer
 
 MAX_PENDING_STEERS = 8
+MAX_CONVERSATIONS = 8  # conversation objects kept rendered per connection
 
 
 class OpenConnection(Protocol):
@@ -123,6 +127,8 @@ class ConnectionState:
         self._active: dict[str, tuple[Turn, Job]] = {}  # running turns by response id
         self._steers: dict[str, list[_Steer]] = {}  # steering input queued by the response it steers
         self._lanes_used: set[str | None] = set()
+        # Conversation objects this connection ran turns on, rendered, at the version it left them.
+        self._conversations: OrderedDict[str, tuple[int, Conversation]] = OrderedDict()
 
     @property
     def busy(self) -> bool:
@@ -196,6 +202,30 @@ class ConnectionState:
             self._evict_if_same_lane(turn.request.previous_response_id, job.lane)
             return
         self.cache.put(CachedResponse(response=turn.response, conversation=turn.after, lane=job.lane))
+        self._keep_conversation(turn)
+
+    def conversation(self, conversation_id: str, version: int) -> Conversation | None:
+        """A conversation object's rendering, if this connection left it at ``version``."""
+        kept = self._conversations.get(conversation_id)
+        if kept is None or kept[0] != version:
+            return None
+        self._conversations.move_to_end(conversation_id)
+        return kept[1]
+
+    def _keep_conversation(self, turn: Turn) -> None:
+        """Keep a conversation turn's rendering, if its append was the only write since it read the
+        conversation (version + 1) and the rendering is the whole conversation (nothing truncated
+        or compacted away); at most ``MAX_CONVERSATIONS`` per connection, least recently used out."""
+        conversation_id, read, written = turn.request.conversation, turn.conversation_read, turn.conversation_written
+        if conversation_id is None or read is None or written is None or turn.after is None:
+            return
+        if written != read + 1 or turn.compacted is not None or turn.request.truncation != "disabled":
+            self._conversations.pop(conversation_id, None)
+            return
+        self._conversations[conversation_id] = (written, turn.after)
+        self._conversations.move_to_end(conversation_id)
+        while len(self._conversations) > MAX_CONVERSATIONS:
+            self._conversations.popitem(last=False)
 
     def ended(self, job: Job, turn: Turn | None = None) -> AfterTurn:
         """The job is over (``turn`` is None when it never started or broke): free its lane, apply steering."""
@@ -211,6 +241,7 @@ class ConnectionState:
 
     def close(self) -> None:
         self.cache.clear()
+        self._conversations.clear()
         self._steers.clear()
         self._active.clear()
 

@@ -85,10 +85,11 @@ class Conversations:
         await self.append(conversation_id, items, tenant)
         return wire.item_list([msgspec.json.decode(item.data) for item in _stored(items)], has_more=False)
 
-    async def append(self, conversation_id: str, items: list[Item], tenant: str, param: str = "conversation_id") -> None:
+    async def append(self, conversation_id: str, items: list[Item], tenant: str, param: str = "conversation_id") -> int:
+        """Returns the conversation's version after the append (``StoredConversation.version``)."""
         await self.get(conversation_id, tenant, param)
         with _answering_503():
-            await self.store.append_items(conversation_id, _stored(items))
+            return await self.store.append_items(conversation_id, _stored(items))
 
     async def list_items(
         self, conversation_id: str, tenant: str, *, limit: int, order: str, after: str | None
@@ -118,11 +119,10 @@ class Conversations:
                 raise item_not_found(item_id)
         return _object(conversation)
 
-    async def context(self, conversation_id: str, tenant: str, after: str | None = None) -> list[Item]:
-        """Every item of the conversation in order (those after item ``after``): a response's context."""
-        await self.get(conversation_id, tenant, param="conversation")
+    async def items(self, conversation_id: str) -> list[Item]:
+        """Every item of the conversation in order: a response's context (the caller checked the tenant)."""
         with _answering_503():
-            found = await self.store.conversation_items(conversation_id, after=after)
+            found = await self.store.conversation_items(conversation_id)
         return items_from_json(b"[" + b",".join(item.data for item in found) + b"]")
 
 

@@ -45,6 +45,10 @@ class ParentCache(Protocol):
 
     def parent(self, response_id: str) -> Parent | None: ...
 
+    def conversation(self, conversation_id: str, version: int) -> Conversation | None:
+        """A conversation object's rendering, if this cache holds it at ``version``."""
+        ...
+
 
 async def chain(log: ResponseLog, response_id: str, tenant: str) -> list[StoredResponse]:
     """The tenant's records from the start of the conversation to ``response_id``, oldest first."""

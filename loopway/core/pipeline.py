@@ -72,6 +72,10 @@ class Turn:
         self.replica: str | None = None  # where the parent was served (its prefix is cached there)
         self.session: str | None = None  # the WebSocket connection it runs on
         self.served_by: str | None = None  # the engine replica that served this turn
+        # A turn on a conversation: its version when the turn read it, and after the turn appended
+        # to it (the connection cache keeps this rendering only if nobody else wrote in between).
+        self.conversation_read: int | None = None
+        self.conversation_written: int | None = None
 
     @property
     def id(self) -> str:

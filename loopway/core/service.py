@@ -118,9 +118,10 @@ class ResponsesService:
         times = times or StageTimes()
         if request.store:
             await self.log.check()  # store=true needs the store: say so now, not after generating
-        parent = await self._parent(request, times, tenant, cache)
+        parent, version = await self._parent(request, times, tenant, cache)
         stored = await self._referenced(request, parent, tenant)
         turn = self.pipeline.prepare(request, parent, times, tenant, renderer, stored)
+        turn.conversation_read = version
         turn.replica = parent.replica if parent is not None else None
         turn.session = cache.session_id if cache is not None else None
         await self.pipeline.start(turn)
@@ -130,12 +131,20 @@ class ResponsesService:
 
     async def _parent(
         self, request: CreateRequest, times: StageTimes, tenant: str, cache: ParentCache | None
-    ) -> Parent | None:
-        """What the turn continues: a conversation's items, or a previous response."""
+    ) -> tuple[Parent | None, int | None]:
+        """What the turn continues: a previous response, or a conversation's items (and the
+        conversation's version then); a connection's cache holds a conversation rendered at the
+        version it was left at, so a turn on it costs O(new input) while nobody else writes to it."""
         if request.conversation is None:
-            return await self.resolve(request, times, tenant, cache)
+            return await self.resolve(request, times, tenant, cache), None
         with times.measure("resolve"):
-            return Parent(items=await self.conversations.context(request.conversation, tenant))
+            stored = await self.conversations.get(request.conversation, tenant, param="conversation")
+            rendered = cache.conversation(stored.id, stored.version) if cache is not None else None
+            if cache is not None:
+                self.metrics.cache_lookup(rendered is not None)
+            if rendered is not None:
+                return Parent(conversation=rendered), stored.version
+            return Parent(items=await self.conversations.items(stored.id)), stored.version
 
     def draw_fault(self, request: CreateRequest, transport: str) -> Fault | None:
         """This request's injected fault, if the server injects any (``transport``: ws, sse, http)."""
@@ -257,7 +266,7 @@ class ResponsesService:
     async def count_input_tokens(self, request: CreateRequest, tenant: str = "") -> dict[str, Any]:
         if find_model(self.engine, request.model) is None:
             raise model_not_found(request.model)
-        parent = await self._parent(request, StageTimes(), tenant, None)
+        parent, _ = await self._parent(request, StageTimes(), tenant, None)
         stored = await self._referenced(request, parent, tenant)
         count = self.pipeline.count_input_tokens(request, parent, stored)
         return {"object": "response.input_tokens", "input_tokens": count}

@@ -37,6 +37,7 @@ class StoredConversation(msgspec.Struct, kw_only=True):
     created_at: int
     tenant: str = ""
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    version: int = 0  # +1 with every append and every item deleted: a cached rendering is current while it matches
 
 
 class StoredItem(msgspec.Struct, frozen=True):
@@ -83,8 +84,8 @@ class Store(Protocol):
         """Delete a conversation and its items."""
         ...
 
-    async def append_items(self, conversation_id: str, items: list[StoredItem]) -> None:
-        """Add ``items`` at the end of the conversation, together and in order."""
+    async def append_items(self, conversation_id: str, items: list[StoredItem]) -> int:
+        """Add ``items`` at the end of the conversation, together and in order; returns its new version."""
         ...
 
     async def conversation_items(
@@ -96,7 +97,9 @@ class Store(Protocol):
 
     async def conversation_item(self, conversation_id: str, item_id: str) -> StoredItem | None: ...
 
-    async def delete_item(self, conversation_id: str, item_id: str) -> bool: ...
+    async def delete_item(self, conversation_id: str, item_id: str) -> bool:
+        """Delete one item (and move the conversation's version on)."""
+        ...
 
     async def ping(self) -> None:
         """Raise ``StoreUnavailable`` if the store cannot be reached now."""

@@ -48,18 +48,29 @@ class MemoryStore:
         existing = self._conversations.get(conversation.id)
         if existing is not None:  # only the metadata of a conversation changes
             conversation = msgspec.structs.replace(existing, metadata=conversation.metadata)
+        else:
+            conversation = msgspec.structs.replace(conversation, version=0)
         self._conversations[conversation.id] = conversation
         self._conversation_items.setdefault(conversation.id, [])
 
     async def get_conversation(self, conversation_id: str) -> StoredConversation | None:
-        return self._conversations.get(conversation_id)
+        found = self._conversations.get(conversation_id)
+        return msgspec.structs.replace(found) if found is not None else None  # a copy, as other stores return
 
     async def delete_conversation(self, conversation_id: str) -> bool:
         self._conversation_items.pop(conversation_id, None)
         return self._conversations.pop(conversation_id, None) is not None
 
-    async def append_items(self, conversation_id: str, items: list[StoredItem]) -> None:
+    async def append_items(self, conversation_id: str, items: list[StoredItem]) -> int:
         self._conversation_items.setdefault(conversation_id, []).extend(items)
+        return self._bump(conversation_id)
+
+    def _bump(self, conversation_id: str) -> int:
+        conversation = self._conversations.get(conversation_id)
+        if conversation is None:
+            return 0
+        conversation.version += 1
+        return conversation.version
 
     async def conversation_items(
         self, conversation_id: str, *, after: str | None = None, limit: int | None = None, descending: bool = False
@@ -73,7 +84,10 @@ class MemoryStore:
         items = self._conversation_items.get(conversation_id, [])
         kept = [i for i in items if i.id != item_id]
         self._conversation_items[conversation_id] = kept
-        return len(kept) < len(items)
+        if len(kept) == len(items):
+            return False
+        self._bump(conversation_id)
+        return True
 
     async def ping(self) -> None:
         return None

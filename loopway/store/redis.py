@@ -35,6 +35,13 @@ if ids then
 end
 return redis.call('DEL', KEYS[1])
 """
+# Delete one item of a conversation and move its version on, as one step.
+_DELETE_ITEM = """
+local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if removed > 0 and redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HINCRBY', KEYS[3], 'version', 1) end
+return removed
+"""
 _FIELDS = ("created_at", "previous_response_id", "response", "input_items", "events", "tenant")
 
 
@@ -134,19 +141,21 @@ class RedisStore:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hsetnx(key, "created_at", conversation.created_at)
                 pipe.hsetnx(key, "tenant", conversation.tenant)
+                pipe.hsetnx(key, "version", 0)
                 pipe.hset(key, "metadata", msgspec.json.encode(conversation.metadata))
                 await pipe.execute()
 
     async def get_conversation(self, conversation_id: str) -> StoredConversation | None:
         with _reachable():
             raw = await self._redis.hgetall(self._conversation_key(conversation_id))
-        if not raw:
+        if b"created_at" not in raw:  # none, or what an append racing its deletion left behind
             return None
         return StoredConversation(
             id=conversation_id,
             created_at=int(raw[b"created_at"]),
             tenant=raw[b"tenant"].decode(),
             metadata=msgspec.json.decode(raw[b"metadata"]),
+            version=int(raw.get(b"version", b"0")),
         )
 
     async def delete_conversation(self, conversation_id: str) -> bool:
@@ -158,14 +167,15 @@ class RedisStore:
                 existed, _ = await pipe.execute()
         return bool(existed)
 
-    async def append_items(self, conversation_id: str, items: list[StoredItem]) -> None:
-        if not items:
-            return
+    async def append_items(self, conversation_id: str, items: list[StoredItem]) -> int:
         with _reachable():
             async with self._redis.pipeline(transaction=True) as pipe:  # MULTI: appends never interleave
-                pipe.hset(self._conversation_key(conversation_id, ":items"), mapping={i.id: i.data for i in items})
-                pipe.rpush(self._conversation_key(conversation_id, ":ids"), *(i.id for i in items))
-                await pipe.execute()
+                if items:
+                    pipe.hset(self._conversation_key(conversation_id, ":items"), mapping={i.id: i.data for i in items})
+                    pipe.rpush(self._conversation_key(conversation_id, ":ids"), *(i.id for i in items))
+                pipe.hincrby(self._conversation_key(conversation_id), "version", 1)
+                results = await pipe.execute()
+        return int(results[-1])
 
     async def conversation_items(
         self, conversation_id: str, *, after: str | None = None, limit: int | None = None, descending: bool = False
@@ -202,11 +212,8 @@ class RedisStore:
 
     async def delete_item(self, conversation_id: str, item_id: str) -> bool:
         with _reachable():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.lrem(self._conversation_key(conversation_id, ":ids"), 1, item_id)
-                pipe.hdel(self._conversation_key(conversation_id, ":items"), item_id)
-                removed, _ = await pipe.execute()
-        return bool(removed)
+            keys = [self._conversation_key(conversation_id, part) for part in (":ids", ":items", "")]
+            return bool(await self._redis.eval(_DELETE_ITEM, 3, *keys, item_id))
 
     async def ping(self) -> None:
         with _reachable():

@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     id TEXT PRIMARY KEY,
     created_at INTEGER NOT NULL,
     tenant TEXT NOT NULL DEFAULT '',
-    metadata BLOB NOT NULL
+    metadata BLOB NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS conversation_items (
     conversation_id TEXT NOT NULL,
@@ -191,11 +192,12 @@ class SqliteStore:
     def _get_conversation(self, conversation_id: str) -> StoredConversation | None:
         assert self._db is not None
         row = self._db.execute(
-            "SELECT created_at, tenant, metadata FROM conversations WHERE id = ?", (conversation_id,)
+            "SELECT created_at, tenant, metadata, version FROM conversations WHERE id = ?", (conversation_id,)
         ).fetchone()
         if row is None:
             return None
-        return StoredConversation(id=conversation_id, created_at=row[0], tenant=row[1], metadata=msgspec.json.decode(row[2]))
+        metadata = msgspec.json.decode(row[2])
+        return StoredConversation(id=conversation_id, created_at=row[0], tenant=row[1], metadata=metadata, version=row[3])
 
     def _delete_conversation(self, conversation_id: str) -> bool:
         assert self._db is not None
@@ -204,7 +206,7 @@ class SqliteStore:
             self._db.execute("DELETE FROM conversation_items WHERE conversation_id = ?", (conversation_id,))
             return self._db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount > 0
 
-    def _append_items(self, conversation_id: str, items: list[StoredItem]) -> None:
+    def _append_items(self, conversation_id: str, items: list[StoredItem]) -> int:
         assert self._db is not None
         with self._db:  # one writer thread, one transaction: appends never interleave
             self._db.execute("BEGIN")
@@ -215,6 +217,14 @@ class SqliteStore:
                 "INSERT INTO conversation_items (conversation_id, position, id, data) VALUES (?, ?, ?, ?)",
                 [(conversation_id, last + 1 + i, item.id, item.data) for i, item in enumerate(items)],
             )
+            return self._bump(conversation_id)
+
+    def _bump(self, conversation_id: str) -> int:
+        """Within the caller's transaction: the conversation's version, moved on."""
+        assert self._db is not None
+        self._db.execute("UPDATE conversations SET version = version + 1 WHERE id = ?", (conversation_id,))
+        row = self._db.execute("SELECT version FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        return row[0] if row else 0
 
     def _conversation_items(
         self, conversation_id: str, after: str | None, limit: int | None, descending: bool
@@ -244,10 +254,15 @@ class SqliteStore:
 
     def _delete_item(self, conversation_id: str, item_id: str) -> bool:
         assert self._db is not None
-        cursor = self._db.execute(
-            "DELETE FROM conversation_items WHERE conversation_id = ? AND id = ?", (conversation_id, item_id)
-        )
-        return cursor.rowcount > 0
+        with self._db:
+            self._db.execute("BEGIN")
+            cursor = self._db.execute(
+                "DELETE FROM conversation_items WHERE conversation_id = ? AND id = ?", (conversation_id, item_id)
+            )
+            if cursor.rowcount == 0:
+                return False
+            self._bump(conversation_id)
+            return True
 
     async def put_conversation(self, conversation: StoredConversation) -> None:
         await self._run(self._put_conversation, conversation)
@@ -258,8 +273,8 @@ class SqliteStore:
     async def delete_conversation(self, conversation_id: str) -> bool:
         return await self._run(self._delete_conversation, conversation_id)
 
-    async def append_items(self, conversation_id: str, items: list[StoredItem]) -> None:
-        await self._run(self._append_items, conversation_id, items)
+    async def append_items(self, conversation_id: str, items: list[StoredItem]) -> int:
+        return await self._run(self._append_items, conversation_id, items)
 
     async def conversation_items(
         self, conversation_id: str, *, after: str | None = None, limit: int | None = None, descending: bool = False

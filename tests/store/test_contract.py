@@ -139,3 +139,16 @@ async def test_concurrent_appends_never_interleave(store):
     for start in range(0, 40, 5):  # each batch stays whole and in its own order
         run = found[start : start + 5]
         assert run == [f"{run[0].split('-')[0]}-{i}" for i in range(5)]
+
+
+async def test_every_append_and_deleted_item_moves_the_version_on(store):
+    await store.put_conversation(StoredConversation(id="conv_1", created_at=1, version=99))
+    assert (await store.get_conversation("conv_1")).version == 0  # a new conversation starts at 0
+    assert await store.append_items("conv_1", items("a", "b")) == 1
+    assert await store.append_items("conv_1", items("c")) == 2
+    await store.put_conversation(StoredConversation(id="conv_1", created_at=1, metadata={"k": "v"}))
+    assert (await store.get_conversation("conv_1")).version == 2  # metadata is not the context
+    assert await store.delete_item("conv_1", "b")
+    assert (await store.get_conversation("conv_1")).version == 3
+    assert not await store.delete_item("conv_1", "b")
+    assert (await store.get_conversation("conv_1")).version == 3

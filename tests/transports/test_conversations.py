@@ -12,7 +12,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import MODEL, Server
+from tests.conftest import MODEL, Server, metric_samples, metric_value
 from tests.openapi import validate
 
 ALICE, BOB = "sk-alice-0123456789abcdef", "sk-bob-0123456789abcdef"
@@ -168,3 +168,33 @@ def test_conversation_and_previous_response_id_together_is_a_400(client: OpenAI)
     with pytest.raises(openai.NotFoundError) as unknown:
         client.responses.create(model=MODEL, conversation="conv_unknown", input="x")
     assert unknown.value.param == "conversation"
+
+
+def test_a_socket_keeps_a_conversation_rendered_while_only_it_writes(server: Server, client: OpenAI):
+    def hits() -> float:
+        return metric_value(metric_samples(server), "loopway_connection_cache_total", result="hit")
+
+    conversation = client.conversations.create(items=[user("We are fixing the config loader.")])
+    with client.responses.connect() as conn:
+
+        def turn(text: str) -> int:
+            expected = client.responses.input_tokens.count(model=MODEL, conversation=conversation.id, input=text)
+            conn.response.create(model=MODEL, conversation=conversation.id, input=text, store=False)
+            done = next(e for e in conn if e.type in ("response.completed", "response.failed", "error"))
+            assert done.type == "response.completed", done
+            assert done.response.usage.input_tokens == expected.input_tokens  # the same context, cached or not
+            return done.response.usage.input_tokens
+
+        turn("Read the loader.")  # read from the store
+        before = hits()
+        turn("Now the tests.")  # rendered on this socket, at the version it left
+        assert hits() == before + 1
+        client.conversations.items.create(conversation.id, items=[user("A note from another client.")])
+        turn("Go on.")  # someone else wrote: read from the store again, the note included
+        assert hits() == before + 1
+        listing = client.conversations.items.list(conversation.id, order="asc", limit=100).data
+        client.conversations.items.delete(listing[1].id, conversation_id=conversation.id)
+        turn("And finish.")  # a deleted item is a change too
+        assert hits() == before + 1
+        turn("Thanks.")
+        assert hits() == before + 2
