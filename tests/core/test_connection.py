@@ -259,3 +259,40 @@ async def test_a_failed_steered_turn_is_followed_by_nothing():
     after = state.ended(job, turn)
     assert after.send == [] and after.start == []
     assert only(submit(state, request(previous_response_id=turn.id))).request.input[0].content == "Say hello"
+
+
+# Conversation objects ------------------------------------------------------------------------------
+
+
+async def conversation_turn(
+    state: ConnectionState, read: int, written: int, conversation_id: str = "conv_1", **fields: object
+) -> Turn:
+    """A turn on a conversation that read it at ``read`` and whose append left ``written``."""
+    job = only(submit(state, request(conversation=conversation_id, **fields)))
+    turn = PIPE.prepare(job.request, None)
+    turn.conversation_read, turn.conversation_written = read, written
+    state.started(job, turn)
+    async for event in PIPE.run(turn):
+        if is_terminal(event):
+            state.completed(job, turn)
+    state.ended(job, turn)
+    return turn
+
+
+async def test_a_conversation_is_kept_rendered_only_while_this_connection_alone_writes_it():
+    state = ConnectionState()
+    turn = await conversation_turn(state, read=4, written=5)
+    assert state.conversation("conv_1", 5) is turn.after
+    assert state.conversation("conv_1", 6) is None  # someone wrote since
+    await conversation_turn(state, read=5, written=7)  # another write landed between read and append
+    assert state.conversation("conv_1", 7) is None and state.conversation("conv_1", 5) is None
+    await conversation_turn(state, read=7, written=8, truncation="auto")  # the rendering may be cut short
+    assert state.conversation("conv_1", 8) is None
+
+
+async def test_at_most_eight_conversations_stay_rendered_per_connection():
+    state = ConnectionState()
+    for n in range(10):
+        await conversation_turn(state, read=0, written=1, conversation_id=f"conv_{n}")
+    kept = [n for n in range(10) if state.conversation(f"conv_{n}", 1) is not None]
+    assert kept == list(range(2, 10))
