@@ -10,6 +10,7 @@ Another tenant's conversation does not exist for you: every read checks the tena
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,8 @@ from loopway.protocol import ids
 from loopway.protocol.errors import ApiError
 from loopway.protocol.items import Item, items_from_json
 from loopway.store.base import Store, StoredConversation, StoredItem, StoreUnavailable
+
+CONVERSATION_ID = re.compile(r"conv_[A-Za-z0-9_-]{1,128}")
 
 
 def conversation_not_found(conversation_id: str, param: str = "conversation_id") -> ApiError:
@@ -56,6 +59,8 @@ class Conversations:
         return _object(conversation)
 
     async def get(self, conversation_id: str, tenant: str, param: str = "conversation_id") -> StoredConversation:
+        if not CONVERSATION_ID.fullmatch(conversation_id):  # never a store key built from arbitrary text
+            raise conversation_not_found(conversation_id[:80], param)
         with _answering_503():
             conversation = await self.store.get_conversation(conversation_id)
         if conversation is None or conversation.tenant != tenant:

@@ -91,6 +91,9 @@ def test_bad_bodies_are_openai_shaped_400s(client: OpenAI):
     with pytest.raises(openai.NotFoundError) as after:
         client.conversations.items.list(conversation.id, after="msg_nope")
     assert after.value.param == "after"
+    for odd in (f"{conversation.id}:ids", "conv_../x", "x" * 300):  # never a store key built from arbitrary text
+        with pytest.raises(openai.NotFoundError):
+            client.conversations.retrieve(odd)
 
 
 @pytest.fixture(scope="module")
