@@ -55,7 +55,8 @@ class Conversations:
         )
         with _answering_503():
             await self.store.put_conversation(conversation)
-            await self.store.append_items(conversation.id, _stored(items))
+        if items:
+            await self._append(conversation.id, _stored(items), "conversation_id")
         return _object(conversation)
 
     async def get(self, conversation_id: str, tenant: str, param: str = "conversation_id") -> StoredConversation:
@@ -87,14 +88,22 @@ class Conversations:
 
     async def add_items(self, conversation_id: str, raw: Any, tenant: str) -> dict[str, Any]:
         items = wire.parse_add(raw)
-        await self.append(conversation_id, items, tenant)
-        return wire.item_list([msgspec.json.decode(item.data) for item in _stored(items)], has_more=False)
+        await self.get(conversation_id, tenant)
+        stored = _stored(items)
+        await self._append(conversation_id, stored, "conversation_id")
+        return wire.item_list([msgspec.json.decode(item.data) for item in stored], has_more=False)
 
-    async def append(self, conversation_id: str, items: list[Item], tenant: str, param: str = "conversation_id") -> int:
-        """Returns the conversation's version after the append (``StoredConversation.version``)."""
-        await self.get(conversation_id, tenant, param)
+    async def append(self, conversation_id: str, items: list[Item], param: str = "conversation_id") -> int:
+        """Add a turn's items; the conversation's version after (``StoredConversation.version``). The
+        turn checked the tenant when it read the conversation; one deleted since is a 404."""
+        return await self._append(conversation_id, _stored(items), param)
+
+    async def _append(self, conversation_id: str, stored: list[StoredItem], param: str) -> int:
         with _answering_503():
-            return await self.store.append_items(conversation_id, _stored(items))
+            version = await self.store.append_items(conversation_id, stored)
+        if version is None:  # the store refuses: the conversation was deleted meanwhile
+            raise conversation_not_found(conversation_id, param)
+        return version
 
     async def list_items(
         self, conversation_id: str, tenant: str, *, limit: int, order: str, after: str | None

@@ -101,7 +101,7 @@ class TurnDriver:
         if conversation is None or self.conversations is None or turn.response.status == "failed":
             return
         items = [*turn.new_items, *turn.response.output]
-        turn.conversation_written = await self.conversations.append(conversation, items, turn.tenant, "conversation")
+        turn.conversation_written = await self.conversations.append(conversation, items, "conversation")
 
     def _finished(self, turn: Turn, transport: str) -> None:
         self.metrics.turn_finished(turn, transport)

@@ -84,8 +84,9 @@ class Store(Protocol):
         """Delete a conversation and its items."""
         ...
 
-    async def append_items(self, conversation_id: str, items: list[StoredItem]) -> int:
-        """Add ``items`` at the end of the conversation, together and in order; returns its new version."""
+    async def append_items(self, conversation_id: str, items: list[StoredItem]) -> int | None:
+        """Add ``items`` at the end of the conversation, together and in order; returns its new version,
+        or None (and adds nothing) when there is no such conversation, as after a delete."""
         ...
 
     async def conversation_items(

@@ -61,14 +61,14 @@ class MemoryStore:
         self._conversation_items.pop(conversation_id, None)
         return self._conversations.pop(conversation_id, None) is not None
 
-    async def append_items(self, conversation_id: str, items: list[StoredItem]) -> int:
-        self._conversation_items.setdefault(conversation_id, []).extend(items)
+    async def append_items(self, conversation_id: str, items: list[StoredItem]) -> int | None:
+        if conversation_id not in self._conversations:
+            return None
+        self._conversation_items[conversation_id].extend(items)
         return self._bump(conversation_id)
 
     def _bump(self, conversation_id: str) -> int:
-        conversation = self._conversations.get(conversation_id)
-        if conversation is None:
-            return 0
+        conversation = self._conversations[conversation_id]
         conversation.version += 1
         return conversation.version
 

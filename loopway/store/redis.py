@@ -35,6 +35,16 @@ if ids then
 end
 return redis.call('DEL', KEYS[1])
 """
+# Append items (ARGV: id, data, id, data, ...) to an existing conversation and move its version on, as
+# one step; -1 when the conversation is not there.
+_APPEND_ITEMS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+for i = 1, #ARGV, 2 do
+    redis.call('RPUSH', KEYS[2], ARGV[i])
+    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+end
+return redis.call('HINCRBY', KEYS[1], 'version', 1)
+"""
 # Delete one item of a conversation and move its version on, as one step.
 _DELETE_ITEM = """
 local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
@@ -148,7 +158,7 @@ class RedisStore:
     async def get_conversation(self, conversation_id: str) -> StoredConversation | None:
         with _reachable():
             raw = await self._redis.hgetall(self._conversation_key(conversation_id))
-        if b"created_at" not in raw:  # none, or what an append racing its deletion left behind
+        if not raw:
             return None
         return StoredConversation(
             id=conversation_id,
@@ -167,15 +177,12 @@ class RedisStore:
                 existed, _ = await pipe.execute()
         return bool(existed)
 
-    async def append_items(self, conversation_id: str, items: list[StoredItem]) -> int:
-        with _reachable():
-            async with self._redis.pipeline(transaction=True) as pipe:  # MULTI: appends never interleave
-                if items:
-                    pipe.hset(self._conversation_key(conversation_id, ":items"), mapping={i.id: i.data for i in items})
-                    pipe.rpush(self._conversation_key(conversation_id, ":ids"), *(i.id for i in items))
-                pipe.hincrby(self._conversation_key(conversation_id), "version", 1)
-                results = await pipe.execute()
-        return int(results[-1])
+    async def append_items(self, conversation_id: str, items: list[StoredItem]) -> int | None:
+        keys = [self._conversation_key(conversation_id, part) for part in ("", ":ids", ":items")]
+        pairs = [value for item in items for value in (item.id, item.data)]
+        with _reachable():  # one script: appends never interleave, and none outlives a delete
+            version = await self._redis.eval(_APPEND_ITEMS, 3, *keys, *pairs)
+        return None if version < 0 else int(version)
 
     async def conversation_items(
         self, conversation_id: str, *, after: str | None = None, limit: int | None = None, descending: bool = False

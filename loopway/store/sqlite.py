@@ -206,10 +206,13 @@ class SqliteStore:
             self._db.execute("DELETE FROM conversation_items WHERE conversation_id = ?", (conversation_id,))
             return self._db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount > 0
 
-    def _append_items(self, conversation_id: str, items: list[StoredItem]) -> int:
+    def _append_items(self, conversation_id: str, items: list[StoredItem]) -> int | None:
         assert self._db is not None
         with self._db:  # one writer thread, one transaction: appends never interleave
             self._db.execute("BEGIN")
+            version = self._bump(conversation_id)
+            if version is None:
+                return None
             (last,) = self._db.execute(
                 "SELECT COALESCE(MAX(position), -1) FROM conversation_items WHERE conversation_id = ?", (conversation_id,)
             ).fetchone()
@@ -217,14 +220,14 @@ class SqliteStore:
                 "INSERT INTO conversation_items (conversation_id, position, id, data) VALUES (?, ?, ?, ?)",
                 [(conversation_id, last + 1 + i, item.id, item.data) for i, item in enumerate(items)],
             )
-            return self._bump(conversation_id)
+            return version
 
-    def _bump(self, conversation_id: str) -> int:
-        """Within the caller's transaction: the conversation's version, moved on."""
+    def _bump(self, conversation_id: str) -> int | None:
+        """Within the caller's transaction: the conversation's version, moved on (None: no such conversation)."""
         assert self._db is not None
-        self._db.execute("UPDATE conversations SET version = version + 1 WHERE id = ?", (conversation_id,))
-        row = self._db.execute("SELECT version FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
-        return row[0] if row else 0
+        if self._db.execute("UPDATE conversations SET version = version + 1 WHERE id = ?", (conversation_id,)).rowcount == 0:
+            return None
+        return self._db.execute("SELECT version FROM conversations WHERE id = ?", (conversation_id,)).fetchone()[0]
 
     def _conversation_items(
         self, conversation_id: str, after: str | None, limit: int | None, descending: bool
@@ -273,7 +276,7 @@ class SqliteStore:
     async def delete_conversation(self, conversation_id: str) -> bool:
         return await self._run(self._delete_conversation, conversation_id)
 
-    async def append_items(self, conversation_id: str, items: list[StoredItem]) -> int:
+    async def append_items(self, conversation_id: str, items: list[StoredItem]) -> int | None:
         return await self._run(self._append_items, conversation_id, items)
 
     async def conversation_items(

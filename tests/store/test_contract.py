@@ -152,3 +152,11 @@ async def test_every_append_and_deleted_item_moves_the_version_on(store):
     assert (await store.get_conversation("conv_1")).version == 3
     assert not await store.delete_item("conv_1", "b")
     assert (await store.get_conversation("conv_1")).version == 3
+
+
+async def test_nothing_is_appended_to_a_conversation_that_is_not_there(store):
+    assert await store.append_items("conv_gone", items("a")) is None
+    await store.put_conversation(StoredConversation(id="conv_1", created_at=1))
+    assert await store.delete_conversation("conv_1")
+    assert await store.append_items("conv_1", items("a")) is None  # a turn that finished after the delete
+    assert await store.get_conversation("conv_1") is None and await store.conversation_items("conv_1") == []
