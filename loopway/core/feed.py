@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
 from loopway.protocol.errors import ApiError
+
+log = logging.getLogger("loopway.dashboard")
 
 Build = Callable[[str | None], Awaitable[dict[str, Any]]]
 
@@ -90,7 +93,11 @@ class Feed:
             for viewer in self.viewers:
                 views.setdefault(viewer.tenant, []).append(viewer)
             for tenant, watching in views.items():
-                snapshot = await self.build(tenant)
+                try:
+                    snapshot = await self.build(tenant)
+                except Exception:  # a bug in one snapshot must not end every viewer's feed
+                    log.exception("dashboard snapshot failed")
+                    continue
                 for viewer in watching:
                     viewer.offer(snapshot)
             await asyncio.sleep(self.period_s)

@@ -7,9 +7,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from loopway.core.service import ResponsesService
-from loopway.protocol.errors import invalid_value
 from loopway.settings import Settings
-from loopway.transports.http import HttpApi, int_query, json_response, tenant_of
+from loopway.transports.http import HttpApi, int_query, json_response, order_query, tenant_of
 
 
 def routes(service: ResponsesService, settings: Settings) -> list[Route]:
@@ -34,14 +33,11 @@ def routes(service: ResponsesService, settings: Settings) -> list[Route]:
         return json_response(await conversations.add_items(conversation_id, await api.body(request), tenant_of(request)))
 
     async def list_items(request: Request) -> Response:
-        order = request.query_params.get("order", "desc")
-        if order not in ("asc", "desc"):
-            raise invalid_value("order", order, ["asc", "desc"])
         page = await conversations.list_items(
             request.path_params["conversation_id"],
             tenant_of(request),
             limit=int_query(request, "limit", 20, 1, 100),
-            order=order,
+            order=order_query(request),
             after=request.query_params.get("after"),
         )
         return json_response(page)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -99,6 +100,12 @@ def presented_key(authorization: str | None) -> str | None:
     return None
 
 
+@functools.cache
+def _asset(name: str) -> bytes:
+    """A file of the page, read from the package once (not from disk on the loop at every load)."""
+    return resources.files("loopway.dashboard").joinpath(name).read_bytes()
+
+
 def _direct_loopback(request: Request) -> bool:
     if any(name in request.headers for name in PROXY_HEADERS):
         return False
@@ -112,8 +119,7 @@ def routes(service: ResponsesService, gate: DashboardGate) -> list[Route]:
     async def asset(request: Request) -> Response:
         gate.viewer(request)
         name, media_type = ASSETS[request.url.path.rstrip("/") or "/dashboard"]
-        body = resources.files("loopway.dashboard").joinpath(name).read_bytes()
-        return Response(body, media_type=media_type, headers=PAGE_HEADERS)
+        return Response(_asset(name), media_type=media_type, headers=PAGE_HEADERS)
 
     async def snapshot(request: Request) -> Response:
         return json_response(await service.dashboard(gate.viewer(request)), headers={"Cache-Control": "no-store"})

@@ -102,7 +102,7 @@ class EdgeMiddleware:
         self._check_origin(headers.get(b"origin"), host)
         if scope["type"] == "http" and scope["method"] == "POST":
             self._check_content_type(headers)
-        if scope["path"] in PUBLIC or scope["path"].startswith(DASHBOARD):
+        if scope["path"] in PUBLIC or scope["path"] == DASHBOARD or scope["path"].startswith(DASHBOARD + "/"):
             return  # the dashboard checks its own keys (transports.dashboard)
         tenant = self.keys.tenant(headers.get(b"authorization"))
         if self.limiter is not None and scope["type"] == "http":  # the socket counts response.create

@@ -102,6 +102,14 @@ def int_query(request: Request, name: str, default: int, low: int, high: int) ->
     return value
 
 
+def order_query(request: Request) -> str:
+    """A list's ``order``: ``desc`` (newest first, the default) or ``asc``."""
+    order = request.query_params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise invalid_value("order", order, ["asc", "desc"])
+    return order
+
+
 def tenant_of(request: Request) -> str:
     """Set by the auth middleware; the open tenant when auth is off."""
     return getattr(request.state, "tenant", "")
@@ -162,13 +170,10 @@ class HttpApi:
         return json_response(await self.service.cancel(request.path_params["response_id"], tenant_of(request)))
 
     async def input_items(self, request: Request) -> HttpResponse:
-        order = request.query_params.get("order", "desc")
-        if order not in ("asc", "desc"):
-            raise invalid_value("order", order, ["asc", "desc"])
         page = await self.service.input_items(
             request.path_params["response_id"],
             limit=int_query(request, "limit", 20, 1, 100),
-            order=order,
+            order=order_query(request),
             after=request.query_params.get("after"),
             tenant=tenant_of(request),
         )

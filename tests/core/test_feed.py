@@ -54,3 +54,19 @@ async def test_viewers_are_capped_and_closing_ends_every_feed():
     await feed.aclose()
     assert await first.next() is None
     assert await feed.join(None).next() is None  # one that arrives during the drain ends at once
+
+
+async def test_a_snapshot_that_fails_is_logged_and_the_feed_goes_on():
+    calls = []
+
+    async def flaky(tenant: str | None) -> dict:
+        calls.append(tenant)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the snapshot")
+        return {"n": len(calls)}
+
+    feed = Feed(flaky, period_s=0.01)
+    viewer = feed.join(None)
+    frame = json.loads(await asyncio.wait_for(viewer.next(), 2) or b"")
+    assert frame["n"] >= 2
+    await feed.aclose()

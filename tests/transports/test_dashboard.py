@@ -72,6 +72,7 @@ def test_with_api_keys_and_no_admin_keys_the_dashboard_is_off(tmp_path: Path):
 
 
 def test_an_admin_key_is_needed_and_a_browser_is_asked_for_one(secured: Server):
+    assert httpx.get(root(secured) + "/dashboards").status_code == 401  # only /dashboard skips the API key check
     missing = httpx.get(root(secured) + "/dashboard")
     assert missing.status_code == 401 and missing.headers["www-authenticate"].startswith("Basic realm=")
     assert httpx.get(root(secured) + "/dashboard/feed", headers={"authorization": f"Bearer {ALICE}"}).status_code == 401
