@@ -116,7 +116,9 @@ class _HttpTransport:
                 async with self.client.stream("POST", "/responses", json=body) as response:
                     if response.status_code >= 400:
                         await response.aread()
-                        failure = self._refused(response, attempt + 1)
+                        failure = _refusal(
+                            response.status_code, _error_of(response), response.headers, self.retry, attempt + 1
+                        )
                     else:
                         async for event in _sse_events(response):
                             failure = _failure_in(event, self.retry, attempt + 1)
@@ -133,14 +135,6 @@ class _HttpTransport:
             full = full or failure.recovery is Recovery.RESEND_FULL
         raise ServerError(503, {"code": "retries_exhausted", "message": f"gave up after {failure}"})
 
-    def _refused(self, response: httpx.Response, attempt: int) -> _Failure:
-        error = _error_of(response)
-        recovery = retry.for_error(response.status_code, error)
-        if recovery is Recovery.GIVE_UP:
-            raise ServerError(response.status_code, error)
-        wait = 0.0 if recovery is Recovery.RESEND_FULL else self.retry.delay(attempt, response.headers)
-        return _Failure(str(error.get("code") or response.status_code), wait, recovery)
-
     async def aclose(self) -> None:
         await self.client.aclose()
 
@@ -151,6 +145,16 @@ class _Failure(msgspec.Struct, frozen=True):
     reason: str
     wait: float
     recovery: Recovery = Recovery.RETRY
+
+
+def _refusal(status: int, error: dict[str, Any], headers: Any, policy: RetryPolicy, attempt: int) -> _Failure:
+    """An error answer (HTTP, or a socket's ``error`` event) as a failure to recover from; one that
+    cannot be recovered from is raised as the caller's ``ServerError``."""
+    recovery = retry.for_error(status, error)
+    if recovery is Recovery.GIVE_UP:
+        raise ServerError(status, error)
+    wait = 0.0 if recovery is Recovery.RESEND_FULL else policy.delay(attempt, headers)
+    return _Failure(str(error.get("code") or status), wait, recovery)
 
 
 def _failure_in(event: dict[str, Any], policy: RetryPolicy, attempt: int) -> _Failure | None:
@@ -272,12 +276,8 @@ class WebSocketTransport:
     def _failure_in(self, event: dict[str, Any], attempt: int) -> _Failure | None:
         kind = event.get("type")
         if kind == "error":
-            status, error = int(event.get("status") or 400), event.get("error") or {}
-            recovery = retry.for_error(status, error)
-            if recovery is Recovery.GIVE_UP:
-                raise ServerError(status, error)
-            wait = 0.0 if recovery is Recovery.RESEND_FULL else self.retry.delay(attempt, error.get("headers"))
-            return _Failure(str(error.get("code") or status), wait, recovery)
+            error = event.get("error") or {}
+            return _refusal(int(event.get("status") or 400), error, error.get("headers"), self.retry, attempt)
         if kind in TERMINAL and retry.for_response(event.get("response") or {}) is not None:
             # A failed same-lane continuation evicts its parent from the connection's cache: with
             # store=false only the whole context can run the turn again.
