@@ -76,6 +76,9 @@ def test_an_admin_key_is_needed_and_a_browser_is_asked_for_one(secured: Server):
     missing = httpx.get(root(secured) + "/dashboard")
     assert missing.status_code == 401 and missing.headers["www-authenticate"].startswith("Basic realm=")
     assert httpx.get(root(secured) + "/dashboard/feed", headers={"authorization": f"Bearer {ALICE}"}).status_code == 401
+    for garbled in ("Basic !!not-base64!!", "Basic " + base64.b64encode(b"\xff\xfe").decode(), "Digest x"):
+        refused = httpx.get(root(secured) + "/dashboard/snapshot", headers={"authorization": garbled})
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "missing_admin_key"
     basic = base64.b64encode(f"ops:{ADMIN}".encode()).decode()
     assert httpx.get(root(secured) + "/dashboard", headers={"authorization": f"Basic {basic}"}).status_code == 200
     bearer = httpx.get(root(secured) + "/dashboard/snapshot", headers={"authorization": f"Bearer {ADMIN}"})
