@@ -33,6 +33,9 @@ from loopway.engines.base import Engine
 from loopway.engines.sim import SimEngine
 from loopway.engines.upstream.engines import ChatEngine, ResponsesEngine, UpstreamSettings, parse_model_map
 from loopway.engines.upstream.fleet import ROUTES, FleetObserver
+from loopway.mcp.allow import AllowSpecError
+from loopway.mcp.client import McpLimits
+from loopway.mcp.sessions import McpRuntime, McpSettings
 from loopway.settings import Settings
 from loopway.store.base import Store
 from loopway.store.memory import MemoryStore
@@ -103,7 +106,9 @@ class WorkerShare(msgspec.Struct):
 def build_service(settings: Settings, share: WorkerShare | None = None) -> ResponsesService:
     metrics = Metrics(share.metrics_dir if share else None)
     engine = make_engine(settings, metrics)
-    pipeline = TurnPipeline(engine, Sealer(settings.secret()), vault=ReasoningVault(settings.reasoning_keys()))
+    pipeline = TurnPipeline(
+        engine, Sealer(settings.secret()), vault=ReasoningVault(settings.reasoning_keys()), mcp=make_mcp(settings)
+    )
     return ResponsesService(
         engine,
         pipeline,
@@ -117,6 +122,18 @@ def build_service(settings: Settings, share: WorkerShare | None = None) -> Respo
         recent=RecentConversations(settings.http_cache_mb << 20),
         faults=make_faults(settings),
     )
+
+
+def make_mcp(settings: Settings) -> McpRuntime:
+    limits = McpLimits(
+        call_timeout_s=settings.mcp_call_timeout_s,
+        list_timeout_s=settings.mcp_list_timeout_s,
+        max_response_bytes=settings.mcp_max_output_bytes,
+    )
+    try:
+        return McpRuntime(McpSettings(allow=settings.mcp_allow, limits=limits))
+    except AllowSpecError as exc:
+        raise ConfigError(f"--mcp-allow: {exc}") from None
 
 
 def make_faults(settings: Settings) -> FaultInjector | None:
@@ -161,6 +178,8 @@ def create_app(
             await service.aclose()
             await service.log.store.aclose()
             await service.engine.aclose()
+            if service.pipeline.mcp is not None:
+                await service.pipeline.mcp.aclose()
 
     app = Starlette(
         routes=[

@@ -96,6 +96,16 @@ def _fault_spec(value: str) -> str:
     return value
 
 
+def _mcp_allow(value: str) -> str:
+    from loopway.mcp.allow import AllowSpecError, McpAllowList
+
+    try:
+        McpAllowList.parse(value)
+    except AllowSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 SERVE_FLAGS = [
     _Flag("host", str, "address to listen on"),
     _Flag("workers", _workers, "server processes sharing the port, each a full server ('auto': one per core)"),
@@ -164,6 +174,16 @@ SERVE_FLAGS = [
         "fail on purpose, for testing clients: 'seed=N; KIND=RATE [PARAM=V ...]; ...' (docs/faults.md)",
     ),
     _Flag("fault-metadata", _on_off, "let a request's metadata['loopway_fault'] name its own fault (on|off)"),
+    # Remote MCP tools.
+    _Flag(
+        "mcp-allow",
+        _mcp_allow,
+        "MCP servers this server may call for 'mcp' tools: URL prefixes, hosts (*.domain), addresses or "
+        "networks, comma-separated; private and loopback addresses only when listed (none by default)",
+    ),
+    _Flag("mcp-call-timeout-s", float, "the longest one MCP tool call may take"),
+    _Flag("mcp-list-timeout-s", float, "the longest listing an MCP server's tools may take"),
+    _Flag("mcp-max-output-bytes", int, "the most one MCP server's answer may hold (after decompression)"),
     # Upstream engines.
     _Flag(
         "upstream",

@@ -49,3 +49,6 @@ def configure(level: str, fmt: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # httpx logs each request it makes, URL and all, at INFO: an MCP server URL may carry a token,
+    # and a line per upstream or tool call is noise. Its warnings still come through.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

@@ -76,6 +76,10 @@ class Settings(msgspec.Struct, kw_only=True):
     faults: str = ""  # failing on purpose, for client developers (docs/faults.md); empty: never
     fault_metadata: bool = False  # a request's metadata["loopway_fault"] may name its own fault
     admin_keys: str = ""  # a file of "KEY TENANT" lines for the dashboard; with --api-keys it is required
+    mcp_allow: str = ""  # MCP servers loopway may call (docs/mcp.md): URL prefixes, hosts, networks; none by default
+    mcp_call_timeout_s: float = 30.0
+    mcp_list_timeout_s: float = 15.0
+    mcp_max_output_bytes: int = 1 << 20  # one answer from an MCP server, after decompression
     sim: SimSettings = msgspec.field(default_factory=SimSettings)
 
     def json_bounds(self) -> JsonBounds:

@@ -2,7 +2,10 @@
 
 One place owns ordering: an item opens with ``output_item.added``; text goes
 ``content_part.added`` → ``output_text.delta``… → ``output_text.done`` → ``content_part.done``;
-a function call goes ``function_call_arguments.delta``… → ``.done``; reasoning goes
+a function call goes ``function_call_arguments.delta``… → ``.done``; a call of an MCP server's tool
+goes ``mcp_call.in_progress`` → ``mcp_call_arguments.delta``… → ``.done``, and once it has run
+``mcp_call.completed`` (or ``.failed``) before its ``output_item.done``; a tool listing goes
+``mcp_list_tools.in_progress`` → ``.completed`` (or ``.failed``); reasoning goes
 ``content_part.added`` (``reasoning_text``) → ``reasoning_text.delta``… → ``reasoning_text.done`` →
 ``content_part.done``, then ``reasoning_summary_part.added`` → ``reasoning_summary_text.delta``… →
 ``.done`` → ``reasoning_summary_part.done`` for its summary; the item closes with
@@ -26,6 +29,14 @@ from loopway.protocol.events import (
     Event,
     FunctionCallArgumentsDelta,
     FunctionCallArgumentsDone,
+    McpCallArgumentsDelta,
+    McpCallArgumentsDone,
+    McpCallCompleted,
+    McpCallFailed,
+    McpCallInProgress,
+    McpListToolsCompleted,
+    McpListToolsFailed,
+    McpListToolsInProgress,
     OutputItemAdded,
     OutputItemDone,
     OutputTextDelta,
@@ -43,7 +54,18 @@ from loopway.protocol.events import (
     ResponseInProgress,
     ResponseQueued,
 )
-from loopway.protocol.items import FunctionCall, Message, OutputText, Reasoning, ReasoningText, SummaryText
+from loopway.protocol.items import (
+    FunctionCall,
+    McpApprovalRequest,
+    McpCall,
+    McpListedTool,
+    McpListTools,
+    Message,
+    OutputText,
+    Reasoning,
+    ReasoningText,
+    SummaryText,
+)
 from loopway.protocol.response import IncompleteDetails, OutputItem, Response, ResponseError, Usage
 
 
@@ -53,8 +75,13 @@ class _OpenText:
 
 
 class _OpenCall:
-    def __init__(self, item: FunctionCall, index: int, engine_index: int) -> None:
+    def __init__(self, item: FunctionCall | McpCall | McpApprovalRequest, index: int, engine_index: int) -> None:
         self.item, self.index, self.engine_index, self.chunks = item, index, engine_index, []
+
+
+# What a tool call of the model becomes: a function call for the client, an MCP call loopway runs,
+# or an MCP call waiting for the client's approval.
+CallKind = str  # "function" | "mcp_call" | "mcp_approval"
 
 
 class _OpenReasoning:
@@ -76,6 +103,10 @@ class EventAssembler:
         self._seq = 0
         self._open: _OpenText | _OpenCall | _OpenReasoning | None = None
         self.seal: Callable[[Reasoning], str] | None = None
+        # Set for a turn with MCP servers: what a call of (namespace, name) is, and the MCP calls
+        # whose arguments are complete, in order, for the pipeline to run.
+        self.call_kind: Callable[[str | None, str], tuple[CallKind, str]] | None = None
+        self.closed_mcp_calls: list[tuple[McpCall, int]] = []
 
     def _stamp(self, event: Event) -> Event:
         event.sequence_number = self._seq
@@ -152,8 +183,8 @@ class EventAssembler:
             events.append(self._stamp(ResponseCompleted(response=self._snapshot())))
         return events
 
-    def close_open_item(self) -> list[Event]:
-        return self._close()
+    def close_open_item(self, status: str = "completed") -> list[Event]:
+        return self._close(status)
 
     def end_incomplete(self, reason: str, usage: Usage) -> list[Event]:
         """Stop early (steering): the open item is closed as incomplete."""
@@ -281,25 +312,86 @@ class EventAssembler:
         if not isinstance(current, _OpenCall) or current.engine_index != delta.index:
             events += self._close()
             index = len(self.response.output)
-            item = FunctionCall(
-                id=ids.new_id(ids.FUNCTION_CALL),
-                call_id=delta.call_id or ids.new_id(ids.CALL),
-                name=delta.name or "",
-                arguments="",
-                status="in_progress",
-                namespace=delta.namespace,
-            )
+            item = self._new_call(delta)
             self.response.output.append(item)
             current = self._open = _OpenCall(item, index, delta.index)
             events.append(self._stamp(OutputItemAdded(output_index=index, item=msgspec.structs.replace(item))))
+            if isinstance(item, McpCall):
+                events.append(self._stamp(McpCallInProgress(item_id=item.id or "", output_index=index)))
         if delta.arguments:
             current.chunks.append(delta.arguments)
-            events.append(
-                self._stamp(
-                    FunctionCallArgumentsDelta(item_id=current.item.id, output_index=current.index, delta=delta.arguments)
+            item_id = current.item.id or ""
+            if isinstance(current.item, FunctionCall):
+                events.append(
+                    self._stamp(
+                        FunctionCallArgumentsDelta(item_id=item_id, output_index=current.index, delta=delta.arguments)
+                    )
                 )
-            )
+            elif isinstance(current.item, McpCall):
+                events.append(
+                    self._stamp(McpCallArgumentsDelta(item_id=item_id, output_index=current.index, delta=delta.arguments))
+                )
         return events
+
+    def _new_call(self, delta: ToolCallDelta) -> FunctionCall | McpCall | McpApprovalRequest:
+        name = delta.name or ""
+        kind, label = self.call_kind(delta.namespace, name) if self.call_kind else ("function", "")
+        if kind == "mcp_call":
+            return McpCall(id=ids.new_id(ids.MCP_CALL), server_label=label, name=name, arguments="", status="in_progress")
+        if kind == "mcp_approval":
+            return McpApprovalRequest(id=ids.new_id(ids.MCP_APPROVAL_REQUEST), server_label=label, name=name, arguments="")
+        return FunctionCall(
+            id=ids.new_id(ids.FUNCTION_CALL),
+            call_id=delta.call_id or ids.new_id(ids.CALL),
+            name=name,
+            arguments="",
+            status="in_progress",
+            namespace=delta.namespace,
+        )
+
+    # MCP -------------------------------------------------------------------------------------
+
+    def mcp_list_started(self, server_label: str) -> tuple[list[Event], McpListTools, int]:
+        events = self._close()
+        index = len(self.response.output)
+        item = McpListTools(id=ids.new_id(ids.MCP_LIST_TOOLS), server_label=server_label, tools=[])
+        self.response.output.append(item)
+        events.append(self._stamp(OutputItemAdded(output_index=index, item=msgspec.structs.replace(item))))
+        events.append(self._stamp(McpListToolsInProgress(item_id=item.id or "", output_index=index)))
+        return events, item, index
+
+    def mcp_list_finished(
+        self, item: McpListTools, index: int, tools: list[McpListedTool], error: str | None
+    ) -> list[Event]:
+        item.tools, item.error = tools, error
+        ended = McpListToolsFailed if error is not None else McpListToolsCompleted
+        return [
+            self._stamp(ended(item_id=item.id or "", output_index=index)),
+            self._stamp(OutputItemDone(output_index=index, item=msgspec.structs.replace(item))),
+        ]
+
+    def mcp_call_opened(self, call: McpCall) -> tuple[list[Event], int]:
+        """A whole call at once (one the client approved): added, in progress, its arguments."""
+        events = self._close()
+        index = len(self.response.output)
+        self.response.output.append(call)
+        item_id = call.id or ""
+        events += [
+            self._stamp(OutputItemAdded(output_index=index, item=msgspec.structs.replace(call, arguments=""))),
+            self._stamp(McpCallInProgress(item_id=item_id, output_index=index)),
+            self._stamp(McpCallArgumentsDelta(item_id=item_id, output_index=index, delta=call.arguments)),
+            self._stamp(McpCallArgumentsDone(item_id=item_id, output_index=index, arguments=call.arguments)),
+        ]
+        return events, index
+
+    def mcp_call_finished(self, call: McpCall, index: int, output: str | None, error: dict | None) -> list[Event]:
+        call.output, call.error = output, error
+        call.status = "failed" if error is not None else "completed"
+        ended = McpCallFailed if error is not None else McpCallCompleted
+        return [
+            self._stamp(ended(item_id=call.id or "", output_index=index)),
+            self._stamp(OutputItemDone(output_index=index, item=msgspec.structs.replace(call))),
+        ]
 
     def _close(self, status: str = "completed") -> list[Event]:
         current, self._open = self._open, None
@@ -319,6 +411,12 @@ class EventAssembler:
                 self._stamp(OutputItemDone(output_index=current.index, item=msgspec.structs.replace(item))),
             ]
         item.arguments = "".join(current.chunks)
+        if isinstance(item, McpApprovalRequest):
+            return [self._stamp(OutputItemDone(output_index=current.index, item=msgspec.structs.replace(item)))]
+        if isinstance(item, McpCall):  # done once it has run (``mcp_call_finished``)
+            self.closed_mcp_calls.append((item, current.index))
+            done = McpCallArgumentsDone(item_id=item.id or "", output_index=current.index, arguments=item.arguments)
+            return [self._stamp(done)]
         item.status = status
         return [
             self._stamp(

@@ -37,6 +37,7 @@ from loopway.core.lanes import LaneLimitReached, LaneScheduler
 from loopway.core.observatory import ConnectionView
 from loopway.core.pipeline import Turn
 from loopway.core.timing import StageTimes
+from loopway.mcp.sessions import McpSessions
 from loopway.protocol import ids
 from loopway.protocol.errors import ApiError
 from loopway.protocol.events import Event, SteerAccepted, SteerFailed, SteerPending, SteerRef
@@ -129,6 +130,8 @@ class ConnectionState:
         self._lanes_used: set[str | None] = set()
         # Conversation objects this connection ran turns on, rendered, at the version it left them.
         self._conversations: OrderedDict[str, tuple[int, Conversation]] = OrderedDict()
+        # Sessions with the MCP servers its turns used: open for the connection's life.
+        self.mcp_sessions: McpSessions | None = None
 
     @property
     def busy(self) -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from loopway.protocol.items import FunctionCall, Item, settle
+from loopway.protocol.items import FunctionCall, Item, McpApprovalRequest, McpCall, McpListTools, settle
 from loopway.protocol.tools import ToolSet
 from loopway.tokens.render import Renderer
 from loopway.tokens.sequence import AppendOnly, TokenSequence
@@ -24,10 +24,23 @@ def header_key(instructions: str | None, tools: ToolSet) -> bytes:
 
 
 def _index_calls(calls: dict[str, int], items: Sequence[Item], offset: int) -> dict[str, int]:
+    """Where the items a later turn looks up are: function calls by ``call_id``, each MCP server's
+    latest tool list by its label, MCP approval requests by id."""
     for i, item in enumerate(items):
         if isinstance(item, FunctionCall):
             calls[item.call_id] = offset + i
+        elif isinstance(item, McpListTools) and item.error is None:
+            calls[_LISTED + item.server_label] = offset + i
+        elif isinstance(item, McpApprovalRequest) and item.id:
+            calls[_APPROVAL + item.id] = offset + i
+        elif isinstance(item, McpCall) and item.approval_request_id:
+            calls[_APPROVED + item.approval_request_id] = offset + i
     return calls
+
+
+_LISTED = "\x00mcp_list_tools:"  # keys no call_id can be
+_APPROVAL = "\x00mcp_approval_request:"
+_APPROVED = "\x00mcp_call approved by:"
 
 
 def _rendered(renderer: Renderer, items: Sequence[Item], offset: int) -> tuple[list[int], list[int]]:
@@ -64,6 +77,32 @@ class Conversation:
     def has_call(self, call_id: str) -> bool:
         index = self._calls.get(call_id)
         return index is not None and index < len(self.items)
+
+    def mcp_tools_listed(self, server_label: str) -> McpListTools | None:
+        """The latest successful ``mcp_list_tools`` of a server in this context (reused, not re-listed)."""
+        found = self._lookup(_LISTED + server_label)
+        return found if isinstance(found, McpListTools) else None
+
+    def mcp_approval_request(self, request_id: str) -> McpApprovalRequest | None:
+        found = self._lookup(_APPROVAL + request_id)
+        return found if isinstance(found, McpApprovalRequest) else None
+
+    def mcp_call_approved(self, request_id: str) -> bool:
+        """Whether the approved call already ran (its ``mcp_call`` names the approval request)."""
+        return self._lookup(_APPROVED + request_id) is not None
+
+    def _lookup(self, key: str) -> Item | None:
+        index = self._calls.get(key)
+        if index is None:
+            return None
+        if index < len(self.items):
+            return self.items[index]  # type: ignore[return-value]
+        # A longer branch sharing this buffer indexed a later one: find this view's own, newest first.
+        items = self.items.to_list()
+        for i in range(len(items) - 1, -1, -1):
+            if key in _index_calls({}, [items[i]], i):
+                return items[i]
+        return None
 
     @classmethod
     def start(cls, renderer: Renderer, instructions: str | None, tools: ToolSet, items: Sequence[Item] = ()) -> Conversation:

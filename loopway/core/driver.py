@@ -93,6 +93,8 @@ class TurnDriver:
                         self._finished(turn, transport)
         finally:
             self.observatory.in_flight[transport] -= 1
+            if turn.mcp is not None:
+                await turn.mcp.aclose()  # its running calls, and its own sessions (not a connection's)
 
     async def _append_to_conversation(self, turn: Turn) -> None:
         """A turn on a conversation adds its input and output to it before its terminal event, on

@@ -14,6 +14,7 @@ import msgspec
 
 from loopway.core.conversation import Conversation
 from loopway.core.persistence import ResponseLog
+from loopway.mcp.sessions import McpSessions
 from loopway.protocol import response as wire
 from loopway.protocol.errors import ApiError, previous_response_not_found
 from loopway.protocol.items import Item, ItemReference, item_id, items_from_json
@@ -42,6 +43,7 @@ class ParentCache(Protocol):
     """Where a continuation looks before the store: a WebSocket connection's cache."""
 
     session_id: str  # the connection's id: an engine with several replicas keeps its turns on one
+    mcp_sessions: McpSessions | None  # its MCP sessions, kept open between its turns
 
     def parent(self, response_id: str) -> Parent | None: ...
 

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from msgspec import UNSET
 
 from loopway.core import compaction
+from loopway.core import mcp as mcp_turn
 from loopway.core.assembler import EventAssembler
 from loopway.core.conversation import Conversation
 from loopway.core.history import Parent
@@ -25,12 +26,24 @@ from loopway.core.reasoning import ReasoningVault
 from loopway.core.sealing import Sealer
 from loopway.core.timing import StageLog, StageTimes
 from loopway.engines.base import Delta, Engine, EngineError, EngineRequest, Finish, find_model
+from loopway.mcp.sessions import McpRuntime
 from loopway.protocol import ids
 from loopway.protocol import response as wire
 from loopway.protocol.errors import ApiError, invalid_request, model_not_found
 from loopway.protocol.events import TERMINAL_EVENTS, Event, encode_event
 from loopway.protocol.items import ENCODER as ITEMS_ENCODER
-from loopway.protocol.items import Compaction, FunctionCallOutput, Item, ItemReference, Reasoning, item_id, normalized
+from loopway.protocol.items import (
+    Compaction,
+    FunctionCall,
+    FunctionCallOutput,
+    Item,
+    ItemReference,
+    McpApprovalRequest,
+    McpCall,
+    Reasoning,
+    item_id,
+    normalized,
+)
 from loopway.protocol.request import CreateRequest
 from loopway.protocol.response import Response, Usage
 from loopway.store.base import StoredResponse
@@ -76,6 +89,13 @@ class Turn:
         # to it (the connection cache keeps this rendering only if nobody else wrote in between).
         self.conversation_read: int | None = None
         self.conversation_written: int | None = None
+        # A turn with MCP servers runs engine rounds until the model stops calling their tools:
+        # ``running`` is the context of the round now running (``conversation`` and the output
+        # before it; ``fed`` of the output's items), ``seen`` what the previous round's engine saw.
+        self.mcp: mcp_turn.McpTurn | None = None
+        self.running: Conversation | None = None
+        self.fed = 0
+        self.seen: tuple[int, int] | None = None
 
     @property
     def id(self) -> str:
@@ -167,12 +187,18 @@ def _check_tool_outputs(conversation: Conversation, new_items: list[Item]) -> No
 
 class TurnPipeline:
     def __init__(
-        self, engine: Engine, sealer: Sealer, renderer: Renderer | None = None, vault: ReasoningVault | None = None
+        self,
+        engine: Engine,
+        sealer: Sealer,
+        renderer: Renderer | None = None,
+        vault: ReasoningVault | None = None,
+        mcp: McpRuntime | None = None,
     ) -> None:
         self.engine = engine
         self.sealer = sealer
         self.renderer = renderer or Renderer()
         self.vault = vault or ReasoningVault([secrets.token_bytes(32)])
+        self.mcp = mcp  # remote MCP servers this server may call (``--mcp-allow``)
         self.stage_log = StageLog()
 
     # Before the engine -----------------------------------------------------------------------
@@ -202,6 +228,7 @@ class TurnPipeline:
             conversation, known, known_items = self._context(request, parent, resolved, renderer)
             _check_tool_outputs(conversation, new_items)
             conversation = self._fit(request, conversation, info.context_window)
+            mcp = mcp_turn.prepare(request.tools, conversation, resolved, self.mcp, request.max_tool_calls)
             compacted = None
             threshold = request.compact_threshold
             if request.compact_now or (threshold is not None and len(conversation.tokens) > threshold):
@@ -211,6 +238,9 @@ class TurnPipeline:
         self.stage_log.add(response.id, times)
         turn = Turn(request, response, conversation, resolved, known, compacted, times, known_items)
         turn.tenant = tenant
+        if mcp is not None:
+            turn.mcp = mcp
+            turn.assembler.call_kind = mcp.call_kind
         if "reasoning.encrypted_content" in request.include or not request.store:
             turn.assembler.seal = lambda item: self.vault.seal(item, tenant)  # the client carries it
         return turn
@@ -289,10 +319,16 @@ class TurnPipeline:
 
     async def start(self, turn: Turn) -> None:
         """Hand the turn to the engine. An engine that refuses the request raises ``ApiError`` here,
-        before any event exists; one that fails is remembered and the response will fail."""
+        before any event exists; one that fails is remembered and the response will fail. A turn
+        whose MCP servers must be listed, or whose approved calls must run, first opens in ``run``."""
         if not turn.request.generate or turn.generation is not None or turn.open_failure is not None:
             return
-        turn.opened_at = time.perf_counter()
+        if turn.mcp is not None and (turn.mcp.unlisted() or turn.mcp.approved):
+            return
+        await self._open(turn)
+
+    async def _open(self, turn: Turn) -> None:
+        turn.opened_at = turn.opened_at or time.perf_counter()
         try:
             turn.generation = await self.engine.open(self._engine_request(turn))
         except EngineError as exc:
@@ -314,40 +350,102 @@ class TurnPipeline:
         if turn.compacted is not None:
             for event in a.add_item(turn.compacted):
                 yield event
-        async for event in self._generate(turn):
-            yield event
+        try:
+            if turn.mcp is not None and turn.generation is None and turn.open_failure is None:
+                async for event in self._mcp_first(turn, turn.mcp):
+                    yield event
+            async for event in self._generate(turn):
+                yield event
+        finally:
+            if turn.mcp is not None:
+                turn.mcp.cancel()  # calls still running when the client went away
+
+    async def _mcp_first(self, turn: Turn, mcp: mcp_turn.McpTurn) -> AsyncIterator[Event]:
+        """Before the engine: list the servers not listed in the context (together), run the calls
+        the client approved, then open the engine with their tools and results in its context."""
+        a = turn.assembler
+        unlisted = mcp.unlisted()
+        started = []
+        for spec in unlisted:
+            events, item, index = a.mcp_list_started(spec.server_label)
+            started.append((item, index))
+            for event in events:
+                yield event
+        listings = await asyncio.gather(*(mcp.list_tools(spec) for spec in unlisted))
+        for (item, index), (tools, error) in zip(started, listings, strict=True):
+            for event in a.mcp_list_finished(item, index, tools, error):
+                yield event
+            mcp.remember(item)
+        for call in mcp.approved:
+            events, index = a.mcp_call_opened(call)
+            for event in events:
+                yield event
+            mcp.start_call(call)
+            for event in a.mcp_call_finished(call, index, *await mcp.result(call)):
+                yield event
+        self._feed_running(turn)
+        await self._open(turn)
+
+    def _feed_running(self, turn: Turn) -> None:
+        """The next round's context: the turn's context and the output so far."""
+        output = _model_output(turn)
+        base = turn.running or turn.conversation
+        turn.running = base.append(self.renderer, output[turn.fed :])
+        turn.fed = len(output)
 
     async def _generate(self, turn: Turn) -> AsyncIterator[Event]:
         a, times = turn.assembler, turn.times
         started = turn.opened_at
         first: float | None = None
-        generation = turn.generation
-        if generation is None:
-            for event in self._terminal(turn, a.fail(*(turn.open_failure or ("server_error", "No engine stream.")))):
-                yield event
-            return
+        spent: list[Finish] = []  # each engine round's usage
         try:
-            async for delta in generation:
-                if turn.steered and not a.continues_open_item(delta) and not isinstance(delta, Finish):
-                    await generation.aclose()  # type: ignore[attr-defined]
-                    events = a.close_open_item()
-                    events += a.end_incomplete("steered", self._usage_so_far(turn))
-                    for event in self._terminal(turn, events):
+            while True:
+                generation = turn.generation
+                if generation is None:
+                    failure = turn.open_failure or ("server_error", "No engine stream.")
+                    break
+                finish: Finish | None = None
+                calls: list[tuple[McpCall, int]] = []
+                round_start = len(turn.response.output)
+                async for delta in generation:
+                    if turn.steered and not a.continues_open_item(delta) and not isinstance(delta, Finish):
+                        await generation.aclose()  # type: ignore[attr-defined]
+                        events = a.close_open_item()
+                        events += a.end_incomplete("steered", self._usage_so_far(turn))
+                        for event in self._terminal(turn, events):
+                            yield event
+                        return
+                    if first is None:
+                        first = time.perf_counter()
+                        times.ttft = (first - started) * 1000
+                    if isinstance(delta, Finish):
+                        finish = delta
+                        break
+                    for event in a.feed(delta):
                         yield event
-                    return
-                if first is None:
-                    first = time.perf_counter()
-                    times.ttft = (first - started) * 1000
-                events = a.feed(delta)
-                if isinstance(delta, Finish):
-                    times.decode = (time.perf_counter() - (first or started)) * 1000
-                    turn.served_by = delta.replica
-                    events = self._terminal(turn, events)
-                for event in events:
+                    calls += self._start_mcp_calls(turn)
+                if finish is None:
+                    failure = ("server_error", "The engine ended the response without finishing it.")
+                    break
+                spent.append(finish)
+                truncated = finish.reason in ("length", "content_filter")
+                for event in a.close_open_item("incomplete" if truncated else "completed"):
                     yield event
-                if isinstance(delta, Finish):
-                    return
-            failure = ("server_error", "The engine ended the response without finishing it.")
+                calls += self._start_mcp_calls(turn)
+                for call, index in calls:
+                    for event in a.mcp_call_finished(call, index, *await turn.mcp.result(call)):  # type: ignore[union-attr]
+                        yield event
+                if calls and not truncated and not turn.steered and self._only_mcp_calls(turn, round_start):
+                    turn.mcp.rounds += 1  # type: ignore[union-attr]
+                    self._feed_running(turn)
+                    turn.generation = None
+                    await self._open(turn)
+                    continue
+                times.decode = (time.perf_counter() - (first or started)) * 1000
+                turn.served_by = finish.replica
+                for event in self._terminal(turn, a.finish(_summed(spent))):
+                    yield event
+                return
         except asyncio.CancelledError:
             raise
         except EngineError as exc:
@@ -358,22 +456,42 @@ class TurnPipeline:
         for event in self._terminal(turn, a.fail(*failure)):
             yield event
 
+    @staticmethod
+    def _start_mcp_calls(turn: Turn) -> list[tuple[McpCall, int]]:
+        """MCP calls whose arguments the engine just finished: they start running now."""
+        closed = turn.assembler.closed_mcp_calls
+        if not closed:
+            return []
+        started, closed[:] = list(closed), []
+        for call, _ in started:
+            turn.mcp.start_call(call)  # type: ignore[union-attr]
+        return started
+
+    @staticmethod
+    def _only_mcp_calls(turn: Turn, start: int) -> bool:
+        """Whether the round's calls were all loopway's to run (then the model goes on in the same
+        response); a function call or an approval request is the client's turn."""
+        return not any(isinstance(i, (FunctionCall, McpApprovalRequest)) for i in turn.response.output[start:])
+
     def _usage_so_far(self, turn: Turn) -> Usage:
         """Usage of a response stopped early: its prompt and the output rendered so far."""
         return Usage.of(len(turn.conversation.tokens), 0, len(self.renderer.items(_model_output(turn))))
 
     def _engine_request(self, turn: Turn) -> EngineRequest:
         request = turn.request
+        context = turn.running or turn.conversation
+        known_prefix, known_items = turn.seen or (turn.known_prefix, turn.known_items)
+        turn.seen = (len(context.tokens), len(context.items))  # the next round's engine has seen these
         return EngineRequest(
             model=request.model,
-            tokens=turn.conversation.tokens,
-            known_prefix=turn.known_prefix,
-            items=turn.conversation.items,
-            known_items=turn.known_items,
+            tokens=context.tokens,
+            known_prefix=known_prefix,
+            items=context.items,
+            known_items=known_items,
             response_id=turn.id,
             previous_response_id=request.previous_response_id,
             instructions=request.instructions,
-            tools=request.tools,
+            tools=turn.mcp.engine_tools(request.tools) if turn.mcp is not None else request.tools,
             tool_choice=request.tool_choice,
             parallel_tool_calls=request.parallel_tool_calls,
             max_output_tokens=request.max_output_tokens,
@@ -384,13 +502,14 @@ class TurnPipeline:
             reasoning_summary=request.reasoning.get("summary"),
             replica=turn.replica,
             session=turn.session,
-            route_prefix=_route_prefix(turn.conversation),
+            route_prefix=_route_prefix(context),
         )
 
     def _terminal(self, turn: Turn, events: list[Event]) -> list[Event]:
         """Before the terminal event leaves, the conversation including the output is ready."""
         if turn.response.status != "failed":
-            turn.after = turn.conversation.append(self.renderer, _model_output(turn))
+            base = turn.running or turn.conversation
+            turn.after = base.append(self.renderer, _model_output(turn)[turn.fed :])
         return events
 
     # After the engine ------------------------------------------------------------------------
@@ -407,6 +526,21 @@ class TurnPipeline:
             item_ids=[item_id(i) for i in [*turn.new_items, *turn.response.output] if _indexed(i)],
             replica=turn.served_by,
         )
+
+
+def _summed(rounds: list[Finish]) -> Finish:
+    """One response's usage over its engine rounds, ending as the last round ended."""
+    last = rounds[-1]
+    if len(rounds) == 1:
+        return last
+    return Finish(
+        reason=last.reason,
+        input_tokens=sum(r.input_tokens for r in rounds),
+        cached_tokens=sum(r.cached_tokens for r in rounds),
+        output_tokens=sum(r.output_tokens for r in rounds),
+        reasoning_tokens=sum(r.reasoning_tokens for r in rounds),
+        replica=last.replica,
+    )
 
 
 def _route_prefix(conversation: Conversation) -> int:

@@ -21,6 +21,7 @@ from loopway.core.faults import Fault, FaultInjector
 from loopway.core.feed import Feed
 from loopway.core.history import Parent, ParentCache
 from loopway.core.limits import ConnectionLimiter, RateLimiter
+from loopway.core.mcp import McpTurn
 from loopway.core.metrics import Metrics
 from loopway.core.observatory import ConnectionView, Observatory
 from loopway.core.persistence import ResponseLog
@@ -124,10 +125,25 @@ class ResponsesService:
         turn.conversation_read = version
         turn.replica = parent.replica if parent is not None else None
         turn.session = cache.session_id if cache is not None else None
+        if turn.mcp is not None:
+            self._attach_mcp_sessions(turn.mcp, cache)
         await self.pipeline.start(turn)
         if fault is not None and turn.generation is not None:
             turn.generation = fault.wrap(turn.generation)
         return turn
+
+    def _attach_mcp_sessions(self, mcp: McpTurn, cache: ParentCache | None) -> None:
+        """A WebSocket connection's turns share its MCP sessions (open until it closes); any other
+        turn opens its own, closed when it ends."""
+        runtime = self.pipeline.mcp
+        if runtime is None:
+            return
+        if cache is None:
+            mcp.sessions, mcp.owns_sessions = runtime.sessions(), True
+            return
+        if cache.mcp_sessions is None:
+            cache.mcp_sessions = runtime.sessions()
+        mcp.sessions = cache.mcp_sessions
 
     async def _parent(
         self, request: CreateRequest, times: StageTimes, tenant: str, cache: ParentCache | None

@@ -109,6 +109,49 @@ class FunctionCallArgumentsDone(Event, tag="response.function_call_arguments.don
     arguments: str
 
 
+class McpCallArgumentsDelta(Event, tag="response.mcp_call_arguments.delta", kw_only=True):
+    item_id: str
+    output_index: int
+    delta: str
+
+
+class McpCallArgumentsDone(Event, tag="response.mcp_call_arguments.done", kw_only=True):
+    item_id: str
+    output_index: int
+    arguments: str
+
+
+class McpItemEvent(Event, kw_only=True):
+    """The progress of an MCP call or tool listing: which item, where in the output."""
+
+    item_id: str
+    output_index: int
+
+
+class McpCallInProgress(McpItemEvent, tag="response.mcp_call.in_progress"):
+    pass
+
+
+class McpCallCompleted(McpItemEvent, tag="response.mcp_call.completed"):
+    pass
+
+
+class McpCallFailed(McpItemEvent, tag="response.mcp_call.failed"):
+    pass
+
+
+class McpListToolsInProgress(McpItemEvent, tag="response.mcp_list_tools.in_progress"):
+    pass
+
+
+class McpListToolsCompleted(McpItemEvent, tag="response.mcp_list_tools.completed"):
+    pass
+
+
+class McpListToolsFailed(McpItemEvent, tag="response.mcp_list_tools.failed"):
+    pass
+
+
 class ReasoningTextDelta(Event, tag="response.reasoning_text.delta", kw_only=True):
     item_id: str
     output_index: int

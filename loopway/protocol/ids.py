@@ -13,6 +13,10 @@ REASONING = "rs"
 COMPACTION = "cmp"
 STEER = "steer"
 ITEM = "item"
+MCP_LIST_TOOLS = "mcpl"
+MCP_CALL = "mcp"
+MCP_APPROVAL_REQUEST = "mcpr"
+MCP_APPROVAL_RESPONSE = "mcpa"
 
 
 def new_id(prefix: str) -> str:

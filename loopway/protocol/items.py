@@ -104,6 +104,58 @@ class Compaction(msgspec.Struct, gc=False, tag="compaction", tag_field="type", o
     id: str | None = None
 
 
+class McpListedTool(msgspec.Struct, gc=False, omit_defaults=True):
+    """One tool an MCP server offers, as ``mcp_list_tools`` lists it."""
+
+    name: str
+    input_schema: dict[str, Any]
+    description: str | None = None
+    annotations: dict[str, Any] | None = None
+
+
+class McpListTools(msgspec.Struct, gc=False, tag="mcp_list_tools", tag_field="type"):
+    """The tools an MCP server offered: the model calls them while this item is in its context."""
+
+    server_label: str
+    tools: Sequence[McpListedTool]
+    id: str | None = None
+    error: str | None = None
+
+
+class McpCall(msgspec.Struct, gc=False, tag="mcp_call", tag_field="type"):
+    """A call the server ran on an MCP server: the model's arguments and the tool's answer."""
+
+    server_label: str
+    name: str
+    arguments: str
+    id: str | None = None
+    status: str | None = None
+    output: str | None = None
+    error: dict[str, Any] | str | None = None
+    approval_request_id: str | None = None
+
+
+class McpApprovalRequest(msgspec.Struct, gc=False, tag="mcp_approval_request", tag_field="type"):
+    """A call the model wants to make that waits for the client's approval (the response ends)."""
+
+    server_label: str
+    name: str
+    arguments: str
+    id: str | None = None
+
+
+class McpApprovalResponse(msgspec.Struct, gc=False, tag="mcp_approval_response", tag_field="type", omit_defaults=True):
+    """The client's answer to an ``mcp_approval_request``: the call runs in the next response, or not."""
+
+    approval_request_id: str
+    approve: bool
+    id: str | None = None
+    reason: str | None = None
+
+
+McpItem = McpListTools | McpCall | McpApprovalRequest | McpApprovalResponse
+
+
 class OtherItem(msgspec.Struct):
     """An item of a type loopway carries but does not interpret (hosted-tool calls and outputs).
 
@@ -115,7 +167,19 @@ class OtherItem(msgspec.Struct):
     raw: dict[str, Any]
 
 
-Item = Message | FunctionCall | FunctionCallOutput | Reasoning | ItemReference | Compaction | OtherItem
+Item = (
+    Message
+    | FunctionCall
+    | FunctionCallOutput
+    | Reasoning
+    | ItemReference
+    | Compaction
+    | McpListTools
+    | McpCall
+    | McpApprovalRequest
+    | McpApprovalResponse
+    | OtherItem
+)
 
 _TYPED: dict[str, type] = {
     "message": Message,
@@ -124,6 +188,10 @@ _TYPED: dict[str, type] = {
     "reasoning": Reasoning,
     "item_reference": ItemReference,
     "compaction": Compaction,
+    "mcp_list_tools": McpListTools,
+    "mcp_call": McpCall,
+    "mcp_approval_request": McpApprovalRequest,
+    "mcp_approval_response": McpApprovalResponse,
 }
 
 # Item types of the OpenAI schema that loopway accepts in history without running them.
@@ -143,10 +211,6 @@ PASSTHROUGH_TYPES = frozenset(
         "shell_call_output",
         "apply_patch_call",
         "apply_patch_call_output",
-        "mcp_call",
-        "mcp_list_tools",
-        "mcp_approval_request",
-        "mcp_approval_response",
         "tool_search_call",
         "tool_search_output",
     }
@@ -222,6 +286,8 @@ def settle(item: Item) -> Item:
             item.summary = tuple(item.summary)
         if isinstance(item.content, list):
             item.content = tuple(item.content)
+    elif isinstance(item, McpListTools) and isinstance(item.tools, list):
+        item.tools = tuple(item.tools)
     return item
 
 
@@ -244,6 +310,10 @@ _ID_PREFIX = {
     FunctionCallOutput: ids.FUNCTION_CALL_OUTPUT,
     Reasoning: ids.REASONING,
     Compaction: ids.COMPACTION,
+    McpListTools: ids.MCP_LIST_TOOLS,
+    McpCall: ids.MCP_CALL,
+    McpApprovalRequest: ids.MCP_APPROVAL_REQUEST,
+    McpApprovalResponse: ids.MCP_APPROVAL_RESPONSE,
 }
 
 
@@ -263,7 +333,7 @@ def normalized(item: Item) -> Item:
             part = OutputText(text=item.content) if item.role == "assistant" else InputText(text=item.content)
             item.content = [part]
         item.status = item.status or "completed"
-    elif isinstance(item, (FunctionCall, FunctionCallOutput)):
+    elif isinstance(item, (FunctionCall, FunctionCallOutput, McpCall)):
         item.status = item.status or "completed"
     return item
 

@@ -12,10 +12,21 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from loopway.protocol.items import Compaction, FunctionCall, Message, OtherItem, Reasoning, encode_hook, parse_item
+from loopway.protocol.items import (
+    Compaction,
+    FunctionCall,
+    McpApprovalRequest,
+    McpCall,
+    McpListTools,
+    Message,
+    OtherItem,
+    Reasoning,
+    encode_hook,
+    parse_item,
+)
 
 Status = Literal["queued", "in_progress", "completed", "incomplete", "failed", "cancelled"]
-OutputItem = Message | FunctionCall | Reasoning | Compaction | OtherItem
+OutputItem = Message | FunctionCall | Reasoning | Compaction | McpListTools | McpCall | McpApprovalRequest | OtherItem
 
 
 class InputTokensDetails(msgspec.Struct, gc=False):

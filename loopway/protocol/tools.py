@@ -1,9 +1,11 @@
 """Tool definitions and ``tool_choice``.
 
 loopway's engines call client-executed tools: ``function`` tools, including those grouped in a
-``namespace``. Hosted tools (web search, file search, code interpreter, ...) would run on the
-server; loopway accepts them in ``tools`` (clients such as Codex always offer them) and echoes
-them, but the model never calls them, and a request that *forces* one is refused with a 400.
+``namespace``, and the tools of remote ``mcp`` servers, which loopway calls itself
+(``protocol.mcp``, ``core.mcp``). Other hosted tools (web search, file search, code interpreter,
+...) would run on the server; loopway accepts them in ``tools`` (clients such as Codex always offer
+them) and echoes them, but the model never calls them, and a request that *forces* one is refused
+with a 400.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Literal
 import msgspec
 
 from loopway.protocol.errors import ApiError, invalid_request, invalid_value
+from loopway.protocol.mcp import MAX_SERVERS, McpServerSpec, echo_of, parse_mcp_tool
 
 HOSTED_TOOL_TYPES = frozenset(
     {
@@ -22,7 +25,6 @@ HOSTED_TOOL_TYPES = frozenset(
         "web_search_2025_08_26",
         "web_search_preview",
         "web_search_preview_2025_03_11",
-        "mcp",
         "code_interpreter",
         "image_generation",
         "tool_search",
@@ -39,6 +41,7 @@ class FunctionTool(msgspec.Struct, kw_only=True):
     strict: bool | None = None
     description: str | None = None
     namespace: str | None = None
+    mcp: bool = False  # a tool of the MCP server named by ``namespace``: loopway calls it
 
     def echo(self) -> dict[str, Any]:
         return {
@@ -56,11 +59,18 @@ class ToolSet(msgspec.Struct):
     functions: list[FunctionTool]
     echo: list[dict[str, Any]]
     other_types: frozenset[str]
+    mcp: tuple[McpServerSpec, ...] = ()
 
     def function(self, name: str) -> FunctionTool | None:
         for tool in self.functions:
-            if tool.name == name:
+            if tool.name == name and not tool.mcp:
                 return tool
+        return None
+
+    def mcp_server(self, label: str) -> McpServerSpec | None:
+        for server in self.mcp:
+            if server.server_label == label:
+                return server
         return None
 
 
@@ -112,8 +122,10 @@ def _tool_kind(tool: Any, param: str) -> str:
         raise invalid_request(
             f"Invalid type for '{param}.type': expected a string.", param=f"{param}.type", code="invalid_type"
         )
-    if kind not in ("function", "namespace") and kind not in HOSTED_TOOL_TYPES | CLIENT_TOOL_TYPES:
-        raise invalid_value(f"{param}.type", kind, ["function", "namespace", *sorted(HOSTED_TOOL_TYPES | CLIENT_TOOL_TYPES)])
+    if kind not in ("function", "namespace", "mcp") and kind not in HOSTED_TOOL_TYPES | CLIENT_TOOL_TYPES:
+        raise invalid_value(
+            f"{param}.type", kind, ["function", "namespace", "mcp", *sorted(HOSTED_TOOL_TYPES | CLIENT_TOOL_TYPES)]
+        )
     return kind
 
 
@@ -126,11 +138,16 @@ def parse_tools(raw: Any) -> ToolSet:
     functions: list[FunctionTool] = []
     echo: list[dict[str, Any]] = []
     other: set[str] = set()
+    servers: list[McpServerSpec] = []
     for i, tool in enumerate(raw):
         kind = _tool_kind(tool, f"tools[{i}]")
         if kind == "function":
             functions.append(_parse_function(tool, f"tools[{i}]"))
             echo.append(functions[-1].echo())
+            continue
+        if kind == "mcp":
+            servers.append(parse_mcp_tool(tool, f"tools[{i}]"))
+            echo.append(echo_of(tool))
             continue
         if kind == "namespace":
             functions += _namespace_functions(tool, f"tools[{i}]")
@@ -140,7 +157,21 @@ def parse_tools(raw: Any) -> ToolSet:
     names = [f.name for f in functions if f.namespace is None]
     if len(names) != len(set(names)):
         raise invalid_request("Tool names must be unique.", param="tools", code="duplicate_tool_name")
-    return ToolSet(functions=functions, echo=echo, other_types=frozenset(other))
+    _check_servers(servers, {f.namespace for f in functions if f.namespace is not None})
+    return ToolSet(functions=functions, echo=echo, other_types=frozenset(other), mcp=tuple(servers))
+
+
+def _check_servers(servers: list[McpServerSpec], namespaces: set[str | None]) -> None:
+    """MCP server labels name their tools' namespace: unique, and no namespace tool's name."""
+    if len(servers) > MAX_SERVERS:
+        raise invalid_request(f"At most {MAX_SERVERS} MCP tools per request.", param="tools", code="invalid_value")
+    labels = [s.server_label for s in servers]
+    if len(labels) != len(set(labels)) or set(labels) & namespaces:
+        raise invalid_request(
+            "MCP server labels must be unique, and differ from every namespace tool's name.",
+            param="tools",
+            code="duplicate_tool_name",
+        )
 
 
 class ToolChoice(msgspec.Struct, frozen=True):
@@ -156,6 +187,12 @@ def _choice_mode(raw: str, tools: ToolSet) -> ToolChoice:
         raise invalid_value("tool_choice", raw, ["none", "auto", "required"])
     if raw == "required" and not tools.functions:
         _refuse_hosted_only(tools)
+        if tools.mcp:
+            raise invalid_request(
+                "Tool choice 'required' needs a function tool: MCP tools are offered to the model with 'auto'.",
+                param="tool_choice",
+                code="invalid_value",
+            )
         raise invalid_request(
             "Tool choice 'required' needs at least one function tool.", param="tool_choice", code="invalid_value"
         )
@@ -192,6 +229,13 @@ def _choice_allowed_tools(raw: dict[str, Any], tools: ToolSet) -> ToolChoice:
 
 
 def _choice_hosted(raw: dict[str, Any], tools: ToolSet) -> ToolChoice:
+    if raw["type"] == "mcp":
+        raise ApiError(
+            400,
+            "loopway offers MCP tools with tool_choice 'auto' only: forcing an MCP server's tool is not supported.",
+            param="tool_choice",
+            code="unsupported_tool_choice",
+        )
     raise ApiError(
         400,
         f"loopway does not run '{raw['type']}' tools: the engine can only call function tools. "
@@ -204,7 +248,7 @@ def _choice_hosted(raw: dict[str, Any], tools: ToolSet) -> ToolChoice:
 _CHOICES: dict[str, Callable[[dict[str, Any], ToolSet], ToolChoice]] = {
     "function": _choice_function,
     "allowed_tools": _choice_allowed_tools,
-    **{kind: _choice_hosted for kind in HOSTED_TOOL_TYPES | CLIENT_TOOL_TYPES},
+    **{kind: _choice_hosted for kind in HOSTED_TOOL_TYPES | CLIENT_TOOL_TYPES | {"mcp"}},
 }
 
 

@@ -26,6 +26,10 @@ from loopway.protocol.items import (
     InputText,
     Item,
     ItemReference,
+    McpApprovalRequest,
+    McpApprovalResponse,
+    McpCall,
+    McpListTools,
     Message,
     OtherItem,
     OutputText,
@@ -141,6 +145,20 @@ class Renderer:
         if isinstance(item, Reasoning):  # the raw reasoning where there is some, else its summary
             thought = "".join(p.text for p in item.content) if item.content else "".join(s.text for s in item.summary)
             return self._encode(f"<|start|>assistant<|channel|>analysis<|message|>{thought}<|end|>")
+        if isinstance(item, McpCall):
+            name = f"{item.server_label}.{item.name}"
+            answer = item.output if item.error is None else msgspec.json.encode({"error": item.error}).decode()
+            return self._encode(
+                f"<|start|>assistant to={name}<|call|>{item.arguments}<|end|>"
+                f"<|start|>tool {name}<|message|>{answer or ''}<|end|>"
+            )
+        if isinstance(item, McpListTools):
+            listed = item.error if item.error is not None else msgspec.json.encode(item.tools).decode()
+            return self._encode(f"<|start|>tools {item.server_label}<|message|>{listed}<|end|>")
+        if isinstance(item, (McpApprovalRequest, McpApprovalResponse)):
+            return self._encode(
+                f"<|start|>{item.__struct_config__.tag}<|message|>{msgspec.json.encode(item).decode()}<|end|>"
+            )
         if isinstance(item, OtherItem):
             return self._encode(f"<|start|>{item.type}<|message|>{msgspec.json.encode(item.raw).decode()}<|end|>")
         if isinstance(item, (Compaction, ItemReference)):

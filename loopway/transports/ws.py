@@ -392,6 +392,8 @@ class Session:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.state.mcp_sessions is not None:  # the MCP sessions lived as long as the connection
+            await self.state.mcp_sessions.aclose()
         self.state.close()
 
 

@@ -19,7 +19,16 @@ import msgspec
 
 from loopway.engines.base import EngineRequest
 from loopway.engines.sim.schema_instance import Budget, instance
-from loopway.protocol.items import FunctionCall, FunctionCallOutput, Item, Message, Reasoning, text_of
+from loopway.protocol.items import (
+    FunctionCall,
+    FunctionCallOutput,
+    Item,
+    McpApprovalRequest,
+    McpCall,
+    Message,
+    Reasoning,
+    text_of,
+)
 from loopway.protocol.tools import FunctionTool
 
 
@@ -111,7 +120,9 @@ def model_turns(items: Sequence[Item]) -> int:
     """How many model turns the context holds: runs of consecutive model-output items."""
     turns, inside = 0, False
     for item in items:
-        output = isinstance(item, (FunctionCall, Reasoning)) or (isinstance(item, Message) and item.role == "assistant")
+        output = isinstance(item, (FunctionCall, McpCall, Reasoning)) or (
+            isinstance(item, Message) and item.role == "assistant"
+        )
         if output and not inside:
             turns += 1
         inside = output
@@ -329,8 +340,9 @@ class DefaultPolicy:
     def _calls(
         self, request: EngineRequest, tools: list[FunctionTool], since_user: Sequence[Item], message: str, budget: Budget
     ) -> Plan:
-        acted = " ".join(i.arguments for i in since_user if isinstance(i, FunctionCall))
-        called = {i.name for i in since_user if isinstance(i, FunctionCall)}
+        calls = [i for i in since_user if isinstance(i, (FunctionCall, McpCall, McpApprovalRequest))]
+        acted = " ".join(i.arguments for i in calls)  # an MCP call asked for approval counts as tried
+        called = {i.name for i in calls}
         pending = [t for t in targets_of(message) if t not in acted]
         required = request.tool_choice.mode == "required"
         if not pending:  # targets done: a tool the message names and nothing has called yet (a handoff)
@@ -372,11 +384,9 @@ class DefaultPolicy:
         topic = " ".join(message.split()[:12]) or "your request"
         sentences.append(f"You asked: \u201c{topic}\u201d.")
         for item in items[user_at + 1 :]:
-            if isinstance(item, FunctionCallOutput):
-                output = text_of(item.output)
-                call = calls.get(item.call_id)
+            if isinstance(item, (FunctionCallOutput, McpCall)):
+                output, what = _result(item, calls)
                 lines = [line.strip() for line in output.splitlines() if line.strip()]
-                what = f"{call.name}({call.arguments})" if call else f"call {item.call_id}"
                 summary = f"I ran {what}: {len(output.splitlines())} lines, {len(output)} characters"
                 if lines:
                     summary += f", starting with \u201c{lines[0][:80]}\u201d"
@@ -387,3 +397,12 @@ class DefaultPolicy:
             words = [rng.choice(WORDS) for _ in range(rng.randint(6, 14))]
             sentences.append(" ".join(words).capitalize() + ".")
         return " ".join(sentences)
+
+
+def _result(item: FunctionCallOutput | McpCall, calls: dict[str, FunctionCall]) -> tuple[str, str]:
+    """A tool's answer, and the call it answers (an MCP call is both)."""
+    if isinstance(item, McpCall):
+        answer = item.output if item.error is None else msgspec.json.encode(item.error).decode()
+        return answer or "", f"{item.server_label}.{item.name}({item.arguments})"
+    call = calls.get(item.call_id)
+    return text_of(item.output), f"{call.name}({call.arguments})" if call else f"call {item.call_id}"

@@ -25,6 +25,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
+
 from loopway.engines.base import Delta, EngineRequest, Finish, ReasoningDelta, TextDelta, ToolCallDelta
 from loopway.protocol.items import (
     FunctionCall,
@@ -32,6 +34,7 @@ from loopway.protocol.items import (
     InputFile,
     InputImage,
     InputText,
+    McpCall,
     Message,
     OutputText,
     Reasoning,
@@ -99,6 +102,13 @@ def _unique(name: str, taken: set[str]) -> str:
 REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
+def mcp_answer(call: McpCall) -> str:
+    """What an MCP call answered, as a tool message's text: its output, or its error."""
+    if call.error is not None:
+        return msgspec.json.encode({"error": call.error}).decode()
+    return call.output or ""
+
+
 def messages_of(
     instructions: str | None, items: Any, names: ToolNames | None = None, reasoning_field: str | None = "reasoning_content"
 ) -> list[dict[str, Any]]:
@@ -126,6 +136,11 @@ def messages_of(
                 messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
         elif isinstance(item, FunctionCallOutput):
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": text_of(item.output)})
+        elif isinstance(item, McpCall):  # a call loopway ran: the model's call and the tool's answer
+            name = names.flat(item.server_label, item.name) if names else f"{item.server_label}__{item.name}"
+            call = {"id": item.id, "type": "function", "function": {"name": name, "arguments": item.arguments}}
+            messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+            messages.append({"role": "tool", "tool_call_id": item.id, "content": mcp_answer(item)})
         else:  # hosted-tool items have no Chat Completions form; the upstream does not see them
             continue
         last = messages[-1]

@@ -25,11 +25,11 @@ from loopway.engines.base import (
     TextDelta,
     ToolCallDelta,
 )
-from loopway.engines.upstream.chat import ChunkDecoder, ToolNames, body_of
+from loopway.engines.upstream.chat import ChunkDecoder, ToolNames, body_of, mcp_answer
 from loopway.engines.upstream.fleet import Fleet, FleetObserver, Replica, Stream
 from loopway.engines.upstream.http import Upstream
 from loopway.protocol.errors import ApiError
-from loopway.protocol.items import to_builtins
+from loopway.protocol.items import McpApprovalRequest, McpApprovalResponse, McpCall, McpListTools, to_builtins
 from loopway.tokens.render import encode_long
 
 
@@ -165,6 +165,7 @@ class ResponsesEngine(_UpstreamEngine):
 
     async def _deltas(self, stream: Stream, request: EngineRequest) -> AsyncIterator[Delta]:
         calls = False
+        names = ToolNames(request.tools.functions)
         async for event in stream.events():
             kind = event.get("type")
             if kind == "response.output_text.delta":
@@ -174,8 +175,9 @@ class ResponsesEngine(_UpstreamEngine):
             elif kind == "response.output_item.added" and event.get("item", {}).get("type") == "function_call":
                 calls = True
                 item = event["item"]
+                namespace, name = names.original(item.get("name") or "")
                 yield ToolCallDelta(
-                    index=event["output_index"], arguments="", call_id=item.get("call_id"), name=item.get("name")
+                    index=event["output_index"], arguments="", call_id=item.get("call_id"), name=name, namespace=namespace
                 )
             elif kind == "response.function_call_arguments.delta":
                 yield ToolCallDelta(index=event["output_index"], arguments=event.get("delta", ""))
@@ -199,8 +201,16 @@ def _served(fleet: Fleet, replica: Replica, finish: Finish) -> Finish:
 def responses_body(
     request: EngineRequest, upstream_model: str, *, since: int = 0, previous: str | None = None, store: bool = False
 ) -> dict[str, Any]:
-    items = []
+    names = ToolNames(request.tools.functions)  # MCP tools go upstream flat: "label__tool"
+    items: list[dict[str, Any]] = []
     for item in list(request.items)[since:]:
+        if isinstance(item, McpCall):  # a call loopway ran, as the call and its output
+            name = names.flat(item.server_label, item.name)
+            items.append({"type": "function_call", "call_id": item.id, "name": name, "arguments": item.arguments})
+            items.append({"type": "function_call_output", "call_id": item.id, "output": mcp_answer(item)})
+            continue
+        if isinstance(item, (McpListTools, McpApprovalRequest, McpApprovalResponse)):
+            continue  # loopway's own business: the tools go as tools, approvals were settled here
         raw = dict(to_builtins(item))
         raw.pop("id", None)  # loopway's ids mean nothing upstream, and store=false cannot resolve them
         raw.pop("encrypted_content", None)  # sealed by loopway for its client: the reasoning goes as text
@@ -221,7 +231,9 @@ def responses_body(
     if request.instructions:
         body["instructions"] = request.instructions
     if request.tools.functions:
-        body["tools"] = [t.echo() for t in request.tools.functions]
+        body["tools"] = [
+            {**t.echo(), "name": names.flat(t.namespace, t.name)} if t.mcp else t.echo() for t in request.tools.functions
+        ]
         body["tool_choice"] = request.tool_choice.echo
     if request.json_schema is not None:
         schema = request.json_schema
