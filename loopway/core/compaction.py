@@ -22,6 +22,7 @@ from loopway.protocol.items import (
     FunctionCall,
     FunctionCallOutput,
     Item,
+    McpCall,
     Message,
     items_from_json,
     text_of,
@@ -40,6 +41,9 @@ def _digest(items: Sequence[Item]) -> str:
             result = outputs.get(item.call_id)
             size = len(text_of(result.output)) if result else 0
             lines.append(f"- called {item.name}({item.arguments[:_PREVIEW]}) -> {size} characters of output")
+        elif isinstance(item, McpCall):
+            outcome = f"{len(item.output or '')} characters of output" if item.error is None else "an error"
+            lines.append(f"- called {item.server_label}.{item.name}({item.arguments[:_PREVIEW]}) -> {outcome}")
         elif isinstance(item, Message) and item.role == "assistant":
             lines.append(f"- assistant said: {text_of(item.content)[:_PREVIEW]}")
     return "\n".join(lines)

@@ -51,3 +51,27 @@ def test_calls_are_known_per_branch():
     assert left.has_call("left") and not left.has_call("right")
     assert right.has_call("right") and not right.has_call("left")
     assert not base.has_call("left")
+
+
+def test_mcp_items_are_found_by_label_and_id_in_their_own_view():
+    """The latest successful listing of a server, an approval request by id, and whether an approved
+    call ran; a shorter view that shares a longer branch's buffer finds its own, not the branch's."""
+    from loopway.protocol.items import McpApprovalRequest, McpCall, McpListedTool, McpListTools
+
+    failed = McpListTools(id="mcpl_0", server_label="docs", tools=[], error="down")
+    listed = McpListTools(id="mcpl_1", server_label="docs", tools=[McpListedTool(name="search", input_schema={})])
+    asked = McpApprovalRequest(id="mcpr_1", server_label="docs", name="search", arguments="{}")
+    base = Conversation.start(R, None, EMPTY_TOOLS, HISTORY[:1])
+    assert base.mcp_tools_listed("docs") is None
+    first = base.append(R, [failed])
+    assert first.mcp_tools_listed("docs") is None  # a failed listing is listed again
+    second = first.append(R, [listed, asked])
+    assert second.mcp_tools_listed("docs") is listed and second.mcp_approval_request("mcpr_1") is asked
+    assert not second.mcp_call_approved("mcpr_1")
+    relisted = McpListTools(id="mcpl_2", server_label="docs", tools=[])
+    longer = second.append(
+        R, [McpCall(server_label="docs", name="search", arguments="{}", approval_request_id="mcpr_1"), relisted]
+    )
+    assert longer.mcp_call_approved("mcpr_1") and longer.mcp_tools_listed("docs") is relisted
+    assert second.mcp_tools_listed("docs") is listed and not second.mcp_call_approved("mcpr_1")
+    assert second.mcp_approval_request("mcpr_9") is None

@@ -294,3 +294,41 @@ def test_earlier_reasoning_goes_back_on_the_assistant_message_it_preceded(field:
     else:
         assert [m.get(field) for m in assistant] == ["Read it first.", "Now answer."]
     assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant"]
+
+
+def test_mcp_calls_go_upstream_as_tool_calls_under_flat_names():
+    """A server's tools go up as ``label__tool``; a call loopway ran goes as the call and its
+    answer (its error, when it failed), in Chat Completions and in a Responses upstream alike."""
+    from loopway.engines.upstream.engines import responses_body
+    from loopway.protocol.items import McpApprovalRequest, McpCall, McpListedTool, McpListTools
+    from loopway.protocol.tools import FunctionTool
+
+    listed = McpListTools(server_label="docs", tools=[McpListedTool(name="search", input_schema={"type": "object"})])
+    ran = McpCall(id="mcp_1", server_label="docs", name="search", arguments='{"q":"x"}', output="found it")
+    failed = McpCall(
+        id="mcp_2",
+        server_label="docs",
+        name="search",
+        arguments="{}",
+        error={"type": "http_error", "code": 500, "message": "down"},
+    )
+    asked = McpApprovalRequest(id="mcpr_1", server_label="docs", name="search", arguments="{}")
+    items = [Message(role="user", content="find x"), listed, ran, failed, asked]
+    search = FunctionTool(name="search", parameters={"type": "object"}, namespace="docs", mcp=True)
+    tools = msgspec.structs.replace(TOOLS, functions=[*TOOLS.functions, search])
+    chat = body_of(request(items, tools=tools), "m")
+    assert "docs__search" in [t["function"]["name"] for t in chat["tools"]]
+    assert [m["role"] for m in chat["messages"]] == ["system", "user", "assistant", "tool", "assistant", "tool"]
+    assert chat["messages"][2]["tool_calls"][0]["function"] == {"name": "docs__search", "arguments": '{"q":"x"}'}
+    assert chat["messages"][3] == {"role": "tool", "tool_call_id": "mcp_1", "content": "found it"}
+    assert json.loads(chat["messages"][5]["content"]) == {"error": {"type": "http_error", "code": 500, "message": "down"}}
+    responses = responses_body(request(items, tools=tools), "m")
+    assert [i["type"] for i in responses["input"]] == [
+        "message",
+        "function_call",
+        "function_call_output",
+        "function_call",
+        "function_call_output",
+    ]
+    assert responses["input"][1]["name"] == "docs__search" and "docs__search" in [t["name"] for t in responses["tools"]]
+    assert ToolNames(tools.functions).original("docs__search") == ("docs", "search")
