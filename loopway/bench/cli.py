@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from loopway.bench import dashboard, faults, fleet, overhead, report, soak, upstream, workload
+from loopway.bench import dashboard, faults, fleet, mcp, overhead, report, soak, upstream, workload
 from loopway.bench.link import PROFILES
 from loopway.bench.runner import MODES, ModeResult, run_mode
 
@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     faults.add_arguments(sub.add_parser("faults", help="agent sessions under injected faults reach the same answers"))
     dashboard.add_arguments(sub.add_parser("dashboard", help="what dashboards watching cost the turn path"))
     upstream.add_arguments(sub.add_parser("upstream", help="what loopway (and LiteLLM) add in front of a chat upstream"))
+    mcp.add_arguments(sub.add_parser("mcp", help="a rollout's tools on an MCP server: run by the client, or by loopway"))
     generate = sub.add_parser("generate", help="write a workload trace generated from a seed")
     generate.add_argument("--calls", type=int, required=True, help="tool calls in the rollout")
     generate.add_argument("--seed", type=int, default=0)
@@ -58,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         return faults.run(args)
     if args.bench == "dashboard":
         return dashboard.run(args)
+    if args.bench == "mcp":
+        return mcp.run(args)
     if args.bench == "generate":
         Path(args.out).write_text(json.dumps(workload.generate(args.calls, args.seed), indent=1) + "\n")
         print(f"wrote {args.out}")

@@ -26,8 +26,8 @@ from loopway.protocol.items import Item, McpApprovalResponse, McpCall, McpListed
 from loopway.protocol.mcp import McpServerSpec
 from loopway.protocol.tools import FunctionTool, ToolSet
 
-MAX_ROUNDS = 16  # engine rounds with MCP calls in one response; the next one is offered no MCP tools
-MAX_CALLS = 64  # MCP calls in one response, whatever max_tool_calls says
+MAX_ROUNDS = 100  # engine rounds with MCP calls in one response; the next one is offered no MCP tools
+MAX_CALLS = 200  # MCP calls in one response, whatever max_tool_calls says
 
 
 def _server_param(tools: ToolSet, label: str) -> str:

@@ -117,15 +117,18 @@ def latest_user_index(items: Sequence[Item]) -> int:
 
 
 def model_turns(items: Sequence[Item]) -> int:
-    """How many model turns the context holds: runs of consecutive model-output items."""
-    turns, inside = 0, False
+    """How many model turns the context holds: runs of consecutive model-output items, a run also
+    ending after MCP calls (which loopway ran within the response)."""
+    turns, inside, after_mcp = 0, False, False
     for item in items:
         output = isinstance(item, (FunctionCall, McpCall, Reasoning)) or (
             isinstance(item, Message) and item.role == "assistant"
         )
-        if output and not inside:
+        # An MCP call carries its own result: the model's next output after it is a new turn (the
+        # next engine round of the same response), calls made together are one.
+        if output and (not inside or (after_mcp and not isinstance(item, McpCall))):
             turns += 1
-        inside = output
+        inside, after_mcp = output, isinstance(item, McpCall)
     return turns
 
 

@@ -4,8 +4,9 @@ A trace is JSON: ``{"turns": [{"output": [ITEM, ...]}, ...]}`` where an item is
 ``{"type": "message", "text": "..."}`` or ``{"type": "function_call", "name": "...",
 "arguments": {...} | "..."}``. Other keys (tool results and timings a benchmark replays on the
 client side) are ignored here. The turn index is the number of model turns already in the
-context, so stateless and chained clients see the same script. Past the last scripted turn the
-default policy answers.
+context, so stateless and chained clients see the same script (and a response whose MCP calls
+loopway runs moves through it round by round). Past the last scripted turn the default policy
+answers.
 """
 
 from __future__ import annotations
@@ -71,5 +72,20 @@ class TracePolicy:
     def plan(self, request: EngineRequest, budget: Budget) -> Plan:
         turn = model_turns(request.items)
         if turn < len(self.plans):
-            return self.plans[turn]
+            return _on_mcp_servers(self.plans[turn], request)
         return self.fallback.plan(request, budget)
+
+
+def _on_mcp_servers(plan: Plan, request: EngineRequest) -> Plan:
+    """A scripted call of a tool that an MCP server offers (and no function tool of that name)
+    goes to that server: one trace runs client-side tools and server-run MCP tools alike."""
+    served = {t.name: t.namespace for t in request.tools.functions if t.mcp}
+    if not served:
+        return plan
+    local = {t.name for t in request.tools.functions if not t.mcp}
+    return [
+        msgspec.structs.replace(step, namespace=served[step.name])
+        if isinstance(step, PlannedCall) and step.namespace is None and step.name in served and step.name not in local
+        else step
+        for step in plan
+    ]
