@@ -46,10 +46,13 @@ from loopway.protocol.items import (
 )
 from loopway.protocol.request import CreateRequest
 from loopway.protocol.response import Response, Usage
+from loopway.protocol.tools import EMPTY_TOOLS
 from loopway.store.base import StoredResponse
-from loopway.tokens.render import Renderer
+from loopway.tokens.render import Renderer, prerender
 
 log = logging.getLogger("loopway.pipeline")
+
+LARGE_TOOL_OUTPUT = 64 << 10  # characters of MCP answers in one round worth a worker thread to tokenize
 
 
 class Turn:
@@ -383,14 +386,19 @@ class TurnPipeline:
             mcp.start_call(call)
             for event in a.mcp_call_finished(call, index, *await mcp.result(call)):
                 yield event
-        self._feed_running(turn)
+        await self._feed_running(turn)
         await self._open(turn)
 
-    def _feed_running(self, turn: Turn) -> None:
-        """The next round's context: the turn's context and the output so far."""
+    async def _feed_running(self, turn: Turn) -> None:
+        """The next round's context: the turn's context and the output so far. MCP answers run to a
+        megabyte each: large ones are tokenized in a worker thread, not on the event loop."""
         output = _model_output(turn)
+        new = output[turn.fed :]
+        renderer = self.renderer
+        if sum(len(i.output or "") for i in new if isinstance(i, McpCall)) > LARGE_TOOL_OUTPUT:
+            renderer = await asyncio.to_thread(prerender, None, EMPTY_TOOLS, new)
         base = turn.running or turn.conversation
-        turn.running = base.append(self.renderer, output[turn.fed :])
+        turn.running = base.append(renderer, new)
         turn.fed = len(output)
 
     async def _generate(self, turn: Turn) -> AsyncIterator[Event]:
@@ -437,7 +445,7 @@ class TurnPipeline:
                         yield event
                 if calls and not truncated and not turn.steered and self._only_mcp_calls(turn, round_start):
                     turn.mcp.rounds += 1  # type: ignore[union-attr]
-                    self._feed_running(turn)
+                    await self._feed_running(turn)
                     turn.generation = None
                     await self._open(turn)
                     continue

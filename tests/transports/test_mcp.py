@@ -325,3 +325,24 @@ def test_a_conversation_keeps_its_tool_listing(client: OpenAI, notes: NotesServe
     assert [i.type for i in second.output] == ["mcp_call", "message"]
     stored = [i.type for i in client.conversations.items.list(conversation.id, order="asc")]
     assert stored == ["message", "mcp_list_tools", "mcp_call", "message", "message", "mcp_call", "message"]
+
+
+def test_large_answers_reach_the_model_and_oversized_ones_are_dropped(client: OpenAI, notes: NotesServer):
+    """200 kB is tokenized in a worker thread and read by the model; 2 MB is past the 1 MiB cap."""
+    large = client.responses.create(model=MODEL, input="read big/200000.md", tools=[notes_tool(notes)])
+    call = large.output[1]
+    assert call.type == "mcp_call" and len(call.output) == 200_000
+    assert "200000 characters" in large.output[2].content[0].text
+    oversized = client.responses.create(model=MODEL, input="read big/2000000.md", tools=[notes_tool(notes)])
+    error = oversized.output[1].to_dict()["error"]
+    assert error["type"] == "mcp_protocol_error" and f"exceeded {1 << 20} bytes" in error["message"]
+
+
+def test_a_background_response_runs_its_mcp_calls(client: OpenAI, notes: NotesServer):
+    started = client.responses.create(model=MODEL, input="read notes/bg.md", tools=[notes_tool(notes)], background=True)
+    deadline = time.monotonic() + 20
+    response = client.responses.retrieve(started.id)
+    while response.status in ("queued", "in_progress") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        response = client.responses.retrieve(started.id)
+    assert response.status == "completed" and [i.type for i in response.output] == ["mcp_list_tools", "mcp_call", "message"]
