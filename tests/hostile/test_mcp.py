@@ -1,0 +1,112 @@
+"""Hostile MCP servers: what a server a client points loopway at can make it spend.
+
+Each serves one misbehaviour for every request (the client's ``server_url`` picks it): a stream
+that never answers (one keep-alive comment every 100 ms), an endless line with no end of message,
+a gzip bomb (100 MB of zeros in about 100 kB), a listing nested 100,000 deep, and 5,000 tools.
+Under the watch (``/health`` within 1 s, a normal client's turns complete, memory bounded) every
+one of them costs a call or a listing its error, in its time, and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from loopway.bench.mcp import AppThread
+from tests.conftest import MODEL, Server
+from tests.hostile.conftest import FAST, Watch
+
+BOMB = gzip.compress(b"0" * 100_000_000, compresslevel=9)
+
+
+def _initialize(body: dict[str, Any]) -> bytes:
+    result = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}}, "serverInfo": {"name": "bad"}}
+    return json.dumps({"jsonrpc": "2.0", "id": body["id"], "result": result}).encode()
+
+
+async def hostile(scope: dict, receive: Any, send: Any) -> None:
+    """One ASGI app, a misbehaviour per path; ``initialize`` is answered properly so each gets its chance."""
+    if scope["type"] != "http":
+        return
+    raw = b""
+    while True:
+        message = await receive()
+        raw += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    body = json.loads(raw or b"{}")
+    if "id" not in body:
+        await send({"type": "http.response.start", "status": 202, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    kind = scope["path"].strip("/")
+    if body.get("method") == "initialize":
+        await _answer(send, _initialize(body))
+    elif kind == "drip":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        while True:
+            await send({"type": "http.response.body", "body": b": still thinking\n\n", "more_body": True})
+            await asyncio.sleep(0.1)
+    elif kind == "endless":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        while True:
+            await send({"type": "http.response.body", "body": b"data: " + b"x" * 65536, "more_body": True})
+            await asyncio.sleep(0)
+    elif kind == "bomb":
+        headers = [(b"content-type", b"application/json"), (b"content-encoding", b"gzip")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": BOMB})
+    elif kind == "deep":
+        tools = "[" * 100_000 + "]" * 100_000
+        await _answer(send, f'{{"jsonrpc":"2.0","id":{body["id"]},"result":{{"tools":{tools}}}}}'.encode())
+    elif kind == "many":
+        tool = {"name": "t", "inputSchema": {"type": "object"}}
+        tools = [{**tool, "name": f"t{i}"} for i in range(5_000)]
+        await _answer(send, json.dumps({"jsonrpc": "2.0", "id": body["id"], "result": {"tools": tools}}).encode())
+
+
+async def _answer(send: Any, data: bytes) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": data})
+
+
+@pytest.fixture(scope="module")
+def bad_mcp() -> Iterator[AppThread]:
+    with AppThread(hostile) as server:
+        yield server
+
+
+@pytest.fixture
+def mcp_target(tmp_path: Path) -> Iterator[Server]:
+    server = Server(tmp_path, *FAST, "--mcp-allow", "127.0.0.1", "--mcp-call-timeout-s", "2", "--mcp-list-timeout-s", "2")
+    yield server
+    server.stop()
+
+
+def test_hostile_mcp_servers_cost_a_call_its_error_and_nothing_else(mcp_target: Server, bad_mcp: AppThread):
+    base = f"http://127.0.0.1:{bad_mcp.port}"
+    failures: dict[str, str] = {}
+
+    def attack(kind: str) -> None:
+        tool = {"type": "mcp", "server_label": kind, "server_url": f"{base}/{kind}", "require_approval": "never"}
+        body = {"model": MODEL, "input": "read notes/a.md", "tools": [tool]}
+        response = httpx.post(f"{mcp_target.url}/responses", json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        listing = response.json()["output"][0]
+        assert listing["type"] == "mcp_list_tools"
+        failures[kind] = listing.get("error") or f"{len(listing['tools'])} tools"
+
+    with Watch(mcp_target, rss_bound_mib=250):
+        for kind in ("drip", "endless", "bomb", "deep", "many"):
+            attack(kind)
+    assert "did not list its tools within 2 s" in failures["drip"]
+    assert f"exceeded {1 << 20} bytes" in failures["endless"] and f"exceeded {1 << 20} bytes" in failures["bomb"]
+    assert "not JSON" in failures["deep"] or "exceeded" in failures["deep"]
+    assert failures["many"] == "128 tools"  # kept from a listing of 5,000
