@@ -20,6 +20,8 @@ import httpx
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from tests.conftest import terminate
+
 BINARIES = ("chromium", "chromium-browser", "google-chrome")
 
 
@@ -116,8 +118,4 @@ class Browser:
     def close(self) -> None:
         if getattr(self, "page", None) is not None:
             self.page.close()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        terminate(self.process)

@@ -20,6 +20,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from loopway.bench.server import free_port  # noqa: F401 (tests import it from here)
 
 
+def terminate(process: subprocess.Popen) -> None:
+    """Stop a test's subprocess: SIGTERM, and SIGKILL if it has not gone in 10 s."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class Server:
     """A ``loopway serve`` subprocess; ``url`` is its ``/v1`` base URL."""
 
@@ -73,12 +85,7 @@ class Server:
         return self.log_path.read_text()
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        terminate(self.process)
         self.log.close()
 
 
@@ -205,5 +212,4 @@ class RedisServer:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+        terminate(self.process)

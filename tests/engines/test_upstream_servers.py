@@ -22,7 +22,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import READ_FILE, Server, free_port, metric_samples
+from tests.conftest import READ_FILE, Server, free_port, metric_samples, terminate
 from tests.engines.tiny_gguf import write_tiny_model
 from tests.openapi import validate_event
 
@@ -80,8 +80,7 @@ def llama_server(tmp: Path) -> Iterator[str]:
                 time.sleep(0.2)
         yield url
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        terminate(process)
         log.close()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from loopway.bench.server import free_port
+from tests.conftest import terminate
 
 HERE = Path(__file__).resolve().parent
 
@@ -53,11 +54,5 @@ class NotesServer:
         return self.process.poll() is None
 
     def stop(self) -> None:
-        if self.alive():
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         self.log.close()
