@@ -330,12 +330,29 @@ class TurnPipeline:
             return
         await self._open(turn)
 
-    async def _open(self, turn: Turn) -> None:
+    async def _open(self, turn: Turn, midstream: bool = False) -> None:
+        """Open the engine's stream. ``midstream``: a later round (or the first after MCP listing),
+        when the response has begun, so a refusal fails the response instead of the request."""
         turn.opened_at = turn.opened_at or time.perf_counter()
         try:
+            if midstream:
+                self._refit(turn)
             turn.generation = await self.engine.open(self._engine_request(turn))
         except EngineError as exc:
             turn.open_failure = (exc.code, str(exc))
+        except ApiError as exc:
+            if not midstream:
+                raise
+            turn.open_failure = ("server_error", exc.message)
+
+    def _refit(self, turn: Turn) -> None:
+        """A later round's context within the window (its tools' answers grew it): truncated as the
+        request allows (``truncation: auto``), else refused."""
+        info = find_model(self.engine, turn.request.model)
+        if turn.running is None or info is None or len(turn.running.tokens) <= info.context_window:
+            return
+        turn.running = self._fit(turn.request, turn.running, info.context_window)
+        turn.seen = (0, 0)  # a truncated context is a new prefix for the engine
 
     async def run(self, turn: Turn) -> AsyncIterator[Event]:
         """The turn's events, ending with exactly one terminal event."""
@@ -387,7 +404,7 @@ class TurnPipeline:
             for event in a.mcp_call_finished(call, index, *await mcp.result(call)):
                 yield event
         await self._feed_running(turn)
-        await self._open(turn)
+        await self._open(turn, midstream=True)
 
     async def _feed_running(self, turn: Turn) -> None:
         """The next round's context: the turn's context and the output so far. MCP answers run to a
@@ -445,9 +462,10 @@ class TurnPipeline:
                         yield event
                 if calls and not truncated and not turn.steered and self._only_mcp_calls(turn, round_start):
                     turn.mcp.rounds += 1  # type: ignore[union-attr]
+                    await generation.aclose()  # type: ignore[attr-defined]  # the round's stream, before the next opens
                     await self._feed_running(turn)
                     turn.generation = None
-                    await self._open(turn)
+                    await self._open(turn, midstream=True)
                     continue
                 times.decode = (time.perf_counter() - (first or started)) * 1000
                 turn.served_by = finish.replica

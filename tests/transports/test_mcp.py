@@ -346,3 +346,16 @@ def test_a_background_response_runs_its_mcp_calls(client: OpenAI, notes: NotesSe
         time.sleep(0.1)
         response = client.responses.retrieve(started.id)
     assert response.status == "completed" and [i.type for i in response.output] == ["mcp_list_tools", "mcp_call", "message"]
+
+
+def test_answers_that_outgrow_the_context_window_fail_the_response_cleanly(tmp_path: Path, notes: NotesServer):
+    """The window is checked again before every round: past it, with truncation disabled, the
+    response fails (a streamed response.failed), never a broken stream or a 500."""
+    small = Server(tmp_path, "--store", "memory", "--mcp-allow", "127.0.0.1", "--sim-context-window", "3000")
+    try:
+        client = OpenAI(base_url=small.url, api_key="unused", max_retries=0)
+        response, events = drive(client, "sse", input="read big/100000.md", tools=[notes_tool(notes)])
+    finally:
+        small.stop()
+    assert response["status"] == "failed" and "context window" in response["error"]["message"]
+    assert kinds(response)[:2] == ["mcp_list_tools", "mcp_call"] and events[-1]["type"] == "response.failed"
