@@ -295,7 +295,8 @@ def _plot(path: str, document: dict[str, Any]) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.barh([r["mode"] for r in rows], [r["e2e_s"] for r in rows], color=["#b0b0b0", "#d0d0d0", "#3070b0"])
     for i, row in enumerate(rows):
-        ax.text(row["e2e_s"], i, f" {row['e2e_s']:.2f} s, {row['link_round_trips']:.0f} round trips", va="center")
+        trips = row["link_round_trips"]
+        ax.text(row["e2e_s"], i, f" {row['e2e_s']:.2f} s, {trips:.0f} round trip{'' if trips == 1 else 's'}", va="center")
     ax.set_xlabel("end-to-end seconds (median)")
     ax.set_title(f"{document['workload']}: tools on an MCP server, run by the client or by loopway")
     ax.set_xlim(0, max(r["e2e_s"] for r in rows) * 1.45)
