@@ -12,13 +12,14 @@ next); ``result`` waits for it. A call never raises: a failing server is the cal
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
 from loopway.core.conversation import Conversation
-from loopway.mcp.client import McpFailure, McpResult
+from loopway.mcp.client import McpFailure, McpResult, McpSession
 from loopway.mcp.sessions import McpRuntime, McpSessions
 from loopway.protocol import ids
 from loopway.protocol.errors import invalid_request
@@ -44,11 +45,13 @@ class McpTurn:
         listed: dict[str, McpListTools],
         approved: list[McpCall],
         max_calls: int,
+        runtime: McpRuntime | None = None,
     ) -> None:
         self.servers = list(servers)
         self.listed = listed  # server label -> its tool list (from the context, or listed this turn)
         self.approved = approved  # calls the client approved, to run before the engine
         self.max_calls = max_calls
+        self.runtime = runtime
         self.sessions: McpSessions | None = None  # the connection's, or the turn's own
         self.owns_sessions = False
         self.calls = 0
@@ -68,8 +71,14 @@ class McpTurn:
         except Exception as exc:  # the McpError a server earns, or anything stranger: the model hears of it
             failure = getattr(exc, "failure", None)
             message = failure.message if isinstance(failure, McpFailure) else f"{type(exc).__name__}: {exc}"
+            self._observe_listing("failed")
             return [], f"Error retrieving tool list from MCP server '{spec.server_label}': {message}"
+        self._observe_listing("completed")
         return [t for t in tools if spec.allows(t)], None
+
+    def _observe_listing(self, outcome: str) -> None:
+        if self.runtime is not None:
+            self.runtime.observe_listing(outcome)
 
     def remember(self, item: McpListTools) -> None:
         if item.error is None:
@@ -126,9 +135,16 @@ class McpTurn:
             failure = arguments if isinstance(arguments, McpFailure) else McpFailure("mcp_protocol_error", "No such server.")
             self._running[call.id or ""] = _done(McpResult(failure=failure))
             return
-        session = self.sessions.session(spec)
-        task = asyncio.get_running_loop().create_task(session.call_tool(call.name, arguments))
+        task = asyncio.get_running_loop().create_task(self._timed(self.sessions.session(spec), call.name, arguments))
         self._running[call.id or ""] = task
+
+    async def _timed(self, session: McpSession, name: str, arguments: dict[str, Any]) -> McpResult:
+        started = time.perf_counter()
+        result = await session.call_tool(name, arguments)
+        if self.runtime is not None:
+            outcome = result.failure.kind if result.failure is not None else "completed"
+            self.runtime.observe_call(outcome, time.perf_counter() - started)
+        return result
 
     async def result(self, call: McpCall) -> tuple[str | None, dict[str, Any] | None]:
         """The call's ``output`` and ``error``, once it has run."""
@@ -182,7 +198,7 @@ def prepare(
     listed = {s.server_label: found for s in tools.mcp if (found := conversation.mcp_tools_listed(s.server_label))}
     approved = _approved_calls(tools, conversation, approvals)
     limit = min(max_tool_calls, MAX_CALLS) if max_tool_calls is not None else MAX_CALLS
-    return McpTurn(tools.mcp, listed, approved, limit)
+    return McpTurn(tools.mcp, listed, approved, limit, runtime)
 
 
 def _approved_calls(

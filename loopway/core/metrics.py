@@ -105,6 +105,18 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.mcp_calls = Counter(
+            "loopway_mcp_calls",
+            "MCP tool calls loopway ran, by outcome (completed, or the error's type).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.mcp_call_latency = Histogram(
+            "loopway_mcp_call_seconds", "MCP tool calls, from start to answer.", buckets=_BUCKETS, registry=self.registry
+        )
+        self.mcp_listings = Counter(
+            "loopway_mcp_listings", "MCP servers' tools listed, by outcome.", ["outcome"], registry=self.registry
+        )
         self._upstream_metrics()
         self._stage_children = {stage: self.stage.labels(stage) for stage in STAGES}
         self._response_children: dict[tuple[str, str], Any] = {}
@@ -158,6 +170,13 @@ class Metrics:
 
     def error(self, code: str) -> None:
         self.errors.labels(code).inc()
+
+    def mcp_call(self, outcome: str, seconds: float) -> None:
+        self.mcp_calls.labels(outcome).inc()
+        self.mcp_call_latency.observe(seconds)
+
+    def mcp_listing(self, outcome: str) -> None:
+        self.mcp_listings.labels(outcome).inc()
 
     def fault_injected(self, kind: str) -> None:
         self.faults.labels(kind).inc()

@@ -90,6 +90,9 @@ class ResponsesService:
             lambda: len(self.open_connections), lambda: sum(c.lanes_used for c in self.open_connections)
         )
         self.draining = False  # set on SIGTERM: finish what is in flight, start nothing new
+        if pipeline.mcp is not None:
+            pipeline.mcp.observe_call = self.metrics.mcp_call
+            pipeline.mcp.observe_listing = self.metrics.mcp_listing
         self.faults = faults  # --faults: failing on purpose, for client developers (core.faults)
         if faults is not None:
             faults.on_fault = self._fault_injected

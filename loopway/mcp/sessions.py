@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 
 import httpx
 import msgspec
@@ -66,6 +67,9 @@ class McpRuntime:
         self.allow = McpAllowList.parse(settings.allow)
         self.limits = settings.limits
         self._http: httpx.AsyncClient | None = None
+        # What happened, for the metrics: a call's outcome and seconds, a listing's outcome.
+        self.observe_call: Callable[[str, float], None] = lambda outcome, seconds: None
+        self.observe_listing: Callable[[str], None] = lambda outcome: None
 
     @property
     def http(self) -> httpx.AsyncClient:

@@ -15,7 +15,7 @@ import pytest
 from openai import OpenAI
 
 from loopway.bench.server import free_port
-from tests.conftest import MODEL, Server
+from tests.conftest import MODEL, Server, metric_samples
 from tests.mcp.notes import NotesServer
 from tests.openapi import validate, validate_event
 
@@ -359,3 +359,19 @@ def test_answers_that_outgrow_the_context_window_fail_the_response_cleanly(tmp_p
         small.stop()
     assert response["status"] == "failed" and "context window" in response["error"]["message"]
     assert kinds(response)[:2] == ["mcp_list_tools", "mcp_call"] and events[-1]["type"] == "response.failed"
+
+
+def test_metrics_count_calls_and_listings_by_outcome(server: Server, client: OpenAI, notes: NotesServer):
+    before = metric_samples(server)
+    client.responses.create(model=MODEL, input="read notes/m.md and then fail/m.md", tools=[notes_tool(notes)])
+    after = metric_samples(server)
+
+    def grew(name: str, outcome: str) -> float:
+        key = (name, (("outcome", outcome),))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("loopway_mcp_calls_total", "completed") == 1
+    assert grew("loopway_mcp_calls_total", "mcp_tool_execution_error") == 1
+    assert grew("loopway_mcp_listings_total", "completed") == 1
+    assert after[("loopway_mcp_call_seconds_count", ())] - before.get(("loopway_mcp_call_seconds_count", ()), 0) == 2
+    assert str(notes.port) not in httpx.get(f"{server.url.removesuffix('/v1')}/metrics").text  # no URL in a label
