@@ -131,12 +131,22 @@ class McpTurn:
             return
         spec = self._server(call.server_label)
         arguments = _arguments(call.arguments)
-        if spec is None or self.sessions is None or isinstance(arguments, McpFailure):
-            failure = arguments if isinstance(arguments, McpFailure) else McpFailure("mcp_protocol_error", "No such server.")
+        refusal = self._refusal(spec, call.name) or (arguments if isinstance(arguments, McpFailure) else None)
+        if spec is None or self.sessions is None or refusal is not None or isinstance(arguments, McpFailure):
+            failure = refusal or McpFailure("mcp_protocol_error", "No session.", -32000)
             self._running[call.id or ""] = _done(McpResult(failure=failure))
             return
         task = asyncio.get_running_loop().create_task(self._timed(self.sessions.session(spec), call.name, arguments))
         self._running[call.id or ""] = task
+
+    def _refusal(self, spec: McpServerSpec | None, name: str) -> McpFailure | None:
+        """Only a tool the server listed and the spec allows runs, whatever name the model writes."""
+        listing = self.listed.get(spec.server_label) if spec is not None else None
+        tool = next((t for t in listing.tools if t.name == name), None) if listing is not None else None
+        if spec is not None and tool is not None and spec.allows(tool):
+            return None
+        label = spec.server_label if spec is not None else "?"
+        return McpFailure("mcp_protocol_error", f"Tool '{name}' is not offered by MCP server '{label}'.", -32602)
 
     async def _timed(self, session: McpSession, name: str, arguments: dict[str, Any]) -> McpResult:
         started = time.perf_counter()
