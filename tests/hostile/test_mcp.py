@@ -1,7 +1,8 @@
 """Hostile MCP servers: what a server a client points loopway at can make it spend.
 
 Each serves one misbehaviour for every request (the client's ``server_url`` picks it): a stream
-that never answers (one keep-alive comment every 100 ms), an endless line with no end of message,
+that does not answer (a keep-alive comment every 100 ms, for 5 s), a line with no end of message
+(4 MiB of it),
 a gzip bomb (100 MB of zeros in about 100 kB), a listing nested 100,000 deep, and 5,000 tools.
 Under the watch (``/health`` within 1 s, a normal client's turns complete, memory bounded) every
 one of them costs a call or a listing its error, in its time, and nothing else.
@@ -10,6 +11,7 @@ one of them costs a call or a listing its error, in its time, and nothing else.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import json
 from collections.abc import Iterator
@@ -23,7 +25,10 @@ from loopway.bench.mcp import AppThread
 from tests.conftest import MODEL, Server
 from tests.hostile.conftest import FAST, Watch
 
-BOMB = gzip.compress(b"0" * 100_000_000, compresslevel=9)
+
+@functools.cache
+def bomb() -> bytes:
+    return gzip.compress(b"0" * 100_000_000, compresslevel=9)
 
 
 def _initialize(body: dict[str, Any]) -> bytes:
@@ -51,18 +56,20 @@ async def hostile(scope: dict, receive: Any, send: Any) -> None:
         await _answer(send, _initialize(body))
     elif kind == "drip":
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
-        while True:
+        for _ in range(50):  # 5 s, past the 2 s limit (bounded: this server must stop when the test ends)
             await send({"type": "http.response.body", "body": b": still thinking\n\n", "more_body": True})
             await asyncio.sleep(0.1)
+        await send({"type": "http.response.body", "body": b""})
     elif kind == "endless":
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
-        while True:
+        for _ in range(64):  # 4 MiB, past the 1 MiB cap
             await send({"type": "http.response.body", "body": b"data: " + b"x" * 65536, "more_body": True})
             await asyncio.sleep(0)
+        await send({"type": "http.response.body", "body": b""})
     elif kind == "bomb":
         headers = [(b"content-type", b"application/json"), (b"content-encoding", b"gzip")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": BOMB})
+        await send({"type": "http.response.body", "body": bomb()})
     elif kind == "deep":
         tools = "[" * 100_000 + "]" * 100_000
         await _answer(send, f'{{"jsonrpc":"2.0","id":{body["id"]},"result":{{"tools":{tools}}}}}'.encode())
