@@ -124,6 +124,10 @@ def announce(settings: Settings, models: list[str], store: str, keys_open: bool,
     if settings.faults or settings.fault_metadata:
         named = "; requests may name their own (metadata.loopway_fault)" if settings.fault_metadata else ""
         print(f"loopway: FAULTS ON: failing requests on purpose ({settings.faults or 'none drawn'}){named}")
+    if settings.mcp_allow:
+        print(f"loopway: MCP tools: this server may call MCP servers at {settings.mcp_allow}")
+    else:
+        print("loopway: MCP tools off: no --mcp-allow, so 'mcp' tools are refused")
     dashboard = f"http://{settings.host}:{settings.port}/dashboard"
     if settings.admin_keys:
         print(f"loopway: dashboard on {dashboard} (admin keys from {settings.admin_keys})")

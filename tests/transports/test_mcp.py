@@ -259,10 +259,16 @@ def test_no_mcp_server_is_allowed_by_default(tmp_path: Path, notes: NotesServer)
     try:
         body = {"model": MODEL, "input": "hi", "tools": [notes_tool(notes)]}
         answer = httpx.post(f"{plain.url}/responses", json=body, timeout=10)
+        announced = plain.output()
     finally:
         plain.stop()
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "mcp_server_not_allowed"
     assert "no MCP servers are allowed" in answer.json()["error"]["message"]
+    assert "MCP tools off: no --mcp-allow" in announced
+
+
+def test_start_up_says_which_mcp_servers_may_be_called(server: Server):
+    assert "loopway: MCP tools: this server may call MCP servers at 127.0.0.1" in server.output()
 
 
 def test_headers_and_authorization_are_sent_but_never_echoed_stored_or_logged(tmp_path: Path):
