@@ -381,3 +381,25 @@ def test_metrics_count_calls_and_listings_by_outcome(server: Server, client: Ope
     assert grew("loopway_mcp_listings_total", "completed") == 1
     assert after[("loopway_mcp_call_seconds_count", ())] - before.get(("loopway_mcp_call_seconds_count", ()), 0) == 2
     assert str(notes.port) not in httpx.get(f"{server.url.removesuffix('/v1')}/metrics").text  # no URL in a label
+
+
+def test_the_sdk_types_every_mcp_event_and_item(client: OpenAI, notes: NotesServer):
+    """openai-python parses each event and item into its own MCP class (none falls back to a generic)."""
+    seen = {
+        e.type: type(e).__name__
+        for e in client.responses.create(
+            model=MODEL, input="read notes/a.md and then fail/b.md", tools=[notes_tool(notes)], stream=True
+        )
+    }
+    mcp = {kind: name for kind, name in seen.items() if "mcp" in kind}
+    assert mcp == {
+        "response.mcp_list_tools.in_progress": "ResponseMcpListToolsInProgressEvent",
+        "response.mcp_list_tools.completed": "ResponseMcpListToolsCompletedEvent",
+        "response.mcp_call.in_progress": "ResponseMcpCallInProgressEvent",
+        "response.mcp_call_arguments.delta": "ResponseMcpCallArgumentsDeltaEvent",
+        "response.mcp_call_arguments.done": "ResponseMcpCallArgumentsDoneEvent",
+        "response.mcp_call.completed": "ResponseMcpCallCompletedEvent",
+        "response.mcp_call.failed": "ResponseMcpCallFailedEvent",
+    }
+    response = client.responses.create(model=MODEL, input="read notes/a.md", tools=[notes_tool(notes)])
+    assert [type(i).__name__ for i in response.output] == ["McpListTools", "McpCall", "ResponseOutputMessage"]
