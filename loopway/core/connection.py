@@ -41,7 +41,7 @@ from loopway.mcp.sessions import McpSessions
 from loopway.protocol import ids
 from loopway.protocol.errors import ApiError
 from loopway.protocol.events import Event, SteerAccepted, SteerFailed, SteerPending, SteerRef
-from loopway.protocol.items import FunctionCall, Item, Message, parse_input
+from loopway.protocol.items import FunctionCall, Item, McpApprovalRequest, Message, parse_input
 from loopway.protocol.request import CreateRequest
 from loopway.tokens.render import Renderer
 
@@ -294,7 +294,7 @@ class ConnectionState:
         if not queued or turn.response.status == "failed":
             self._steers.pop(turn.id, None)
             return AfterTurn(send=[], start=[])
-        calls = [item for item in turn.response.output if isinstance(item, FunctionCall)]
+        calls = [item for item in turn.response.output if isinstance(item, (FunctionCall, McpApprovalRequest))]
         if calls:  # the client owns the next input: say what is needed, keep the steering queued
             return AfterTurn(send=_pending(turn, queued, calls, job.lane), start=[])
         successor = msgspec.structs.replace(
@@ -337,8 +337,17 @@ def _steer_input_refusal(raw_input: Any) -> tuple[str, str] | None:
     return None
 
 
-def _pending(turn: Turn, queued: Sequence[_Steer], calls: list[FunctionCall], lane: str | None) -> list[Outbound]:
-    stubs = [{"type": "function_call_output", "call_id": c.call_id, "name": c.name} for c in calls]
+def _stub(call: FunctionCall | McpApprovalRequest) -> dict[str, Any]:
+    """What the client must send for one call: its output, or its approval."""
+    if isinstance(call, McpApprovalRequest):
+        return {"type": "mcp_approval_response", "approval_request_id": call.id}
+    return {"type": "function_call_output", "call_id": call.call_id, "name": call.name}
+
+
+def _pending(
+    turn: Turn, queued: Sequence[_Steer], calls: list[FunctionCall | McpApprovalRequest], lane: str | None
+) -> list[Outbound]:
+    stubs = [_stub(c) for c in calls]
     return [
         Outbound(
             turn.assembler.stamp(SteerPending(steer=SteerRef(id=s.id, previous_response_id=turn.id), required_input=stubs)),

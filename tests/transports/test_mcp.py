@@ -403,3 +403,32 @@ def test_the_sdk_types_every_mcp_event_and_item(client: OpenAI, notes: NotesServ
     }
     response = client.responses.create(model=MODEL, input="read notes/a.md", tools=[notes_tool(notes)])
     assert [type(i).__name__ for i in response.output] == ["McpListTools", "McpCall", "ResponseOutputMessage"]
+
+
+def test_steering_a_response_that_asks_for_approval_waits_for_the_approval(tmp_path: Path, notes: NotesServer):
+    """The approval is client-owned input: steering pends with an mcp_approval_response stub, and the
+    client's approval runs the call before the steering input is read."""
+    slow = Server(tmp_path, "--store", "memory", "--mcp-allow", "127.0.0.1", "--sim-decode-tps", "40")
+    try:
+        client = OpenAI(base_url=slow.url, api_key="unused", max_retries=0)
+        tool = notes_tool(notes, require_approval="always")
+        with client.responses.connect() as conn:
+            conn.response.create(model=MODEL, input="read notes/steer.md", tools=[tool], store=False)
+            seen = []
+            for event in conn:
+                seen.append(event.to_dict())
+                if event.type == "response.output_item.added" and event.item.type == "mcp_approval_request":
+                    conn.response.steer(previous_response_id=seen[0]["response"]["id"], input="then read notes/two.md")
+                if event.type == "response.steer.pending":
+                    break
+            pending = seen[-1]
+            asked = next(e for e in seen if e["type"] == "response.completed")["response"]
+            request = asked["output"][-1]
+            assert pending["required_input"] == [{"type": "mcp_approval_response", "approval_request_id": request["id"]}]
+            approval = {"type": "mcp_approval_response", "approval_request_id": request["id"], "approve": True}
+            conn.response.create(model=MODEL, input=[approval], tools=[tool], store=False, previous_response_id=asked["id"])
+            final = next(e for e in conn if e.type in TERMINAL)
+    finally:
+        slow.stop()
+    assert [i.type for i in final.response.output][0] == "mcp_call"
+    assert final.response.output[0].arguments == request["arguments"]
