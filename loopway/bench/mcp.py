@@ -27,7 +27,6 @@ import secrets
 import statistics
 import tempfile
 import threading
-import time
 from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from starlette.routing import Route
 
 from loopway.bench import workload as workloads
 from loopway.bench.link import PROFILES, LinkProfile, LinkProxy
-from loopway.bench.server import InProcessServer, free_port
+from loopway.bench.server import InProcessServer, free_port, wait_started
 from loopway.client import AgentLoop, ToolRegistry, make_transport
 from loopway.engines.sim import SimSettings
 from loopway.mcp.client import McpLimits, McpSession
@@ -123,11 +122,7 @@ class AppThread:
 
     def __enter__(self) -> AppThread:
         self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the MCP server did not start")
-            time.sleep(0.01)
+        wait_started(self._server, self._thread, "the MCP server")
         return self
 
     def __exit__(self, *exc: object) -> None:

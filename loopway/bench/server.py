@@ -36,6 +36,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_started(server: uvicorn.Server, thread: threading.Thread, what: str) -> None:
+    """Until uvicorn on ``thread`` listens (30 s at most, and not past the thread's death)."""
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.01)
+
+
 class InProcessServer:
     """uvicorn on its own thread and event loop; ``service`` is the live core."""
 
@@ -66,11 +75,7 @@ class InProcessServer:
 
     def __enter__(self) -> InProcessServer:
         self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("in-process server did not start")
-            time.sleep(0.01)
+        wait_started(self._server, self._thread, "in-process server")
         return self
 
     def __exit__(self, *exc: object) -> None:
