@@ -331,6 +331,11 @@ def test_a_conversation_keeps_its_tool_listing(client: OpenAI, notes: NotesServe
     assert [i.type for i in second.output] == ["mcp_call", "message"]
     stored = [i.type for i in client.conversations.items.list(conversation.id, order="asc")]
     assert stored == ["message", "mcp_list_tools", "mcp_call", "message", "message", "mcp_call", "message"]
+    careful = notes_tool(notes, require_approval="always")  # an approval across turns of a conversation
+    asked = client.responses.create(model=MODEL, input="read notes/c3.md", tools=[careful], conversation=conversation.id)
+    approval = {"type": "mcp_approval_response", "approval_request_id": asked.output[-1].id, "approve": True}
+    ran = client.responses.create(model=MODEL, input=[approval], tools=[careful], conversation=conversation.id)
+    assert [i.type for i in ran.output] == ["mcp_call", "message"] and ran.output[0].output.endswith("remember the milk")
 
 
 def test_large_answers_reach_the_model_and_oversized_ones_are_dropped(client: OpenAI, notes: NotesServer):
