@@ -62,7 +62,7 @@ def guarded(inner):
             headers = {k.decode(): v.decode() for k, v in scope["headers"]}
             if headers_log:
                 with open(headers_log, "a") as f:
-                    f.write(json.dumps(headers) + "\n")
+                    f.write(json.dumps({**headers, ":method": scope["method"]}) + "\n")
             if token and headers.get("authorization") != f"Bearer {token}":
                 await send({"type": "http.response.start", "status": 401, "headers": []})
                 await send({"type": "http.response.body", "body": b"no"})
