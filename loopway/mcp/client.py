@@ -69,27 +69,36 @@ def _protocol_error(message: str, code: int = -32603) -> McpError:
     return McpError(McpFailure("mcp_protocol_error", message, code))
 
 
-class _SseMessages:
-    """Server-sent events' ``data`` fields, decoded as they complete (a sans-I/O line parser)."""
+class SseMessages:
+    """Server-sent events' ``data`` fields, as each event completes (a sans-I/O line parser).
+
+    Linear in the bytes fed, however they are chunked, and no larger than they are: an unfinished
+    line waits in a bytearray that grows in place (a server sending one byte at a time must not make
+    each byte copy the line, nor cost an object of its own).
+    """
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._partial = bytearray()
         self._data: list[bytes] = []
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        self._buffer += chunk
-        lines = self._buffer.split(b"\n")
-        self._buffer = lines.pop()
-        messages = []
-        for line in lines:
-            line = line.rstrip(b"\r")
-            if not line:
-                if self._data:
-                    messages.append(b"\n".join(self._data))
-                self._data = []
-            elif line.startswith(b"data:"):
-                self._data.append(line[5:].removeprefix(b" "))
+        messages: list[bytes] = []
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            line = bytes(self._partial + chunk[start:end]) if self._partial else chunk[start:end]
+            self._partial.clear()
+            self._line(line.rstrip(b"\r"), messages)
+            start = end + 1
+        self._partial += chunk[start:]
         return messages
+
+    def _line(self, line: bytes, messages: list[bytes]) -> None:
+        if not line:
+            if self._data:
+                messages.append(b"\n".join(self._data))
+            self._data = []
+        elif line.startswith(b"data:"):
+            self._data.append(line[5:].removeprefix(b" "))
 
 
 def output_of(result: dict[str, Any]) -> str:
@@ -255,7 +264,7 @@ class McpSession:
     async def _reply(self, response: httpx.Response, request_id: int) -> dict[str, Any] | None:
         cap, read = self.limits.max_response_bytes, 0
         streamed = response.headers.get("content-type", "").startswith("text/event-stream")
-        events, body = _SseMessages(), bytearray()
+        events, body = SseMessages(), bytearray()
         async for chunk in response.aiter_bytes():
             read += len(chunk)
             if read > cap:

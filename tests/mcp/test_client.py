@@ -145,3 +145,18 @@ def test_the_connection_goes_only_to_a_vetted_address(notes: NotesServer):
         run(listing(f"notes.test:{notes.port}"))
     assert "not an address this server may connect to" in refused.value.failure.message
     assert [t.name for t in run(listing(f"notes.test:{notes.port}, 127.0.0.1"))][0] == "read_note"
+
+
+def test_server_sent_events_parse_the_same_however_they_are_chunked():
+    from loopway.mcp.client import SseMessages
+
+    stream = b'event: message\r\ndata: {"a":\ndata: 1}\r\n\r\n: comment\n\ndata: {"b": 2}\n\n'
+    whole = SseMessages().feed(stream)
+    assert whole == [b'{"a":\n1}', b'{"b": 2}']
+    bytewise = SseMessages()
+    assert [m for i in range(len(stream)) for m in bytewise.feed(stream[i : i + 1])] == whole
+    # one byte at a time costs linear time: a megabyte line fed bytewise is fast
+    long = SseMessages()
+    for _ in range(1 << 20):
+        long.feed(b"x")
+    assert long.feed(b"\n\n") == []
