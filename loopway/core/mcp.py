@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from loopway.core.conversation import Conversation
-from loopway.mcp.client import McpFailure, McpResult, McpSession
+from loopway.mcp.client import McpError, McpFailure, McpResult, McpSession
 from loopway.mcp.sessions import McpRuntime, McpSessions
 from loopway.protocol import ids
 from loopway.protocol.errors import invalid_request
@@ -69,8 +69,7 @@ class McpTurn:
         try:
             tools = await self.sessions.session(spec).list_tools()
         except Exception as exc:  # the McpError a server earns, or anything stranger: the model hears of it
-            failure = getattr(exc, "failure", None)
-            message = failure.message if isinstance(failure, McpFailure) else f"{type(exc).__name__}: {exc}"
+            message = exc.failure.message if isinstance(exc, McpError) else f"{type(exc).__name__}: {exc}"
             self._observe_listing("failed")
             return [], f"Error retrieving tool list from MCP server '{spec.server_label}': {message}"
         self._observe_listing("completed")
@@ -113,12 +112,15 @@ class McpTurn:
         spec = self._server(namespace)
         if spec is None:
             return "function", ""
-        listing = self.listed.get(spec.server_label)
-        tool = next((t for t in listing.tools if t.name == name), None) if listing else None
+        tool = self._listed_tool(spec, name)
         return ("mcp_approval" if spec.needs_approval(tool) else "mcp_call"), spec.server_label
 
     def _server(self, label: str | None) -> McpServerSpec | None:
         return next((s for s in self.servers if s.server_label == label), None) if label else None
+
+    def _listed_tool(self, spec: McpServerSpec, name: str) -> McpListedTool | None:
+        listing = self.listed.get(spec.server_label)
+        return next((t for t in listing.tools if t.name == name), None) if listing is not None else None
 
     # Running calls ---------------------------------------------------------------------------
 
@@ -141,8 +143,7 @@ class McpTurn:
 
     def _refusal(self, spec: McpServerSpec | None, name: str) -> McpFailure | None:
         """Only a tool the server listed and the spec allows runs, whatever name the model writes."""
-        listing = self.listed.get(spec.server_label) if spec is not None else None
-        tool = next((t for t in listing.tools if t.name == name), None) if listing is not None else None
+        tool = self._listed_tool(spec, name) if spec is not None else None
         if spec is not None and tool is not None and spec.allows(tool):
             return None
         label = spec.server_label if spec is not None else "?"

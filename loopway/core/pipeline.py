@@ -104,6 +104,11 @@ class Turn:
     def id(self) -> str:
         return self.response.id
 
+    @property
+    def context(self) -> Conversation:
+        """What the engine sees now: the turn's context, and the output of its earlier MCP rounds."""
+        return self.running or self.conversation
+
 
 def new_response(request: CreateRequest, response_id: str) -> Response:
     return Response(
@@ -337,7 +342,9 @@ class TurnPipeline:
         try:
             if midstream:
                 self._refit(turn)
-            turn.generation = await self.engine.open(self._engine_request(turn))
+            request = self._engine_request(turn)
+            turn.seen = (len(request.tokens), len(request.items))  # what the next round's engine has seen
+            turn.generation = await self.engine.open(request)
         except EngineError as exc:
             turn.open_failure = (exc.code, str(exc))
         except ApiError as exc:
@@ -414,8 +421,7 @@ class TurnPipeline:
         renderer = self.renderer
         if sum(len(i.output or "") for i in new if isinstance(i, McpCall)) > LARGE_TOOL_OUTPUT:
             renderer = await asyncio.to_thread(prerender, None, EMPTY_TOOLS, new)
-        base = turn.running or turn.conversation
-        turn.running = base.append(renderer, new)
+        turn.running = turn.context.append(renderer, new)
         turn.fed = len(output)
 
     async def _generate(self, turn: Turn) -> AsyncIterator[Event]:
@@ -505,9 +511,8 @@ class TurnPipeline:
 
     def _engine_request(self, turn: Turn) -> EngineRequest:
         request = turn.request
-        context = turn.running or turn.conversation
+        context = turn.context
         known_prefix, known_items = turn.seen or (turn.known_prefix, turn.known_items)
-        turn.seen = (len(context.tokens), len(context.items))  # the next round's engine has seen these
         return EngineRequest(
             model=request.model,
             tokens=context.tokens,
@@ -534,8 +539,7 @@ class TurnPipeline:
     def _terminal(self, turn: Turn, events: list[Event]) -> list[Event]:
         """Before the terminal event leaves, the conversation including the output is ready."""
         if turn.response.status != "failed":
-            base = turn.running or turn.conversation
-            turn.after = base.append(self.renderer, _model_output(turn)[turn.fed :])
+            turn.after = turn.context.append(self.renderer, _model_output(turn)[turn.fed :])
         return events
 
     # After the engine ------------------------------------------------------------------------
