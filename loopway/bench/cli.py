@@ -16,6 +16,17 @@ from loopway.bench import dashboard, faults, fleet, mcp, overhead, report, soak,
 from loopway.bench.link import PROFILES
 from loopway.bench.runner import MODES, ModeResult, run_mode
 
+# Each module has add_arguments(parser) and run(args).
+SUBCOMMANDS = {
+    "overhead": (overhead, "server time per turn, engine excluded, vs history length"),
+    "soak": (soak, "concurrent WebSocket agent sessions until latency limits"),
+    "fleet": (fleet, "routing in front of sim replicas with finite prefix caches"),
+    "faults": (faults, "agent sessions under injected faults reach the same answers"),
+    "dashboard": (dashboard, "what dashboards watching cost the turn path"),
+    "upstream": (upstream, "what loopway (and LiteLLM) add in front of a chat upstream"),
+    "mcp": (mcp, "a rollout's tools on an MCP server: run by the client, or by loopway"),
+}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -31,13 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="json_path", help="write the results as JSON here")
     parser.add_argument("--plot", dest="plot_path", help="write a PNG plot here")
     sub = parser.add_subparsers(dest="bench")
-    overhead.add_arguments(sub.add_parser("overhead", help="server time per turn, engine excluded, vs history length"))
-    soak.add_arguments(sub.add_parser("soak", help="concurrent WebSocket agent sessions until latency limits"))
-    fleet.add_arguments(sub.add_parser("fleet", help="routing in front of sim replicas with finite prefix caches"))
-    faults.add_arguments(sub.add_parser("faults", help="agent sessions under injected faults reach the same answers"))
-    dashboard.add_arguments(sub.add_parser("dashboard", help="what dashboards watching cost the turn path"))
-    upstream.add_arguments(sub.add_parser("upstream", help="what loopway (and LiteLLM) add in front of a chat upstream"))
-    mcp.add_arguments(sub.add_parser("mcp", help="a rollout's tools on an MCP server: run by the client, or by loopway"))
+    for name, (module, help) in SUBCOMMANDS.items():
+        module.add_arguments(sub.add_parser(name, help=help))
     generate = sub.add_parser("generate", help="write a workload trace generated from a seed")
     generate.add_argument("--calls", type=int, required=True, help="tool calls in the rollout")
     generate.add_argument("--seed", type=int, default=0)
@@ -47,20 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # SIGTERM unwinds like Ctrl-C, so the servers a benchmark started are stopped, not orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    if args.bench == "overhead":
-        return overhead.run(args)
-    if args.bench == "upstream":
-        return upstream.run(args)
-    if args.bench == "soak":
-        return soak.run(args)
-    if args.bench == "fleet":
-        return fleet.run(args)
-    if args.bench == "faults":
-        return faults.run(args)
-    if args.bench == "dashboard":
-        return dashboard.run(args)
-    if args.bench == "mcp":
-        return mcp.run(args)
+    if args.bench in SUBCOMMANDS:
+        return SUBCOMMANDS[args.bench][0].run(args)
     if args.bench == "generate":
         Path(args.out).write_text(json.dumps(workload.generate(args.calls, args.seed), indent=1) + "\n")
         print(f"wrote {args.out}")
