@@ -18,17 +18,17 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from loopway.core.auth import KeyRing
-from loopway.core.faults import FaultInjector, FaultSpecError
-from loopway.core.limits import ConnectionLimiter, RateLimiter
-from loopway.core.metrics import Metrics
-from loopway.core.persistence import ResponseLog
-from loopway.core.pipeline import TurnPipeline
-from loopway.core.reasoning import ReasoningVault
-from loopway.core.recent import RecentConversations
-from loopway.core.sealing import Sealer
+from loopway.core.context.reasoning import ReasoningVault
+from loopway.core.context.sealing import Sealer
+from loopway.core.ops.auth import KeyRing
+from loopway.core.ops.fault_injection import FaultInjector, FaultSpecError
+from loopway.core.ops.limits import ConnectionLimiter, RateLimiter
+from loopway.core.ops.metrics import Metrics
+from loopway.core.ops.tallies import SharedTallies
+from loopway.core.records.persistence import ResponseLog
+from loopway.core.records.recent import RecentConversations
 from loopway.core.service import ResponsesService
-from loopway.core.tallies import SharedTallies
+from loopway.core.turn.pipeline import TurnPipeline
 from loopway.engines.base import Engine
 from loopway.engines.sim import SimEngine
 from loopway.engines.upstream.engines import ChatEngine, ResponsesEngine, UpstreamSettings, parse_model_map
@@ -41,7 +41,7 @@ from loopway.store.base import Store
 from loopway.store.memory import MemoryStore
 from loopway.store.redis import RedisStore
 from loopway.store.sqlite import SqliteStore, StoreOpenError
-from loopway.transports import chat, conversations, dashboard, http, ws
+from loopway.transports import chat_routes, conversation_routes, dashboard_routes, http, ws
 from loopway.transports.edge import EdgeMiddleware, EdgePolicy
 from loopway.transports.outbox import FlushClock
 
@@ -185,9 +185,9 @@ def create_app(
         routes=[
             *ws.routes(service, settings, keys, clock),
             *http.routes(service, settings),
-            *conversations.routes(service, settings),
+            *conversation_routes.routes(service, settings),
             *_engine_routes(service, settings),
-            *dashboard.routes(service, dashboard.DashboardGate(keys, admin_keys)),
+            *dashboard_routes.routes(service, dashboard_routes.DashboardGate(keys, admin_keys)),
         ],
         exception_handlers=http.exception_handlers(),
         lifespan=lifespan,
@@ -209,7 +209,7 @@ def create_app(
 
 def _engine_routes(service: ResponsesService, settings: Settings) -> list[Route]:
     """The sim also answers Chat Completions, to stand in for an engine fleet (docs/upstream.md)."""
-    return chat.routes(service.engine, settings) if isinstance(service.engine, SimEngine) else []
+    return chat_routes.routes(service.engine, settings) if isinstance(service.engine, SimEngine) else []
 
 
 async def _refresh_metrics(service: ResponsesService) -> None:

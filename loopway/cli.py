@@ -87,7 +87,7 @@ def _optional(value: str) -> str | None:
 
 def _fault_spec(value: str) -> str:
     """Checked here so a bad SPEC stops ``serve`` with the clause that is wrong."""
-    from loopway.core.faults import FaultSpecError, parse_spec
+    from loopway.core.ops.fault_injection import FaultSpecError, parse_spec
 
     try:
         parse_spec(value)

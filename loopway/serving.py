@@ -13,8 +13,8 @@ What the workers share, and what they do not:
 
 - the **store** (SQLite in WAL mode, or Redis): an HTTP ``previous_response_id`` finds its parent
   whichever worker stored it. ``--store memory`` is refused with more than one worker;
-- **rate limits and per-tenant WebSocket caps**: one shared-memory table (``core.tallies``);
-- **metrics**: ``/metrics`` from any worker reads every worker's (``core.metrics``);
+- **rate limits and per-tenant WebSocket caps**: one shared-memory table (``core.ops.tallies``);
+- **metrics**: ``/metrics`` from any worker reads every worker's (``core.ops.metrics``);
 - **draining**: SIGTERM (or SIGINT) to the supervisor reaches every worker; each finishes its
   in-flight responses within ``--drain-timeout-s`` and closes its sockets with 1012. SIGHUP
   (reload the API keys) reaches every worker too;
@@ -87,7 +87,7 @@ def build_server(settings: Settings, share: WorkerShare | None = None) -> Draini
     import uvicorn
 
     from loopway.app import ConfigError, DrainingServer, build_service, create_app
-    from loopway.core.auth import KeyFileError, KeyRing
+    from loopway.core.ops.auth import KeyFileError, KeyRing
     from loopway.engines.sim.trace import TraceError
     from loopway.transports.guard import ConnectionGuard, guarded_protocol
     from loopway.transports.wsprotocol import websocket_protocol
@@ -180,8 +180,8 @@ def _prepare(settings: Settings, metrics_dir: str, count: int) -> WorkerShare:
     import asyncio
 
     from loopway.app import ConfigError, WorkerShare, make_engine, make_store
-    from loopway.core.auth import KeyFileError, KeyRing
-    from loopway.core.tallies import SharedTallies
+    from loopway.core.ops.auth import KeyFileError, KeyRing
+    from loopway.core.ops.tallies import SharedTallies
 
     try:
         settings.secret()

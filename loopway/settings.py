@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from loopway.core.reasoning import load_keys
+from loopway.core.context.reasoning import load_keys
 from loopway.engines.sim import SimSettings
 from loopway.protocol.bounds import JsonBounds
 

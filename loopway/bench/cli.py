@@ -12,7 +12,17 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from loopway.bench import dashboard, faults, fleet, mcp, overhead, report, soak, upstream, workload
+from loopway.bench import (
+    dashboard_cost,
+    fault_recovery,
+    fleet_routing,
+    mcp_rollout,
+    overhead,
+    report,
+    soak,
+    upstream,
+    workload,
+)
 from loopway.bench.link import PROFILES
 from loopway.bench.runner import MODES, ModeResult, run_mode
 
@@ -20,11 +30,11 @@ from loopway.bench.runner import MODES, ModeResult, run_mode
 SUBCOMMANDS = {
     "overhead": (overhead, "server time per turn, engine excluded, vs history length"),
     "soak": (soak, "concurrent WebSocket agent sessions until latency limits"),
-    "fleet": (fleet, "routing in front of sim replicas with finite prefix caches"),
-    "faults": (faults, "agent sessions under injected faults reach the same answers"),
-    "dashboard": (dashboard, "what dashboards watching cost the turn path"),
+    "fleet": (fleet_routing, "routing in front of sim replicas with finite prefix caches"),
+    "faults": (fault_recovery, "agent sessions under injected faults reach the same answers"),
+    "dashboard": (dashboard_cost, "what dashboards watching cost the turn path"),
     "upstream": (upstream, "what loopway (and LiteLLM) add in front of a chat upstream"),
-    "mcp": (mcp, "a rollout's tools on an MCP server: run by the client, or by loopway"),
+    "mcp": (mcp_rollout, "a rollout's tools on an MCP server: run by the client, or by loopway"),
 }
 
 

@@ -26,7 +26,7 @@ import msgspec
 from loopway.bench.link import LinkProfile, LinkProxy
 from loopway.bench.server import InProcessServer
 from loopway.client import AgentLoop, ToolRegistry, TurnTrace, make_transport
-from loopway.core.timing import StageLog
+from loopway.core.ops.timing import StageLog
 from loopway.engines.sim import SimSettings
 from loopway.engines.sim.cost import CostModel
 from loopway.settings import Settings

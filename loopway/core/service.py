@@ -12,23 +12,24 @@ from typing import Any
 
 import msgspec
 
-from loopway.core import compaction, history
-from loopway.core.background import CLAIM_S, BackgroundRuns
-from loopway.core.connection import OpenConnection
-from loopway.core.conversations import Conversations
-from loopway.core.driver import Persist, TurnDriver
-from loopway.core.faults import Fault, FaultInjector
-from loopway.core.feed import Feed
-from loopway.core.history import Parent, ParentCache
-from loopway.core.limits import ConnectionLimiter, RateLimiter
-from loopway.core.mcp import McpTurn
-from loopway.core.metrics import Metrics
-from loopway.core.observatory import ConnectionView, Observatory
-from loopway.core.persistence import ResponseLog
-from loopway.core.pipeline import Turn, TurnPipeline, unresolved_references
-from loopway.core.recent import RecentConversations
-from loopway.core.replay import rebuild_events
-from loopway.core.timing import StageTimes
+from loopway.core.connection.state import OpenConnection
+from loopway.core.context import compaction
+from loopway.core.ops.fault_injection import Fault, FaultInjector
+from loopway.core.ops.feed import Feed
+from loopway.core.ops.limits import ConnectionLimiter, RateLimiter
+from loopway.core.ops.metrics import Metrics
+from loopway.core.ops.observatory import ConnectionView, Observatory
+from loopway.core.ops.timing import StageTimes
+from loopway.core.records import history
+from loopway.core.records.background import CLAIM_S, BackgroundRuns
+from loopway.core.records.conversation_store import Conversations
+from loopway.core.records.driver import Persist, TurnDriver
+from loopway.core.records.history import Parent, ParentCache
+from loopway.core.records.persistence import ResponseLog
+from loopway.core.records.recent import RecentConversations
+from loopway.core.turn.mcp_rounds import McpTurn
+from loopway.core.turn.pipeline import Turn, TurnPipeline, unresolved_references
+from loopway.core.turn.replay import rebuild_events
 from loopway.engines.base import Engine, describe, find_model
 from loopway.protocol import ids
 from loopway.protocol import response as wire
@@ -93,7 +94,7 @@ class ResponsesService:
         if pipeline.mcp is not None:
             pipeline.mcp.observe_call = self.metrics.mcp_call
             pipeline.mcp.observe_listing = self.metrics.mcp_listing
-        self.faults = faults  # --faults: failing on purpose, for client developers (core.faults)
+        self.faults = faults  # --faults: failing on purpose, for client developers (core.ops.fault_injection)
         if faults is not None:
             faults.on_fault = self._fault_injected
         self._store_health: tuple[float, dict[str, Any]] = (0.0, {"state": "unknown"})
@@ -113,7 +114,7 @@ class ResponsesService:
 
         ``cache`` is where a continuation looks first (a WebSocket connection's); a miss there goes
         to the store only for ``store=true`` requests, as WebSocket mode requires. ``renderer`` holds
-        the request's tokens when they were rendered ahead, off the loop (``core.offload``).
+        the request's tokens when they were rendered ahead, off the loop (``core.ops.offload``).
         ``fault``: the one ``draw_fault`` gave this request, refusing it here or breaking its stream.
         """
         refusal = fault.refusal(request) if fault is not None else None
@@ -201,7 +202,7 @@ class ResponsesService:
     def run(
         self, turn: Turn, transport: str, persist: Persist, on_unsaved: Callable[[ApiError], None] | None = None
     ) -> AsyncIterator[Event]:
-        """The turn's events to send; see ``core.driver`` for where persistence sits."""
+        """The turn's events to send; see ``core.records.driver`` for where persistence sits."""
         return self.driver.events(turn, transport, persist, on_unsaved)
 
     async def complete(self, turn: Turn) -> Response:

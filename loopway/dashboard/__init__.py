@@ -1,1 +1,1 @@
-"""The dashboard page: static HTML, CSS and JavaScript, served by ``transports.dashboard``."""
+"""The dashboard page: static HTML, CSS and JavaScript, served by ``transports.dashboard_routes``."""

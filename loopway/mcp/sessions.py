@@ -20,7 +20,7 @@ from loopway.mcp.allow import McpAllowList
 from loopway.mcp.client import McpLimits, McpSession
 from loopway.mcp.network import guarded_client
 from loopway.protocol.errors import ApiError
-from loopway.protocol.mcp import McpServerSpec
+from loopway.protocol.mcp_spec import McpServerSpec
 
 log = logging.getLogger("loopway.mcp")
 

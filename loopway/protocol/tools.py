@@ -2,7 +2,7 @@
 
 loopway's engines call client-executed tools: ``function`` tools, including those grouped in a
 ``namespace``, and the tools of remote ``mcp`` servers, which loopway calls itself
-(``protocol.mcp``, ``core.mcp``). Other hosted tools (web search, file search, code interpreter,
+(``protocol.mcp_spec``, ``core.turn.mcp_rounds``). Other hosted tools (web search, file search, code interpreter,
 ...) would run on the server; loopway accepts them in ``tools`` (clients such as Codex always offer
 them) and echoes them, but the model never calls them, and a request that *forces* one is refused
 with a 400.
@@ -16,7 +16,7 @@ from typing import Any, Literal
 import msgspec
 
 from loopway.protocol.errors import ApiError, invalid_request, invalid_value
-from loopway.protocol.mcp import MAX_SERVERS, McpServerSpec, echo_of, parse_mcp_tool
+from loopway.protocol.mcp_spec import MAX_SERVERS, McpServerSpec, echo_of, parse_mcp_tool
 
 HOSTED_TOOL_TYPES = frozenset(
     {

@@ -2,11 +2,11 @@
 
 Records hold JSON bytes as they go on the wire, so a store never needs the wire types and a read
 is one decode. ``input_items`` are the items this response added; the full context of a chained
-response is assembled by walking ``previous_response_id`` (``core.history``). Every stored item is
+response is assembled by walking ``previous_response_id`` (``core.records.history``). Every stored item is
 indexed by id per tenant, so an ``item_reference`` can name any item the tenant has stored, as
 OpenAI resolves them (``store=false`` items are never put, so never indexed). A claim says a
 process is still running a background response, so that one that died (``kill -9``) leaves
-something for its successor, or a peer replica, to end (``core.background``).
+something for its successor, or a peer replica, to end (``core.records.background``).
 
 A conversation (OpenAI's Conversations API) is its metadata and an ordered list of items, each kept
 as its JSON with its id. Appends are atomic and ordered: items appended together stay together,

@@ -18,10 +18,10 @@ from collections.abc import Callable
 import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from loopway.core.auth import KeyRing
-from loopway.core.limits import RateLimiter
+from loopway.core.ops.auth import KeyRing
+from loopway.core.ops.limits import RateLimiter
 from loopway.protocol.errors import ApiError
-from loopway.transports.errors import error_response
+from loopway.transports.error_responses import error_response
 from loopway.transports.guard import OVERFLOW
 
 PUBLIC = ("/metrics", "/health")
@@ -103,7 +103,7 @@ class EdgeMiddleware:
         if scope["type"] == "http" and scope["method"] == "POST":
             self._check_content_type(headers)
         if scope["path"] in PUBLIC or scope["path"] == DASHBOARD or scope["path"].startswith(DASHBOARD + "/"):
-            return  # the dashboard checks its own keys (transports.dashboard)
+            return  # the dashboard checks its own keys (transports.dashboard_routes)
         tenant = self.keys.tenant(headers.get(b"authorization"))
         if self.limiter is not None and scope["type"] == "http":  # the socket counts response.create
             self.limiter.check(tenant)

@@ -14,19 +14,19 @@ from starlette.requests import Request
 from starlette.responses import Response as HttpResponse
 from starlette.routing import Route
 
-from loopway.core import offload
-from loopway.core.driver import Persist
-from loopway.core.faults import Fault
-from loopway.core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from loopway.core.pipeline import Turn, is_terminal
+from loopway.core.ops import offload
+from loopway.core.ops.fault_injection import Fault
+from loopway.core.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from loopway.core.ops.timing import StageTimes
+from loopway.core.records.driver import Persist
 from loopway.core.service import ResponsesService
-from loopway.core.timing import StageTimes
+from loopway.core.turn.pipeline import Turn, is_terminal
 from loopway.protocol import response as wire
 from loopway.protocol.errors import ApiError, invalid_request, invalid_value, server_error
 from loopway.protocol.events import StreamError
 from loopway.protocol.request import create_from, decode_json, parse_create
 from loopway.settings import Settings
-from loopway.transports.errors import error_response
+from loopway.transports.error_responses import error_response
 from loopway.transports.sse import HEADERS, CuttableStream, StreamCut, frame_any, frames
 
 log = logging.getLogger("loopway.http")

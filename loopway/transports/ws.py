@@ -1,7 +1,7 @@
 """WebSocket mode on ``/v1/responses``: receiving frames, sending events, close codes and tasks.
 
 The rules of the mode (lanes, the connection cache, parents, eviction, steering, what follows a
-turn) live in ``core.connection.ConnectionState``; the turn itself runs on the same service and
+turn) live in ``core.connection.state.ConnectionState``; the turn itself runs on the same service and
 driver as HTTP. A session only turns frames into calls on them and their answers into frames.
 
 Close codes: 1000 when the client closes; 1001 ("going away") when the connection reaches its
@@ -13,8 +13,8 @@ and 1012; the new connection starts with an empty cache.
 
 Every request is checked as it arrives, not only at the handshake: the key (revocation takes effect
 on open sockets), the rate limit (``response.steer`` too: every generation counts), the connection's
-age, and the work it may hold waiting (``core.connection``). Frames above ``--offload-bytes`` are
-parsed and rendered in a worker thread (``core.offload``).
+age, and the work it may hold waiting (``core.connection.state``). Frames above ``--offload-bytes`` are
+parsed and rendered in a worker thread (``core.ops.offload``).
 """
 
 from __future__ import annotations
@@ -30,21 +30,21 @@ from msgspec import UNSET
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from loopway.core import offload
-from loopway.core.auth import KeyRing
-from loopway.core.connection import ConnectionState, Job, Outbound, steer_failed
-from loopway.core.driver import Persist
-from loopway.core.faults import Fault
-from loopway.core.observatory import ConnectionView
-from loopway.core.pipeline import is_terminal
+from loopway.core.connection.state import ConnectionState, Job, Outbound, steer_failed
+from loopway.core.ops import offload
+from loopway.core.ops.auth import KeyRing
+from loopway.core.ops.fault_injection import Fault
+from loopway.core.ops.observatory import ConnectionView
+from loopway.core.ops.timing import StageTimes
+from loopway.core.records.driver import Persist
 from loopway.core.service import ResponsesService
-from loopway.core.timing import StageTimes
+from loopway.core.turn.pipeline import is_terminal
 from loopway.protocol import bounds
 from loopway.protocol.errors import ApiError
 from loopway.protocol.events import Event, WsError
 from loopway.protocol.request import create_from, valid_stream_id
 from loopway.settings import Settings
-from loopway.transports.errors import error_response
+from loopway.transports.error_responses import error_response
 from loopway.transports.outbox import FlushClock, Outbox
 from loopway.transports.wsprotocol import WIRE, AsgiWire
 

@@ -12,7 +12,7 @@ import pytest
 from loopway.bench import workload
 from loopway.bench.link import LinkProfile
 from loopway.bench.runner import TurnRecord, floor_of, tool_floor
-from loopway.core.conversation import Conversation
+from loopway.core.context.conversation import Conversation
 from loopway.protocol.items import FunctionCallOutput, Message
 from loopway.protocol.tools import parse_tools
 from loopway.tokens.render import Renderer

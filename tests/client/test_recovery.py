@@ -41,7 +41,7 @@ TRANSPORTS = {  # (kind, store) the loop runs on, by the transports a fault appl
 
 
 def runs_for(fault: str) -> list[tuple[str, bool]]:
-    from loopway.core.faults import APPLIES
+    from loopway.core.ops.fault_injection import APPLIES
 
     runs = [run for transport in sorted(APPLIES[fault] - {"http"}) for run in TRANSPORTS[transport]]
     if fault == "cache-miss":  # only a continuation can miss: a stateless client never continues

@@ -5,12 +5,12 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from loopway.core.connection import ConnectionState
-from loopway.core.driver import Persist
-from loopway.core.persistence import ResponseLog
-from loopway.core.pipeline import Turn, is_terminal
+from loopway.core.connection.state import ConnectionState
+from loopway.core.ops.timing import StageTimes
+from loopway.core.records.driver import Persist
+from loopway.core.records.persistence import ResponseLog
 from loopway.core.service import ResponsesService
-from loopway.core.timing import StageTimes
+from loopway.core.turn.pipeline import Turn, is_terminal
 from loopway.protocol import response as wire
 from loopway.protocol.errors import ApiError
 from loopway.store.base import StoredResponse, StoreUnavailable

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from loopway.core.history import Parent
-from loopway.core.pipeline import Turn, TurnPipeline
-from loopway.core.sealing import Sealer
+from loopway.core.context.sealing import Sealer
+from loopway.core.records.history import Parent
+from loopway.core.turn.pipeline import Turn, TurnPipeline
 from loopway.engines.sim import SimEngine, SimSettings
 from loopway.protocol.events import Event
 from loopway.protocol.request import CreateRequest, create_from

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from loopway.core.conversation import Conversation
+from loopway.core.context.conversation import Conversation
 from loopway.engines.base import EngineError, EngineRequest
 from loopway.engines.upstream import routing
 from loopway.engines.upstream.fleet import Fleet, prefix_key

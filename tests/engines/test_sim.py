@@ -11,7 +11,7 @@ import jsonschema
 import msgspec
 import pytest
 
-from loopway.core.conversation import Conversation
+from loopway.core.context.conversation import Conversation
 from loopway.engines.base import EngineRequest, Finish, ReasoningDelta, TextDelta, ToolCallDelta
 from loopway.engines.sim import SimEngine, SimSettings
 from loopway.engines.sim.cost import Capacity, CostModel, PrefixCache

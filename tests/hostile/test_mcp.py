@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from loopway.bench.mcp import AppThread
+from loopway.bench.mcp_rollout import AppThread
 from tests.conftest import MODEL, Server
 from tests.hostile.conftest import FAST, Watch
 

@@ -25,9 +25,9 @@ from loopway.engines.base import (
     TextDelta,
     ToolCallDelta,
 )
-from loopway.engines.upstream.chat import ChunkDecoder, ToolNames, body_of, mcp_answer
+from loopway.engines.upstream.chat_bridge import ChunkDecoder, ToolNames, body_of, mcp_answer
 from loopway.engines.upstream.fleet import Fleet, FleetObserver, Replica, Stream
-from loopway.engines.upstream.http import Upstream
+from loopway.engines.upstream.replica import Upstream
 from loopway.protocol.errors import ApiError
 from loopway.protocol.items import McpApprovalRequest, McpApprovalResponse, McpCall, McpListTools, to_builtins
 from loopway.tokens.render import encode_long

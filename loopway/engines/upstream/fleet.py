@@ -52,7 +52,7 @@ ACTIVE_S = 120.0  # a conversation that sent a turn this recently is part of its
 
 
 class FleetObserver(Protocol):
-    """Where the fleet reports (``core.metrics`` implements it); every method is cheap and sync."""
+    """Where the fleet reports (``core.ops.metrics`` implements it); every method is cheap and sync."""
 
     def upstream_request(self, replica: str, outcome: str) -> None: ...
 
