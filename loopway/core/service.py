@@ -14,6 +14,8 @@ import msgspec
 
 from loopway.core.connection.state import OpenConnection
 from loopway.core.context import compaction
+from loopway.core.context.builder import unresolved_references
+from loopway.core.context.parent import Parent, ParentCache
 from loopway.core.ops.fault_injection import Fault, FaultInjector
 from loopway.core.ops.feed import Feed
 from loopway.core.ops.limits import ConnectionLimiter, RateLimiter
@@ -24,12 +26,12 @@ from loopway.core.records import history
 from loopway.core.records.background import CLAIM_S, BackgroundRuns
 from loopway.core.records.conversation_store import Conversations
 from loopway.core.records.driver import Persist, TurnDriver
-from loopway.core.records.history import Parent, ParentCache
 from loopway.core.records.persistence import ResponseLog
 from loopway.core.records.recent import RecentConversations
 from loopway.core.turn.mcp_rounds import McpTurn
-from loopway.core.turn.pipeline import Turn, TurnPipeline, unresolved_references
+from loopway.core.turn.pipeline import TurnPipeline
 from loopway.core.turn.replay import rebuild_events
+from loopway.core.turn.turn import Turn
 from loopway.engines.base import Engine, describe, find_model
 from loopway.protocol import ids
 from loopway.protocol import response as wire

@@ -56,6 +56,11 @@ class ResponseFailed(ResponseEvent, tag="response.failed"):
 TERMINAL_EVENTS = (ResponseCompleted, ResponseIncomplete, ResponseFailed)
 
 
+def is_terminal(event: object) -> bool:
+    """Whether ``event`` ends its response (exactly one per response does)."""
+    return isinstance(event, TERMINAL_EVENTS)
+
+
 class OutputItemAdded(Event, tag="response.output_item.added", kw_only=True):
     output_index: int
     item: OutputItem

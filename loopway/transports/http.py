@@ -20,10 +20,10 @@ from loopway.core.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from loopway.core.ops.timing import StageTimes
 from loopway.core.records.driver import Persist
 from loopway.core.service import ResponsesService
-from loopway.core.turn.pipeline import Turn, is_terminal
+from loopway.core.turn.turn import Turn
 from loopway.protocol import response as wire
 from loopway.protocol.errors import ApiError, invalid_request, invalid_value, server_error
-from loopway.protocol.events import StreamError
+from loopway.protocol.events import StreamError, is_terminal
 from loopway.protocol.request import create_from, decode_json, parse_create
 from loopway.settings import Settings
 from loopway.transports.error_responses import error_response

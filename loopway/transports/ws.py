@@ -38,10 +38,9 @@ from loopway.core.ops.observatory import ConnectionView
 from loopway.core.ops.timing import StageTimes
 from loopway.core.records.driver import Persist
 from loopway.core.service import ResponsesService
-from loopway.core.turn.pipeline import is_terminal
 from loopway.protocol import bounds
 from loopway.protocol.errors import ApiError
-from loopway.protocol.events import Event, WsError
+from loopway.protocol.events import Event, WsError, is_terminal
 from loopway.protocol.request import create_from, valid_stream_id
 from loopway.settings import Settings
 from loopway.transports.error_responses import error_response

@@ -10,9 +10,10 @@ from loopway.core.ops.timing import StageTimes
 from loopway.core.records.driver import Persist
 from loopway.core.records.persistence import ResponseLog
 from loopway.core.service import ResponsesService
-from loopway.core.turn.pipeline import Turn, is_terminal
+from loopway.core.turn.turn import Turn
 from loopway.protocol import response as wire
 from loopway.protocol.errors import ApiError
+from loopway.protocol.events import is_terminal
 from loopway.store.base import StoredResponse, StoreUnavailable
 from loopway.store.memory import MemoryStore
 from tests.core.turns import pipeline, request, user

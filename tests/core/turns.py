@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from loopway.core.context.parent import Parent
 from loopway.core.context.sealing import Sealer
-from loopway.core.records.history import Parent
-from loopway.core.turn.pipeline import Turn, TurnPipeline
+from loopway.core.turn.pipeline import TurnPipeline
+from loopway.core.turn.turn import Turn
 from loopway.engines.sim import SimEngine, SimSettings
 from loopway.protocol.events import Event
 from loopway.protocol.request import CreateRequest, create_from

@@ -8,7 +8,7 @@ every rule of WebSocket mode is unit-tested without a socket.
 | rule | where |
 |---|---|
 | same lane FIFO, lanes concurrent, 16 in flight, 32 named lanes | ``submit`` → ``core.connection.lanes`` |
-| a continuation's parent: the connection cache, then (``store=true``) the store | ``parent`` (``history.ParentCache``) |
+| a continuation's parent: the connection cache, then (``store=true``) the store | ``parent`` (a ``ParentCache``) |
 | a queued request keeps its parent cached until it runs (pin) | ``submit`` / ``ended`` |
 | a lane's latest response is cached; its previous latest is dropped | ``completed`` → ``core.connection.cache`` |
 | a failed same-lane continuation evicts its parent; a failed fork keeps it | ``refused`` / ``completed`` |
@@ -32,11 +32,11 @@ import msgspec
 from loopway.core.connection.cache import CachedResponse, ConnectionCache
 from loopway.core.connection.lanes import LaneLimitReached, LaneScheduler
 from loopway.core.context.conversation import Conversation
+from loopway.core.context.parent import Parent
 from loopway.core.ops.fault_injection import Fault
 from loopway.core.ops.observatory import ConnectionView
 from loopway.core.ops.timing import StageTimes
-from loopway.core.records.history import Parent
-from loopway.core.turn.pipeline import Turn
+from loopway.core.turn.turn import Turn
 from loopway.mcp.sessions import McpSessions
 from loopway.protocol import ids
 from loopway.protocol.errors import ApiError

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import secrets
 import zlib
-from pathlib import Path
 
 import msgspec
 from cryptography.exceptions import InvalidTag
@@ -84,27 +82,3 @@ class ReasoningVault:
                 param=param,
                 code="invalid_encrypted_content",
             ) from None
-
-
-def load_keys(path: Path) -> list[bytes]:
-    """Keys from ``path`` (one base64 key a line, the newest first), created with one key if absent."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
-    keys = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            key = base64.b64decode(line, validate=True)
-        except ValueError:
-            key = b""
-        if len(key) != 32:
-            raise ValueError(f"{path}:{number}: expected a base64-encoded 32-byte key")
-        keys.append(key)
-    if not keys:
-        raise ValueError(f"{path}: no keys")
-    return keys

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from loopway.core.ops.timing import STAGES
 
 if TYPE_CHECKING:
-    from loopway.core.turn.pipeline import Turn
+    from loopway.core.turn.turn import Turn
 
 log = logging.getLogger("loopway.responses")
 

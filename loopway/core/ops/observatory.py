@@ -23,7 +23,7 @@ import msgspec
 from loopway.engines.base import ReplicaStatus
 
 if TYPE_CHECKING:
-    from loopway.core.turn.pipeline import Turn
+    from loopway.core.turn.turn import Turn
 
 WINDOW_S = 60
 RECENT_TURNS = 200  # kept; a snapshot shows the newest ``SHOWN_TURNS`` of them the viewer may see

@@ -23,11 +23,11 @@ from collections.abc import AsyncIterator
 import msgspec
 
 from loopway.core.records.driver import Persist, TurnDriver
-from loopway.core.records.persistence import ResponseLog, store_unavailable
-from loopway.core.turn.pipeline import Turn, is_terminal
+from loopway.core.records.persistence import ResponseLog, record_of, store_unavailable
+from loopway.core.turn.turn import Turn
 from loopway.protocol import response as wire
 from loopway.protocol.errors import ApiError
-from loopway.protocol.events import Event, ResponseFailed, encode_event
+from loopway.protocol.events import Event, ResponseFailed, encode_event, is_terminal
 from loopway.protocol.response import Response, ResponseError
 from loopway.store.base import StoreUnavailable
 
@@ -61,7 +61,7 @@ class BackgroundRuns:
         run = _Run(turn)
         turn.events = list(turn.assembler.queued())
         await self._claim(turn.id)
-        await self.log.put(self.driver.pipeline.record(turn))
+        await self.log.put(record_of(turn))
         self._runs[turn.id] = run
         run.task = asyncio.create_task(self._run(run), name=f"background {turn.id}")
         self.keep_claims()
@@ -91,7 +91,7 @@ class BackgroundRuns:
             if not saved:  # stopped before its terminal event: cancelled, or ended by shutdown
                 self.driver.metrics.turn_finished(turn, "background")
                 with contextlib.suppress(ApiError):
-                    await self.log.put(self.driver.pipeline.record(turn))
+                    await self.log.put(record_of(turn))
             with contextlib.suppress(StoreUnavailable):
                 await self.log.store.release(turn.id)
         finally:

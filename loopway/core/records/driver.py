@@ -28,11 +28,12 @@ from collections.abc import AsyncIterator, Callable
 from loopway.core.ops.metrics import Metrics
 from loopway.core.ops.observatory import Observatory
 from loopway.core.records.conversation_store import Conversations
-from loopway.core.records.persistence import ResponseLog
+from loopway.core.records.persistence import ResponseLog, record_of
 from loopway.core.records.recent import RecentConversations
-from loopway.core.turn.pipeline import Turn, TurnPipeline, is_terminal
+from loopway.core.turn.pipeline import TurnPipeline
+from loopway.core.turn.turn import Turn
 from loopway.protocol.errors import ApiError
-from loopway.protocol.events import Event
+from loopway.protocol.events import Event, is_terminal
 
 
 class Persist(enum.Enum):
@@ -112,11 +113,11 @@ class TurnDriver:
     async def _persist(self, turn: Turn) -> None:
         if turn.request.store:
             with turn.times.measure("persist"):
-                await self.log.put(self.pipeline.record(turn))
+                await self.log.put(record_of(turn))
             if self.recent is not None and turn.after is not None and turn.response.status != "failed":
                 self.recent.remember(turn.tenant, turn.response, turn.after, turn.served_by)
 
     def _persist_behind(self, turn: Turn, on_unsaved: Callable[[ApiError], None] | None) -> None:
         if turn.request.store:
             with turn.times.measure("persist"):
-                self.log.put_behind(self.pipeline.record(turn), on_unsaved)
+                self.log.put_behind(record_of(turn), on_unsaved)

@@ -20,7 +20,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from loopway.core.turn.turn import Turn
+from loopway.protocol import response as wire
 from loopway.protocol.errors import ApiError
+from loopway.protocol.events import encode_event
+from loopway.protocol.items import ENCODER as ITEMS_ENCODER
+from loopway.protocol.items import Item, ItemReference, item_id
 from loopway.store.base import Store, StoredResponse, StoreUnavailable
 
 log = logging.getLogger("loopway.persistence")
@@ -167,3 +172,24 @@ class ResponseLog:
     async def drain(self) -> None:
         while self._writes:
             await asyncio.gather(*list(self._writes.values()), return_exceptions=True)
+
+
+def record_of(turn: Turn) -> StoredResponse:
+    """What the store keeps of a turn: the response, its input, its events when kept for replay
+    (background), and the ids of its items for ``item_reference``."""
+    return StoredResponse(
+        id=turn.id,
+        created_at=turn.response.created_at,
+        previous_response_id=turn.request.previous_response_id,
+        response=wire.encode(turn.response),
+        input_items=ITEMS_ENCODER.encode(turn.new_items),
+        events=b"[" + b",".join(encode_event(e) for e in turn.events) + b"]" if turn.events is not None else None,
+        tenant=turn.tenant,
+        item_ids=[item_id(i) for i in [*turn.new_items, *turn.response.output] if _indexed(i)],
+        replica=turn.served_by,
+    )
+
+
+def _indexed(item: Item) -> bool:
+    """Whether a stored item goes in the item index: it has an id, and is not itself a reference."""
+    return not isinstance(item, ItemReference) and bool(item_id(item))

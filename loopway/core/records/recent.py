@@ -29,7 +29,7 @@ from collections import OrderedDict
 import msgspec
 
 from loopway.core.context.conversation import Conversation
-from loopway.core.records.history import Parent
+from loopway.core.context.parent import Parent
 from loopway.protocol.response import Response
 
 BYTES_PER_TOKEN = 8

@@ -3,7 +3,7 @@
 Transports call ``prepare`` (everything before the engine, synchronous and cheap for a cached
 continuation) and iterate ``run`` (the engine, turned into events). The terminal event comes
 last; by then ``turn.after`` holds the conversation including the output, ready for a
-connection cache, and ``record(turn)`` gives what to persist. Where persistence happens relative
+connection cache, and ``core.records.persistence.record_of(turn)`` gives what to persist. Where persistence happens relative
 to the terminal event is the transport's choice: that is the overlap of WebSocket mode.
 """
 
@@ -15,39 +15,30 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 
-from msgspec import UNSET
-
-from loopway.core.context import compaction
+from loopway.core.context.builder import ContextBuilder, check_tool_outputs, fit, resolve_references
 from loopway.core.context.conversation import Conversation
+from loopway.core.context.parent import Parent
 from loopway.core.context.reasoning import ReasoningVault
 from loopway.core.context.sealing import Sealer
 from loopway.core.ops.timing import StageLog, StageTimes
-from loopway.core.records.history import Parent
 from loopway.core.turn import mcp_rounds as mcp_turn
-from loopway.core.turn.assembler import EventAssembler
-from loopway.engines.base import Delta, Engine, EngineError, EngineRequest, Finish, find_model
+from loopway.core.turn.turn import Turn, new_response
+from loopway.engines.base import Engine, EngineError, EngineRequest, Finish, find_model
 from loopway.mcp.sessions import McpRuntime
 from loopway.protocol import ids
-from loopway.protocol import response as wire
-from loopway.protocol.errors import ApiError, invalid_request, model_not_found
-from loopway.protocol.events import TERMINAL_EVENTS, Event, encode_event
-from loopway.protocol.items import ENCODER as ITEMS_ENCODER
+from loopway.protocol.errors import ApiError, model_not_found
+from loopway.protocol.events import Event
 from loopway.protocol.items import (
     Compaction,
     FunctionCall,
-    FunctionCallOutput,
     Item,
-    ItemReference,
     McpApprovalRequest,
     McpCall,
-    Reasoning,
-    item_id,
     normalized,
 )
 from loopway.protocol.request import CreateRequest
-from loopway.protocol.response import Response, Usage
+from loopway.protocol.response import Usage
 from loopway.protocol.tools import EMPTY_TOOLS
-from loopway.store.base import StoredResponse
 from loopway.tokens.render import Renderer, prerender
 
 log = logging.getLogger("loopway.pipeline")
@@ -55,142 +46,9 @@ log = logging.getLogger("loopway.pipeline")
 LARGE_TOOL_OUTPUT = 64 << 10  # characters of MCP answers in one round worth a worker thread to tokenize
 
 
-class Turn:
-    """One response in the making: its request, context, live response object and timings."""
-
-    def __init__(
-        self,
-        request: CreateRequest,
-        response: Response,
-        conversation: Conversation,
-        new_items: list[Item],
-        known_prefix: int,
-        compacted: Compaction | None,
-        times: StageTimes,
-        known_items: int = 0,
-    ) -> None:
-        self.request = request
-        self.response = response
-        self.conversation = conversation
-        self.new_items = new_items
-        self.known_prefix = known_prefix
-        self.known_items = known_items
-        self.tenant = ""
-        self.compacted = compacted
-        self.times = times
-        self.assembler = EventAssembler(response)
-        self.after: Conversation | None = None
-        self.steered = False  # set by response.steer: end after the current output item
-        self.generation: AsyncIterator[Delta] | None = None  # the engine's stream, once it accepted
-        self.open_failure: tuple[str, str] | None = None  # the engine failed before it accepted
-        self.opened_at = 0.0
-        self.events: list[Event] | None = None  # kept for replay (background responses)
-        self.replica: str | None = None  # where the parent was served (its prefix is cached there)
-        self.session: str | None = None  # the WebSocket connection it runs on
-        self.served_by: str | None = None  # the engine replica that served this turn
-        # A turn on a conversation: its version when the turn read it, and after the turn appended
-        # to it (the connection cache keeps this rendering only if nobody else wrote in between).
-        self.conversation_read: int | None = None
-        self.conversation_written: int | None = None
-        # A turn with MCP servers runs engine rounds until the model stops calling their tools:
-        # ``running`` is the context of the round now running (``conversation`` and the output
-        # before it; ``fed`` of the output's items), ``seen`` what the previous round's engine saw.
-        self.mcp: mcp_turn.McpTurn | None = None
-        self.running: Conversation | None = None
-        self.fed = 0
-        self.seen: tuple[int, int] | None = None
-
-    @property
-    def id(self) -> str:
-        return self.response.id
-
-    @property
-    def context(self) -> Conversation:
-        """What the engine sees now: the turn's context, and the output of its earlier MCP rounds."""
-        return self.running or self.conversation
-
-
-def new_response(request: CreateRequest, response_id: str) -> Response:
-    return Response(
-        id=response_id,
-        created_at=int(time.time()),
-        status="in_progress",
-        background=request.background,
-        instructions=request.instructions,
-        max_output_tokens=request.max_output_tokens,
-        max_tool_calls=request.max_tool_calls,
-        model=request.model,
-        parallel_tool_calls=request.parallel_tool_calls,
-        previous_response_id=request.previous_response_id,
-        prompt_cache_key=request.prompt_cache_key,
-        reasoning=request.reasoning,
-        safety_identifier=request.safety_identifier,
-        service_tier=request.service_tier,
-        store=request.store,
-        temperature=request.temperature,
-        text=request.text,
-        tool_choice=request.tool_choice.echo,
-        tools=request.tools.echo,
-        top_logprobs=request.top_logprobs,
-        top_p=request.top_p,
-        presence_penalty=request.presence_penalty,
-        frequency_penalty=request.frequency_penalty,
-        truncation=request.truncation,
-        user=request.user if request.user is not None else UNSET,
-        conversation={"id": request.conversation} if request.conversation is not None else UNSET,
-        metadata=request.metadata,
-    )
-
-
-def _indexed(item: Item) -> bool:
-    """Whether a stored item goes in the item index: it has an id, and is not itself a reference."""
-    return not isinstance(item, ItemReference) and bool(item_id(item))
-
-
-def unresolved_references(items: list[Item], parent: Parent | None) -> list[str]:
-    """Ids that ``item_reference`` items name and that neither the context nor the input holds."""
-    wanted = [i.id for i in items if isinstance(i, ItemReference)]
-    if not wanted:
-        return []
-    known = {item_id(i) for i in (parent.context() if parent else [])}
-    known.update(item_id(i) for i in items if not isinstance(i, ItemReference))
-    return [w for w in dict.fromkeys(wanted) if w not in known]
-
-
-def _resolve_references(items: list[Item], parent: Parent | None, stored: dict[str, Item] | None = None) -> list[Item]:
-    if not any(isinstance(i, ItemReference) for i in items):
-        return items
-    known = dict(stored or {})
-    known.update({item_id(i): i for i in (parent.context() if parent else [])})
-    known.update({item_id(i): i for i in items if not isinstance(i, ItemReference)})
-    resolved = []
-    for index, item in enumerate(items):
-        if isinstance(item, ItemReference):
-            target = known.get(item.id)
-            if target is None:
-                raise invalid_request(
-                    f"Item with id '{item.id}' not found.", param=f"input[{index}].id", code="item_not_found"
-                )
-            item = target
-        resolved.append(item)
-    return resolved
-
-
 def _model_output(turn: Turn) -> list[Item]:
     """The output the model produced; a compaction item stands for context, not for output."""
     return [item for item in turn.response.output if not isinstance(item, Compaction)]
-
-
-def _check_tool_outputs(conversation: Conversation, new_items: list[Item]) -> None:
-    """Every function_call_output answers a function_call of the context (as OpenAI requires)."""
-    start = compaction.last_compaction(new_items) + 1  # what precedes a compaction is not in the context
-    for index, item in enumerate(new_items[start:], start):
-        if isinstance(item, FunctionCallOutput) and not conversation.has_call(item.call_id):
-            raise invalid_request(
-                f"No tool call found for function call output with call_id {item.call_id}.",
-                param=f"input[{index}]",
-                code="tool_call_not_found",
-            )
 
 
 class TurnPipeline:
@@ -206,6 +64,7 @@ class TurnPipeline:
         self.sealer = sealer
         self.renderer = renderer or Renderer()
         self.vault = vault or ReasoningVault([secrets.token_bytes(32)])
+        self.context = ContextBuilder(sealer, self.vault)
         self.mcp = mcp  # remote MCP servers this server may call (``--mcp-allow``)
         self.stage_log = StageLog()
 
@@ -230,17 +89,17 @@ class TurnPipeline:
             if info is None:
                 raise model_not_found(request.model)
             new_items = [normalized(item) for item in request.input]
-            self._restore_reasoning(new_items, tenant)
+            self.context.restore_reasoning(new_items, tenant)
         with times.measure("render"):
-            resolved = _resolve_references(new_items, parent, stored)
-            conversation, known, known_items = self._context(request, parent, resolved, renderer)
-            _check_tool_outputs(conversation, new_items)
-            conversation = self._fit(request, conversation, info.context_window)
+            resolved = resolve_references(new_items, parent, stored)
+            conversation, known, known_items = self.context.build(request, parent, resolved, renderer)
+            check_tool_outputs(conversation, new_items)
+            conversation = fit(request, conversation, info.context_window)
             mcp = mcp_turn.prepare(request.tools, conversation, resolved, self.mcp, request.max_tool_calls)
             compacted = None
             threshold = request.compact_threshold
             if request.compact_now or (threshold is not None and len(conversation.tokens) > threshold):
-                conversation, compacted = self._compact(request, conversation, resolved, renderer)
+                conversation, compacted = self.context.compact(request, conversation, resolved, renderer)
                 known = known_items = 0
         response = new_response(request, ids.new_id(ids.RESPONSE))
         self.stage_log.add(response.id, times)
@@ -253,74 +112,12 @@ class TurnPipeline:
             turn.assembler.seal = lambda item: self.vault.seal(item, tenant)  # the client carries it
         return turn
 
-    def _restore_reasoning(self, items: list[Item], tenant: str) -> None:
-        """Reasoning items that come back with ``encrypted_content`` get their text back for the engine."""
-        for index, item in enumerate(items):
-            if isinstance(item, Reasoning) and item.encrypted_content:
-                self.vault.restore(item, tenant, f"input[{index}].encrypted_content")
-
-    def _compact(
-        self, request: CreateRequest, conversation: Conversation, new_items: list[Item], renderer: Renderer
-    ) -> tuple[Conversation, Compaction]:
-        """Compact what came before this turn's input; the sealed item carries the whole new context."""
-        items = conversation.items.to_list()
-        prior = items[: max(0, len(items) - len(new_items))]
-        context = [*compaction.compact(prior), *items[len(prior) :]]
-        sealed = compaction.seal_items(self.sealer, context)
-        return Conversation.start(renderer, request.instructions, request.tools, context), sealed
-
-    def _context(
-        self, request: CreateRequest, parent: Parent | None, new_items: list[Item], renderer: Renderer
-    ) -> tuple[Conversation, int, int]:
-        """The conversation the engine will see, and how many of its tokens and items came before."""
-        start = compaction.last_compaction(new_items)
-        if start >= 0 or parent is None:  # a compaction in the input starts the context afresh
-            items = compaction.effective_context(self.sealer, new_items)
-            return Conversation.start(renderer, request.instructions, request.tools, items), 0, 0
-        if parent.conversation is not None:
-            base = parent.conversation.rebase(renderer, request.instructions, request.tools)
-            known = len(base.tokens) if base is parent.conversation else 0
-            return base.append(renderer, new_items), known, len(base.items)
-        previous = parent.items or []
-        items = compaction.effective_context(self.sealer, [*previous, *new_items])
-        known_items = len(previous) if compaction.last_compaction(previous) < 0 else 0
-        return Conversation.start(renderer, request.instructions, request.tools, items), 0, known_items
-
-    def _fit(self, request: CreateRequest, conversation: Conversation, window: int) -> Conversation:
-        """The context within the window: refused (``truncation: disabled``), or its oldest items dropped.
-
-        One pass over the items' token counts, newest first; nothing is rendered again.
-        """
-        if len(conversation.tokens) <= window:
-            return conversation
-        if request.truncation == "disabled":
-            raise ApiError(
-                400,
-                f"Your input exceeds the context window of this model ({len(conversation.tokens)} tokens > "
-                f"{window}). Please adjust your input and try again, or set 'truncation' to 'auto'.",
-                param="input",
-                code="context_length_exceeded",
-            )
-        count = len(conversation.items)
-        budget, start = window - conversation.header_length, count
-        while start > 0 and conversation.item_tokens(start - 1) <= budget:
-            start -= 1
-            budget -= conversation.item_tokens(start)
-        if start == count:
-            raise ApiError(
-                400,
-                "The latest input item alone exceeds the context window of this model.",
-                param="input",
-                code="context_length_exceeded",
-            )
-        return conversation.suffix(start)
-
     def count_input_tokens(
         self, request: CreateRequest, parent: Parent | None, stored: dict[str, Item] | None = None
     ) -> int:
         """``POST /v1/responses/input_tokens``: the context as the engine would see it, counted."""
-        resolved = _resolve_references(list(request.input), parent, stored)
-        conversation, _, _ = self._context(request, parent, resolved, self.renderer)
+        resolved = resolve_references(list(request.input), parent, stored)
+        conversation, _, _ = self.context.build(request, parent, resolved, self.renderer)
         return len(conversation.tokens)
 
     # The engine ------------------------------------------------------------------------------
@@ -358,7 +155,7 @@ class TurnPipeline:
         info = find_model(self.engine, turn.request.model)
         if turn.running is None or info is None or len(turn.running.tokens) <= info.context_window:
             return
-        turn.running = self._fit(turn.request, turn.running, info.context_window)
+        turn.running = fit(turn.request, turn.running, info.context_window)
         turn.seen = (0, 0)  # a truncated context is a new prefix for the engine
 
     async def run(self, turn: Turn) -> AsyncIterator[Event]:
@@ -542,21 +339,6 @@ class TurnPipeline:
             turn.after = turn.context.append(self.renderer, _model_output(turn)[turn.fed :])
         return events
 
-    # After the engine ------------------------------------------------------------------------
-
-    def record(self, turn: Turn) -> StoredResponse:
-        return StoredResponse(
-            id=turn.id,
-            created_at=turn.response.created_at,
-            previous_response_id=turn.request.previous_response_id,
-            response=wire.encode(turn.response),
-            input_items=ITEMS_ENCODER.encode(turn.new_items),
-            events=b"[" + b",".join(encode_event(e) for e in turn.events) + b"]" if turn.events is not None else None,
-            tenant=turn.tenant,
-            item_ids=[item_id(i) for i in [*turn.new_items, *turn.response.output] if _indexed(i)],
-            replica=turn.served_by,
-        )
-
 
 def _summed(rounds: list[Finish]) -> Finish:
     """One response's usage over its engine rounds, ending as the last round ended."""
@@ -579,7 +361,3 @@ def _route_prefix(conversation: Conversation) -> int:
     if not len(conversation.items):
         return len(conversation.tokens)
     return conversation.header_length + conversation.item_tokens(0)
-
-
-def is_terminal(event: Event) -> bool:
-    return isinstance(event, TERMINAL_EVENTS)

@@ -6,9 +6,9 @@ import pytest
 
 from loopway.core.connection.state import ConnectionState, Job
 from loopway.core.ops.timing import StageTimes
-from loopway.core.turn.pipeline import Turn, is_terminal
+from loopway.core.turn.turn import Turn
 from loopway.protocol.errors import ApiError
-from loopway.protocol.events import SteerAccepted, SteerFailed, SteerPending
+from loopway.protocol.events import SteerAccepted, SteerFailed, SteerPending, is_terminal
 from loopway.protocol.items import Message
 from loopway.protocol.request import CreateRequest
 from tests.core.turns import READ_FILE, pipeline, request, user

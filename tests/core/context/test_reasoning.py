@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from loopway.core.context.reasoning import ReasoningVault, load_keys
+from loopway.core.context.reasoning import ReasoningVault
 from loopway.protocol.errors import ApiError
 from loopway.protocol.items import Reasoning, ReasoningText, SummaryText
+from loopway.settings import load_keys
 
 OLD, NEW = secrets.token_bytes(32), secrets.token_bytes(32)
 

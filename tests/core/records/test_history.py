@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from loopway.core.records import history
-from loopway.core.records.persistence import ResponseLog
-from loopway.core.turn.pipeline import Turn
+from loopway.core.records.persistence import ResponseLog, record_of
+from loopway.core.turn.turn import Turn
 from loopway.protocol.errors import ApiError
 from loopway.protocol.items import Message
 from loopway.store.memory import MemoryStore
@@ -25,7 +25,7 @@ async def chained(log: ResponseLog, texts: list[str], tenant: str = "") -> list[
             PIPE, request(websocket=False, store=True, input=[user(text)], previous_response_id=previous), parent
         )
         turn.tenant = tenant
-        await log.put(PIPE.record(turn))
+        await log.put(record_of(turn))
         turns.append(turn)
     return turns
 
@@ -72,7 +72,7 @@ async def test_a_response_still_running_cannot_be_continued():
     log = ResponseLog(MemoryStore())
     turn = PIPE.prepare(request(websocket=False, store=True, background=True), None)
     turn.assembler.queued()
-    await log.put(PIPE.record(turn))
+    await log.put(record_of(turn))
     with pytest.raises(ApiError) as busy:
         await history.load_parent(log, turn.id, "")
     assert busy.value.code == "previous_response_in_progress"

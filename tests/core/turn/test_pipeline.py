@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from loopway.core.records.history import Parent
-from loopway.core.turn.pipeline import is_terminal
+from loopway.core.context.parent import Parent
 from loopway.protocol.errors import ApiError
+from loopway.protocol.events import is_terminal
 from loopway.protocol.items import FunctionCall, Message
 from loopway.tokens.render import Renderer
 from tests.core.turns import READ_FILE, events_of, finished, pipeline, request, user

@@ -1,0 +1,109 @@
+"""One response in the making: its request, its context, the live response object and its timings.
+
+A ``Turn`` is built once, by ``TurnPipeline.prepare``; what the service found before it (the tenant,
+the parent's replica, the socket, a conversation's version) arrives there as a ``TurnOrigin``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from msgspec import UNSET
+
+from loopway.core.context.conversation import Conversation
+from loopway.core.ops.timing import StageTimes
+from loopway.core.turn import mcp_rounds as mcp_turn
+from loopway.core.turn.assembler import EventAssembler
+from loopway.engines.base import Delta
+from loopway.protocol.events import Event
+from loopway.protocol.items import Compaction, Item
+from loopway.protocol.request import CreateRequest
+from loopway.protocol.response import Response
+
+
+class Turn:
+    """One response in the making: its request, context, live response object and timings."""
+
+    def __init__(
+        self,
+        request: CreateRequest,
+        response: Response,
+        conversation: Conversation,
+        new_items: list[Item],
+        known_prefix: int,
+        compacted: Compaction | None,
+        times: StageTimes,
+        known_items: int = 0,
+    ) -> None:
+        self.request = request
+        self.response = response
+        self.conversation = conversation
+        self.new_items = new_items
+        self.known_prefix = known_prefix
+        self.known_items = known_items
+        self.tenant = ""
+        self.compacted = compacted
+        self.times = times
+        self.assembler = EventAssembler(response)
+        self.after: Conversation | None = None
+        self.steered = False  # set by response.steer: end after the current output item
+        self.generation: AsyncIterator[Delta] | None = None  # the engine's stream, once it accepted
+        self.open_failure: tuple[str, str] | None = None  # the engine failed before it accepted
+        self.opened_at = 0.0
+        self.events: list[Event] | None = None  # kept for replay (background responses)
+        self.replica: str | None = None  # where the parent was served (its prefix is cached there)
+        self.session: str | None = None  # the WebSocket connection it runs on
+        self.served_by: str | None = None  # the engine replica that served this turn
+        # A turn on a conversation: its version when the turn read it, and after the turn appended
+        # to it (the connection cache keeps this rendering only if nobody else wrote in between).
+        self.conversation_read: int | None = None
+        self.conversation_written: int | None = None
+        # A turn with MCP servers runs engine rounds until the model stops calling their tools:
+        # ``running`` is the context of the round now running (``conversation`` and the output
+        # before it; ``fed`` of the output's items), ``seen`` what the previous round's engine saw.
+        self.mcp: mcp_turn.McpTurn | None = None
+        self.running: Conversation | None = None
+        self.fed = 0
+        self.seen: tuple[int, int] | None = None
+
+    @property
+    def id(self) -> str:
+        return self.response.id
+
+    @property
+    def context(self) -> Conversation:
+        """What the engine sees now: the turn's context, and the output of its earlier MCP rounds."""
+        return self.running or self.conversation
+
+
+def new_response(request: CreateRequest, response_id: str) -> Response:
+    return Response(
+        id=response_id,
+        created_at=int(time.time()),
+        status="in_progress",
+        background=request.background,
+        instructions=request.instructions,
+        max_output_tokens=request.max_output_tokens,
+        max_tool_calls=request.max_tool_calls,
+        model=request.model,
+        parallel_tool_calls=request.parallel_tool_calls,
+        previous_response_id=request.previous_response_id,
+        prompt_cache_key=request.prompt_cache_key,
+        reasoning=request.reasoning,
+        safety_identifier=request.safety_identifier,
+        service_tier=request.service_tier,
+        store=request.store,
+        temperature=request.temperature,
+        text=request.text,
+        tool_choice=request.tool_choice.echo,
+        tools=request.tools.echo,
+        top_logprobs=request.top_logprobs,
+        top_p=request.top_p,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        truncation=request.truncation,
+        user=request.user if request.user is not None else UNSET,
+        conversation={"id": request.conversation} if request.conversation is not None else UNSET,
+        metadata=request.metadata,
+    )
