@@ -2,9 +2,10 @@
 
 Transports call ``prepare`` (everything before the engine, synchronous and cheap for a cached
 continuation) and iterate ``run`` (the engine, turned into events). The terminal event comes
-last; by then ``turn.after`` holds the conversation including the output, ready for a
-connection cache, and ``core.records.persistence.record_of(turn)`` gives what to persist. Where persistence happens relative
-to the terminal event is the transport's choice: that is the overlap of WebSocket mode.
+last; by then ``turn.after`` holds the conversation including the output, ready for a connection
+cache, and ``core.records.persistence.record_of(turn)`` gives what to persist. Where persistence
+happens relative to the terminal event is the transport's choice: that is the overlap of WebSocket
+mode.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One response in the making: its request, its context, the live response object and its timings.
 
-A ``Turn`` is built once, by ``TurnPipeline.prepare``; what the service found before it (the tenant,
-the parent's replica, the socket, a conversation's version) arrives there as a ``TurnOrigin``.
+A ``Turn`` is built by ``TurnPipeline.prepare``; the service then sets what it alone knows (the
+parent's replica, the socket, a conversation's version) before the engine starts.
 """
 
 from __future__ import annotations
