@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+from websockets.frames import Frame
+from websockets.protocol import State
 from websockets.sync.client import connect
+from websockets.uri import parse_uri
 
 from loopway.bench.server import InProcessServer
 from loopway.engines.sim import SimSettings
@@ -43,11 +48,28 @@ def rss_kib() -> int:
 
 
 def abort_cycle(url: str) -> None:
-    ws = connect(url)
-    ws.send(json.dumps({"type": "response.create", "model": MODEL, "input": "write a long story", "store": False}))
-    ws.recv(timeout=10)  # response.created: generation is under way
-    ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    ws.socket.close()  # abort: no close handshake
+    """Open a turn, read its first event, then reset the socket with no close handshake.
+
+    The client is websockets' sans-I/O protocol over a plain socket: a threaded client lives in
+    this process too, and what it keeps after an abort would read as the server's memory."""
+    uri = parse_uri(url)
+    client = ClientProtocol(uri, extensions=[ClientPerMessageDeflateFactory()])
+    with socket.create_connection((uri.host, uri.port), timeout=10) as sock:
+        client.send_request(client.connect())
+        sock.sendall(b"".join(client.data_to_send()))
+        _receive_until(sock, client, lambda: client.state is State.OPEN)
+        create = {"type": "response.create", "model": MODEL, "input": "write a long story", "store": False}
+        client.send_text(json.dumps(create).encode())
+        sock.sendall(b"".join(client.data_to_send()))
+        _receive_until(sock, client, lambda: any(isinstance(e, Frame) for e in client.events_received()))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+def _receive_until(sock: socket.socket, client: ClientProtocol, done: Callable[[], bool]) -> None:
+    while not done():
+        data = sock.recv(65536)
+        assert data, "the server closed the connection"
+        client.receive_data(data)
 
 
 def settle(server: InProcessServer, expected_tasks: int) -> int:
