@@ -28,11 +28,11 @@ from loopway.core.records.conversation_store import Conversations
 from loopway.core.records.driver import Persist, TurnDriver
 from loopway.core.records.persistence import ResponseLog
 from loopway.core.records.recent import RecentConversations
-from loopway.core.turn.mcp_rounds import McpTurn
 from loopway.core.turn.pipeline import TurnPipeline
 from loopway.core.turn.replay import rebuild_events
-from loopway.core.turn.turn import Turn
+from loopway.core.turn.turn import Turn, TurnOrigin
 from loopway.engines.base import Engine, describe, find_model
+from loopway.mcp.sessions import McpSessions
 from loopway.protocol import ids
 from loopway.protocol import response as wire
 from loopway.protocol.errors import (
@@ -126,30 +126,32 @@ class ResponsesService:
         if request.store:
             await self.log.check()  # store=true needs the store: say so now, not after generating
         parent, version = await self._parent(request, times, tenant, cache)
-        stored = await self._referenced(request, parent, tenant)
-        turn = self.pipeline.prepare(request, parent, times, tenant, renderer, stored)
-        turn.conversation_read = version
-        turn.replica = parent.replica if parent is not None else None
-        turn.session = cache.session_id if cache is not None else None
-        if turn.mcp is not None:
-            self._attach_mcp_sessions(turn.mcp, cache)
+        origin = TurnOrigin(
+            tenant=tenant,
+            replica=parent.replica if parent is not None else None,
+            session=cache.session_id if cache is not None else None,
+            conversation_version=version,
+            renderer=renderer,
+            stored=await self._referenced(request, parent, tenant),
+            connection_mcp=self._connection_mcp(cache),
+            fault=fault,
+        )
+        turn = self.pipeline.prepare(request, parent, times, origin)
         await self.pipeline.start(turn)
-        if fault is not None and turn.generation is not None:
-            turn.generation = fault.wrap(turn.generation)
         return turn
 
-    def _attach_mcp_sessions(self, mcp: McpTurn, cache: ParentCache | None) -> None:
-        """A WebSocket connection's turns share its MCP sessions (open until it closes); any other
-        turn opens its own, closed when it ends."""
+    def _connection_mcp(self, cache: ParentCache | None) -> Callable[[], McpSessions] | None:
+        """A WebSocket connection's MCP sessions, opened by its first turn that needs them."""
         runtime = self.pipeline.mcp
-        if runtime is None:
-            return
-        if cache is None:
-            mcp.sessions, mcp.owns_sessions = runtime.sessions(), True
-            return
-        if cache.mcp_sessions is None:
-            cache.mcp_sessions = runtime.sessions()
-        mcp.sessions = cache.mcp_sessions
+        if cache is None or runtime is None:
+            return None
+
+        def sessions() -> McpSessions:
+            if cache.mcp_sessions is None:
+                cache.mcp_sessions = runtime.sessions()
+            return cache.mcp_sessions
+
+        return sessions
 
     async def _parent(
         self, request: CreateRequest, times: StageTimes, tenant: str, cache: ParentCache | None
@@ -204,8 +206,11 @@ class ResponsesService:
     def run(
         self, turn: Turn, transport: str, persist: Persist, on_unsaved: Callable[[ApiError], None] | None = None
     ) -> AsyncIterator[Event]:
-        """The turn's events to send; see ``core.records.driver`` for where persistence sits."""
-        return self.driver.events(turn, transport, persist, on_unsaved)
+        """The turn's events to send; see ``core.records.driver`` for where persistence sits. An
+        injected ``drop`` or ``close`` raises ``StreamCut`` where the connection must end."""
+        events = self.driver.events(turn, transport, persist, on_unsaved)
+        fault = turn.origin.fault
+        return fault.cut(events) if fault is not None and fault.kind in ("drop", "close") else events
 
     async def complete(self, turn: Turn) -> Response:
         """Run a turn to its end without streaming (HTTP JSON); durable before it returns."""

@@ -15,7 +15,6 @@ from starlette.responses import Response as HttpResponse
 from starlette.routing import Route
 
 from loopway.core.ops import offload
-from loopway.core.ops.fault_injection import Fault
 from loopway.core.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from loopway.core.ops.timing import StageTimes
 from loopway.core.records.driver import Persist
@@ -23,7 +22,6 @@ from loopway.core.service import ResponsesService
 from loopway.core.turn.turn import Turn
 from loopway.protocol import response as wire
 from loopway.protocol.errors import ApiError, invalid_request, invalid_value, server_error
-from loopway.protocol.events import StreamError, is_terminal
 from loopway.protocol.request import create_from, decode_json, parse_create
 from loopway.settings import Settings
 from loopway.transports.error_responses import error_response
@@ -65,20 +63,18 @@ async def read_body(request: Request, limit: int, timeout_s: float = 30.0, min_r
     return b"".join(chunks)
 
 
-async def sse_turn(service: ResponsesService, turn: Turn, fault: Fault | None = None) -> AsyncIterator[bytes]:
+async def sse_turn(service: ResponsesService, turn: Turn) -> AsyncIterator[bytes]:
     """A turn as SSE; a store that fails the final write ends the stream with an ``error`` event,
-    and an injected ``drop`` cuts the connection where it says."""
-    sent = 0
+    and an injected ``drop`` cuts the connection where it says (``StreamCut``, to ``CuttableStream``)."""
     try:
         async with contextlib.aclosing(service.run(turn, "http", Persist.FIRST)) as events:
             async for event in events:
-                if fault is not None and fault.cuts(sent, is_terminal(event)):
-                    log.info("fault: dropping the connection of %s after %d events", turn.id, sent)
-                    raise StreamCut
-                sent += 1
                 yield frame_any(event)
+    except StreamCut as cut:
+        log.info("fault: dropping the connection of %s after %d events", turn.id, cut.sent)
+        raise
     except ApiError as err:
-        yield frame_any(turn.assembler.stamp(StreamError(code=err.code, message=err.message, param=err.param)))
+        yield frame_any(turn.assembler.stream_error(err.code, err.message, err.param))
 
 
 def _sse(events: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> CuttableStream:
@@ -146,7 +142,7 @@ class HttpApi:
             return await self._background(turn)
         if create.stream:  # Server-Timing can only carry what happened before the first byte
             timing = {"Server-Timing": times.header(("validate", "resolve", "render"))}
-            return _sse(sse_turn(self.service, turn, fault), timing)
+            return _sse(sse_turn(self.service, turn), timing)
         response = await self.service.complete(turn)
         return json_response(response, headers={"Server-Timing": times.header()})
 

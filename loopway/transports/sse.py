@@ -9,6 +9,7 @@ import msgspec
 from starlette.responses import StreamingResponse
 from starlette.types import Send
 
+from loopway.core.ops.fault_injection import StreamCut
 from loopway.protocol.events import Event, sse_frame
 
 
@@ -25,10 +26,6 @@ async def frames(events: AsyncIterator[Event | dict[str, Any]]) -> AsyncIterator
 
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-class StreamCut(Exception):
-    """Raised by a stream's events to cut its connection mid-body (an injected ``drop``)."""
 
 
 class CuttableStream(StreamingResponse):

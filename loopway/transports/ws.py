@@ -33,7 +33,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from loopway.core.connection.state import ConnectionState, Job, Outbound, steer_failed
 from loopway.core.ops import offload
 from loopway.core.ops.auth import KeyRing
-from loopway.core.ops.fault_injection import Fault
+from loopway.core.ops.fault_injection import StreamCut
 from loopway.core.ops.observatory import ConnectionView
 from loopway.core.ops.timing import StageTimes
 from loopway.core.records.driver import Persist
@@ -269,18 +269,15 @@ class Session:
         try:
             turn = await self.service.prepare(job.request, job.times, self.tenant, cache=self.state, fault=job.fault)
             self.state.started(job, turn)
-            sent = 0
             events = self.service.run(turn, "ws", self.persist, self._unsaved_reporter(job.lane))
             async with contextlib.aclosing(events):
                 async for event in events:
-                    if job.fault is not None and job.fault.cuts(sent, is_terminal(event)):
-                        await self._cut(job.fault, turn.id, sent)
-                        return
                     if is_terminal(event):
                         self.state.completed(job, turn)
                         self.turns += 1
                     await self.send(event, job.lane)
-                    sent += 1
+        except StreamCut as cut:
+            await self._cut(cut, turn.id if turn is not None else "")
         except ApiError as err:  # refused before it started, or its store write failed
             if turn is None:
                 self.state.refused(job)
@@ -297,10 +294,10 @@ class Session:
                     await self._send(outbound)
                 self._start(after.start)
 
-    async def _cut(self, fault: Fault, response_id: str, sent: int) -> None:
+    async def _cut(self, cut: StreamCut, response_id: str) -> None:
         """An injected fault ends the connection mid-stream: a close frame 1011, or no close at all."""
-        log.info("fault: %s on the connection of %s after %d events", fault.kind, response_id, sent)
-        if fault.kind == "close":
+        log.info("fault: %s on the connection of %s after %d events", cut.fault.kind, response_id, cut.sent)
+        if cut.fault.kind == "close":
             await self._close(CLOSE_INTERNAL_ERROR, "internal error")
             return
         self.outbox.flush()  # the events before the cut reach the client

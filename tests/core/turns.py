@@ -7,7 +7,7 @@ from typing import Any
 from loopway.core.context.parent import Parent
 from loopway.core.context.sealing import Sealer
 from loopway.core.turn.pipeline import TurnPipeline
-from loopway.core.turn.turn import Turn
+from loopway.core.turn.turn import Turn, TurnOrigin
 from loopway.engines.sim import SimEngine, SimSettings
 from loopway.protocol.events import Event
 from loopway.protocol.request import CreateRequest, create_from
@@ -36,11 +36,15 @@ def user(text: str) -> dict[str, Any]:
 
 
 async def events_of(pipe: TurnPipeline, turn: Turn) -> list[Event]:
+    """A prepared turn started and run to its end."""
+    await pipe.start(turn)
     return [event async for event in pipe.run(turn)]
 
 
-async def finished(pipe: TurnPipeline, req: CreateRequest, parent: Parent | None = None) -> Turn:
+async def finished(
+    pipe: TurnPipeline, req: CreateRequest, parent: Parent | None = None, origin: TurnOrigin = TurnOrigin()
+) -> Turn:
     """A turn prepared and run to its terminal event."""
-    turn = pipe.prepare(req, parent)
+    turn = pipe.prepare(req, parent, origin=origin)
     await events_of(pipe, turn)
     return turn

@@ -440,3 +440,74 @@ def test_steering_a_response_that_asks_for_approval_waits_for_the_approval(tmp_p
         slow.stop()
     assert [i.type for i in final.response.output][0] == "mcp_call"
     assert final.response.output[0].arguments == request["arguments"]
+
+
+# Replays ------------------------------------------------------------------------------------------
+
+EVERY_KIND = [
+    ("read notes/a.md and then write notes/todo.md", False),  # compaction, listing, reasoning, approval request
+    ("read notes/a.md then run the tests", True),  # ... an MCP call, reasoning, a function call
+    ("read notes/a.md", False),  # ... an MCP call, reasoning, the answer
+]
+RUN_TESTS = {"type": "function", "name": "run_tests", "parameters": {"type": "object", "properties": {}}}
+
+
+def merged(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Events with each run of deltas of one part merged into one (a replay sends a part whole),
+    numbered again; the rest as sent."""
+    out: list[dict[str, Any]] = []
+    for event in events:
+        event = {k: v for k, v in event.items() if k != "sequence_number"}
+        last = out[-1] if out else None
+        if event["type"].endswith(".delta") and last is not None and _same_part(last, event):
+            last["delta"] += event["delta"]
+            continue
+        out.append(event)
+    return [{**e, "sequence_number": n} for n, e in enumerate(out)]
+
+
+def _same_part(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = ("type", "item_id", "output_index", "content_index", "summary_index")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def _lifecycle(event: dict[str, Any]) -> dict[str, Any]:
+    """A response.* event's snapshot differs in what only the live one knew when it was sent
+    (usage so far, timestamps); its kind, response id, status and output must not."""
+    response = event["response"]
+    return {"type": event["type"], "id": response["id"], "status": response["status"], "output": response["output"]}
+
+
+@pytest.mark.parametrize("background", [True, False], ids=["background", "stored"])
+def test_a_replay_is_the_live_stream_field_by_field(client: OpenAI, notes: NotesServer, background: bool):
+    """Every item kind (message, reasoning, function call, MCP listing, call and approval request,
+    compaction) streamed live, then by ``GET /v1/responses/{id}?stream=true``: a background
+    response replays the events it kept, a stored one is rebuilt through the assembler."""
+    tool = notes_tool(notes, require_approval={"never": {"read_only": True}})
+    seen: set[str] = set()
+    for text, with_function in EVERY_KIND:
+        body: dict[str, Any] = {
+            "input": [{"type": "message", "role": "user", "content": text}, {"type": "compaction_trigger"}],
+            "tools": [tool, RUN_TESTS] if with_function else [tool],
+            "reasoning": {"effort": "low", "summary": "auto"},
+            "store": True,
+            "background": background,
+        }
+        live = [e.to_dict() for e in client.responses.create(model=MODEL, stream=True, **body)]
+        final = live[-1]["response"]
+        while background and final["status"] in ("queued", "in_progress"):
+            time.sleep(0.05)
+            final = client.responses.retrieve(final["id"]).to_dict()
+        replay = [e.to_dict() for e in client.responses.retrieve(final["id"], stream=True)]
+        for event in replay:
+            validate_event(event)
+        live_items, replay_items = merged(live), merged(replay)
+        assert [e["type"] for e in replay_items] == [e["type"] for e in live_items]
+        for got, want in zip(replay_items, live_items, strict=True):
+            if got["type"].startswith("response.") and "response" in got:
+                assert _lifecycle(got) == _lifecycle(want)
+            else:
+                assert got == want
+        seen |= set(kinds(final))
+    assert seen >= {"message", "reasoning", "function_call", "mcp_list_tools", "mcp_call", "mcp_approval_request"}
+    assert "compaction" in seen

@@ -40,7 +40,7 @@ from loopway.core.turn.turn import Turn
 from loopway.mcp.sessions import McpSessions
 from loopway.protocol import ids
 from loopway.protocol.errors import ApiError
-from loopway.protocol.events import Event, SteerAccepted, SteerFailed, SteerPending, SteerRef
+from loopway.protocol.events import Event, SteerFailed
 from loopway.protocol.items import FunctionCall, Item, McpApprovalRequest, Message, parse_input
 from loopway.protocol.request import CreateRequest
 from loopway.tokens.render import Renderer
@@ -219,7 +219,8 @@ class ConnectionState:
         """Keep a conversation turn's rendering, if its append was the only write since it read the
         conversation (version + 1) and the rendering is the whole conversation (nothing truncated
         or compacted away); at most ``MAX_CONVERSATIONS`` per connection, least recently used out."""
-        conversation_id, read, written = turn.request.conversation, turn.conversation_read, turn.conversation_written
+        conversation_id, read = turn.request.conversation, turn.origin.conversation_version
+        written = turn.conversation_written
         if conversation_id is None or read is None or written is None or turn.after is None:
             return
         if written != read + 1 or turn.compacted is not None or turn.request.truncation != "disabled":
@@ -263,9 +264,7 @@ class ConnectionState:
         turn, job = self._active[target]
         steer = _Steer(id=ids.new_id(ids.STEER), items=parse_input(raw_input))
         self._steers.setdefault(target, []).append(steer)
-        turn.steered = True
-        accepted = SteerAccepted(steer=SteerRef(id=steer.id, previous_response_id=target))
-        return Outbound(turn.assembler.stamp(accepted), job.lane)
+        return Outbound(turn.steer(steer.id), job.lane)
 
     def _steer_refusal(self, target: Any, raw_input: Any) -> tuple[str, str] | None:
         if not isinstance(target, str) or not target:
@@ -348,10 +347,4 @@ def _pending(
     turn: Turn, queued: Sequence[_Steer], calls: list[FunctionCall | McpApprovalRequest], lane: str | None
 ) -> list[Outbound]:
     stubs = [_stub(c) for c in calls]
-    return [
-        Outbound(
-            turn.assembler.stamp(SteerPending(steer=SteerRef(id=s.id, previous_response_id=turn.id), required_input=stubs)),
-            lane,
-        )
-        for s in queued
-    ]
+    return [Outbound(turn.assembler.steer_pending(s.id, stubs), lane) for s in queued]

@@ -10,15 +10,28 @@ what the engine may see is in one file.
 
 from __future__ import annotations
 
+import asyncio
+
 from loopway.core.context import compaction
 from loopway.core.context.conversation import Conversation
 from loopway.core.context.parent import Parent
 from loopway.core.context.reasoning import ReasoningVault
 from loopway.core.context.sealing import Sealer
 from loopway.protocol.errors import ApiError, invalid_request
-from loopway.protocol.items import Compaction, FunctionCallOutput, Item, ItemReference, Reasoning, item_id
+from loopway.protocol.items import (
+    Compaction,
+    FunctionCallOutput,
+    Item,
+    ItemReference,
+    McpCall,
+    Reasoning,
+    item_id,
+)
 from loopway.protocol.request import CreateRequest
-from loopway.tokens.render import Renderer
+from loopway.protocol.tools import EMPTY_TOOLS
+from loopway.tokens.render import Renderer, prerender
+
+LARGE_TOOL_OUTPUT = 64 << 10  # characters of MCP answers in one round worth a worker thread to tokenize
 
 
 class ContextBuilder:
@@ -133,3 +146,11 @@ def check_tool_outputs(conversation: Conversation, new_items: list[Item]) -> Non
                 param=f"input[{index}]",
                 code="tool_call_not_found",
             )
+
+
+async def extended(context: Conversation, output: list[Item], renderer: Renderer) -> Conversation:
+    """A next engine round's context: this round's and the output it added. MCP answers run to a
+    megabyte each: large ones are tokenized in a worker thread, not on the event loop."""
+    if sum(len(i.output or "") for i in output if isinstance(i, McpCall)) > LARGE_TOOL_OUTPUT:
+        renderer = await asyncio.to_thread(prerender, None, EMPTY_TOOLS, output)
+    return context.append(renderer, output)

@@ -25,6 +25,7 @@ the same grammar, 100% unless it gives a rate) when the server allows it (``--fa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import re
@@ -35,6 +36,7 @@ import msgspec
 
 from loopway.engines.base import Delta, EngineError, Finish
 from loopway.protocol.errors import ApiError, previous_response_not_found
+from loopway.protocol.events import Event, is_terminal
 from loopway.protocol.request import CreateRequest
 
 TRANSPORTS = ("ws", "sse", "http")
@@ -78,6 +80,14 @@ class FaultSpecError(ValueError):
     """A SPEC that does not parse; the message names the clause."""
 
 
+class StreamCut(Exception):
+    """Raised by a turn's events where an injected ``drop`` or ``close`` ends the connection."""
+
+    def __init__(self, fault: Fault, sent: int) -> None:
+        super().__init__(f"{fault.kind} after {sent} events")
+        self.fault, self.sent = fault, sent
+
+
 class Fault(msgspec.Struct, frozen=True, kw_only=True):
     """One request's fault, with its parameters drawn."""
 
@@ -98,6 +108,18 @@ class Fault(msgspec.Struct, frozen=True, kw_only=True):
         if self.kind == "cache-miss" and request.previous_response_id is not None:
             return previous_response_not_found(request.previous_response_id)
         return None
+
+    async def cut(self, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        """A turn's events with this fault's cut in them: ``StreamCut`` where the connection must
+        end (each transport ends it its own way); the turn's stream is closed then, as on a client
+        that went away."""
+        sent = 0
+        async with contextlib.aclosing(events):  # type: ignore[type-var]
+            async for event in events:
+                if self.cuts(sent, is_terminal(event)):
+                    raise StreamCut(self, sent)
+                sent += 1
+                yield event
 
     def cuts(self, sent: int, terminal: bool) -> bool:
         """Whether the stream is cut before its next event (``sent`` went out already): at ``after``,

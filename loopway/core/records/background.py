@@ -59,19 +59,20 @@ class BackgroundRuns:
     async def start(self, turn: Turn) -> Response:
         """Queue the turn; returns once its ``queued`` state is stored (and claimed)."""
         run = _Run(turn)
-        turn.events = list(turn.assembler.queued())
+        queued = turn.queue()
         await self._claim(turn.id)
         await self.log.put(record_of(turn))
         self._runs[turn.id] = run
         run.task = asyncio.create_task(self._run(run), name=f"background {turn.id}")
         self.keep_claims()
-        return turn.events[0].response  # type: ignore[attr-defined]
+        return queued
 
     async def _run(self, run: _Run) -> None:
         turn = run.turn
         saved = False
         try:
-            async for event in self.driver.events(turn, "background", Persist.FIRST):  # records turn.events
+            # The pipeline keeps every event on turn.events, for replay.
+            async for event in self.driver.events(turn, "background", Persist.FIRST):
                 saved = is_terminal(event)
                 async with run.changed:
                     run.changed.notify_all()

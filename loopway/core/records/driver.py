@@ -69,8 +69,6 @@ class TurnDriver:
         self.observatory.in_flight[transport] += 1
         try:
             async for event in self.pipeline.run(turn):
-                if turn.events is not None:  # kept for replay (background runs)
-                    turn.events.append(event)
                 if not is_terminal(event):
                     yield event
                     continue
@@ -104,7 +102,7 @@ class TurnDriver:
         if conversation is None or self.conversations is None or turn.response.status == "failed":
             return
         items = [*turn.new_items, *turn.response.output]
-        turn.conversation_written = await self.conversations.append(conversation, items, "conversation")
+        turn.wrote_conversation(await self.conversations.append(conversation, items, "conversation"))
 
     def _finished(self, turn: Turn, transport: str) -> None:
         self.metrics.turn_finished(turn, transport)

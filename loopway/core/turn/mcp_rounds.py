@@ -3,27 +3,39 @@
 ``prepare`` (before the engine, with the turn's context) finds each server's ``mcp_list_tools`` in
 the context (reused, as OpenAI does: a server is listed once per conversation), checks the URLs
 against ``--mcp-allow``, and takes the calls that this turn's ``mcp_approval_response`` items
-approve. While the turn runs, the pipeline lists the servers not yet listed, offers their tools to
-the engine as function tools in the server's namespace, and hands every call the engine makes of
-one to ``start_call``, which runs it on the server at once (the engine may still be writing the
-next); ``result`` waits for it. A call never raises: a failing server is the call's ``error``.
+approve. While the turn runs, ``first_round`` lists the servers not yet listed and runs the
+approved calls; their tools are offered to the engine as function tools in the server's namespace,
+and every call the engine makes of one starts (``start_closed_calls``) the moment its arguments are
+complete, while the engine may still be writing the next; ``result`` waits for it. A call never
+raises: a failing server is the call's ``error``. A round whose calls were all loopway's to run
+(``only_mcp_calls``) lets the model go on in a next round of the same response.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import msgspec
 
 from loopway.core.context.conversation import Conversation
+from loopway.core.turn.assembler import EventAssembler
 from loopway.mcp.client import McpError, McpFailure, McpResult, McpSession
 from loopway.mcp.sessions import McpRuntime, McpSessions
 from loopway.protocol import ids
 from loopway.protocol.errors import invalid_request
-from loopway.protocol.items import Item, McpApprovalResponse, McpCall, McpListedTool, McpListTools
+from loopway.protocol.events import Event, McpCallArgumentsDone
+from loopway.protocol.items import (
+    FunctionCall,
+    Item,
+    McpApprovalRequest,
+    McpApprovalResponse,
+    McpCall,
+    McpListedTool,
+    McpListTools,
+)
 from loopway.protocol.mcp_spec import McpServerSpec
 from loopway.protocol.tools import FunctionTool, ToolSet
 
@@ -172,6 +184,52 @@ class McpTurn:
         self.cancel()
         if self.owns_sessions and self.sessions is not None:
             await self.sessions.aclose()
+
+
+# A turn's MCP rounds ---------------------------------------------------------------------------
+
+
+async def first_round(a: EventAssembler, mcp: McpTurn) -> AsyncIterator[Event]:
+    """Before the engine: list the servers the context has no listing of (together), then run the
+    calls the client approved, one after another as OpenAI does."""
+    unlisted = mcp.unlisted()
+    started = []
+    for spec in unlisted:
+        events, item, index = a.mcp_list_started(spec.server_label)
+        started.append((item, index))
+        for event in events:
+            yield event
+    listings = await asyncio.gather(*(mcp.list_tools(spec) for spec in unlisted))
+    for (item, index), (tools, error) in zip(started, listings, strict=True):
+        for event in a.mcp_list_finished(item, index, tools, error):
+            yield event
+        mcp.remember(item)
+    for call in mcp.approved:
+        events, index = a.mcp_call_opened(call)
+        for event in events:
+            yield event
+        mcp.start_call(call)
+        for event in a.mcp_call_finished(call, index, *await mcp.result(call)):
+            yield event
+
+
+def start_closed_calls(mcp: McpTurn, output: Sequence[Item], events: list[Event]) -> list[tuple[McpCall, int]]:
+    """The MCP calls whose arguments ``events`` complete (``mcp_call_arguments.done``): they start
+    running now, and are returned with their output index for the round to wait on."""
+    closed = []
+    for event in events:
+        if isinstance(event, McpCallArgumentsDone):
+            call = output[event.output_index]
+            assert isinstance(call, McpCall)
+            mcp.start_call(call)
+            closed.append((call, event.output_index))
+    return closed
+
+
+def only_mcp_calls(round_output: Sequence[Item]) -> bool:
+    """Whether the round's calls were all loopway's to run (then the model goes on in the same
+    response); a function call or an approval request is the client's turn."""
+    return not any(isinstance(i, (FunctionCall, McpApprovalRequest)) for i in round_output)
 
 
 def _done(result: McpResult) -> asyncio.Task[McpResult]:

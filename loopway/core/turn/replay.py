@@ -1,8 +1,9 @@
 """The event stream of a finished response, rebuilt from the response itself.
 
 ``GET /v1/responses/{id}?stream=true`` replays a stored response. Background responses keep
-their original events; for the others loopway rebuilds the canonical sequence (one delta per
-content part) with the same item ids and final content, numbered from 0.
+their original events; for the others the response's items are fed back through the
+``EventAssembler`` that streamed them live, one delta per part, with the same item ids, so a
+replay has the live stream's events in the live stream's order: the order is written once.
 """
 
 from __future__ import annotations
@@ -10,89 +11,75 @@ from __future__ import annotations
 import msgspec
 
 from loopway.core.turn.assembler import EventAssembler
-from loopway.protocol.events import (
-    ContentPartAdded,
-    ContentPartDone,
-    Event,
-    FunctionCallArgumentsDelta,
-    FunctionCallArgumentsDone,
-    OutputItemAdded,
-    OutputItemDone,
-    OutputTextDelta,
-    OutputTextDone,
-    ReasoningSummaryPartAdded,
-    ReasoningSummaryPartDone,
-    ReasoningSummaryTextDelta,
-    ReasoningSummaryTextDone,
-    ReasoningTextDelta,
-    ReasoningTextDone,
-    ResponseCompleted,
-    ResponseFailed,
-    ResponseIncomplete,
+from loopway.engines.base import ReasoningDelta, TextDelta, ToolCallDelta
+from loopway.protocol.events import Event
+from loopway.protocol.items import (
+    FunctionCall,
+    McpApprovalRequest,
+    McpCall,
+    McpListTools,
+    Message,
+    OutputText,
+    Reasoning,
 )
-from loopway.protocol.items import FunctionCall, Message, OutputText, Reasoning, ReasoningText, SummaryText
-from loopway.protocol.response import Response, Usage
-
-_TERMINAL = {"completed": ResponseCompleted, "incomplete": ResponseIncomplete, "failed": ResponseFailed}
-
-
-def _item_events(index: int, item: object) -> list[Event]:
-    if isinstance(item, Message):
-        opened = msgspec.structs.replace(item, content=[], status="in_progress")
-        events: list[Event] = [OutputItemAdded(output_index=index, item=opened)]
-        parts = [OutputText(text=item.content)] if isinstance(item.content, str) else item.content
-        for c, part in enumerate(parts):
-            text = part.text if isinstance(part, OutputText) else ""
-            events += [
-                ContentPartAdded(item_id=item.id or "", output_index=index, content_index=c, part=OutputText(text="")),
-                OutputTextDelta(item_id=item.id or "", output_index=index, content_index=c, delta=text),
-                OutputTextDone(item_id=item.id or "", output_index=index, content_index=c, text=text),
-                ContentPartDone(item_id=item.id or "", output_index=index, content_index=c, part=part),
-            ]
-        return events + [OutputItemDone(output_index=index, item=item)]
-    if isinstance(item, Reasoning):
-        return _reasoning_events(index, item)
-    if isinstance(item, FunctionCall):
-        opened = msgspec.structs.replace(item, arguments="", status="in_progress")
-        return [
-            OutputItemAdded(output_index=index, item=opened),
-            FunctionCallArgumentsDelta(item_id=item.id or "", output_index=index, delta=item.arguments),
-            FunctionCallArgumentsDone(item_id=item.id or "", output_index=index, name=item.name, arguments=item.arguments),
-            OutputItemDone(output_index=index, item=item),
-        ]
-    return [OutputItemAdded(output_index=index, item=item), OutputItemDone(output_index=index, item=item)]
-
-
-def _reasoning_events(index: int, item: Reasoning) -> list[Event]:
-    rid = item.id or ""
-    opened = msgspec.structs.replace(item, summary=[], content=None, encrypted_content=None, status="in_progress")
-    events: list[Event] = [OutputItemAdded(output_index=index, item=opened)]
-    for c, part in enumerate(item.content or []):
-        events += [
-            ContentPartAdded(item_id=rid, output_index=index, content_index=c, part=ReasoningText(text="")),
-            ReasoningTextDelta(item_id=rid, output_index=index, content_index=c, delta=part.text),
-            ReasoningTextDone(item_id=rid, output_index=index, content_index=c, text=part.text),
-            ContentPartDone(item_id=rid, output_index=index, content_index=c, part=part),
-        ]
-    for n, summary in enumerate(item.summary):
-        events += [
-            ReasoningSummaryPartAdded(item_id=rid, output_index=index, summary_index=n, part=SummaryText(text="")),
-            ReasoningSummaryTextDelta(item_id=rid, output_index=index, summary_index=n, delta=summary.text),
-            ReasoningSummaryTextDone(item_id=rid, output_index=index, summary_index=n, text=summary.text),
-            ReasoningSummaryPartDone(item_id=rid, output_index=index, summary_index=n, part=summary),
-        ]
-    return events + [OutputItemDone(output_index=index, item=item)]
+from loopway.protocol.response import OutputItem, Response, Usage
 
 
 def rebuild_events(response: Response) -> list[Event]:
-    final = response
     opening = msgspec.structs.replace(
         response, status="in_progress", output=[], usage=Usage(), completed_at=None, error=None, incomplete_details=None
     )
-    numbering = EventAssembler(opening)
-    events = numbering.opening()
-    for index, item in enumerate(final.output):
-        events += [numbering.stamp(e) for e in _item_events(index, item)]
-    if final.status in _TERMINAL:  # a cancelled response just stops
-        events.append(numbering.stamp(_TERMINAL[final.status](response=final)))
+    assembler = EventAssembler(opening)
+    events = assembler.opening()
+    for item in response.output:
+        events += _replayed(assembler, item)
+    if response.status in ("completed", "incomplete", "failed"):  # a cancelled response just stops
+        events.append(assembler.end_as(response))
+    return events
+
+
+def _replayed(a: EventAssembler, item: OutputItem) -> list[Event]:
+    """One finished item, fed as the engine (or the MCP round) produced it."""
+    a.name_next_item(item.id)
+    if isinstance(item, Message):
+        return _message(a, item)
+    if isinstance(item, Reasoning):
+        return _reasoning(a, item)
+    if isinstance(item, (FunctionCall, McpCall, McpApprovalRequest)):
+        return _call(a, item)
+    if isinstance(item, McpListTools):
+        events, listed, index = a.mcp_list_started(item.server_label)
+        return events + a.mcp_list_finished(listed, index, item.tools, item.error)
+    a.name_next_item(None)
+    return a.add_item(item)  # compaction: whole, as live
+
+
+def _message(a: EventAssembler, item: Message) -> list[Event]:
+    parts = [OutputText(text=item.content)] if isinstance(item.content, str) else item.content
+    text = "".join(part.text for part in parts if isinstance(part, OutputText))
+    return a.feed(TextDelta(text=text)) + a.close_open_item(item.status or "completed")
+
+
+def _reasoning(a: EventAssembler, item: Reasoning) -> list[Event]:
+    a.seal = (lambda _: item.encrypted_content) if item.encrypted_content is not None else None
+    events = a.open_reasoning()
+    for part in item.content or []:
+        events += a.feed(ReasoningDelta(text=part.text))
+    for summary in item.summary:
+        events += a.feed(ReasoningDelta(text=summary.text, summary=True)) + a.next_summary_part()
+    return events + a.close_open_item(item.status or "completed")
+
+
+def _call(a: EventAssembler, item: FunctionCall | McpCall | McpApprovalRequest) -> list[Event]:
+    kind = "function" if isinstance(item, FunctionCall) else "mcp_call" if isinstance(item, McpCall) else "mcp_approval"
+    label = "" if isinstance(item, FunctionCall) else item.server_label
+    a.call_kind = lambda _namespace, _name: (kind, label)
+    call_id = item.call_id if isinstance(item, FunctionCall) else None
+    namespace = item.namespace if isinstance(item, FunctionCall) else None
+    delta = ToolCallDelta(index=0, arguments=item.arguments, call_id=call_id, name=item.name, namespace=namespace)
+    events = a.feed(delta) + a.close_open_item(getattr(item, "status", None) or "completed")
+    if isinstance(item, McpCall):
+        opened = a.response.output[-1]
+        assert isinstance(opened, McpCall)
+        events += a.mcp_call_finished(opened, len(a.response.output) - 1, item.output, item.error)
     return events

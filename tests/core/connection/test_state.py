@@ -6,7 +6,7 @@ import pytest
 
 from loopway.core.connection.state import ConnectionState, Job
 from loopway.core.ops.timing import StageTimes
-from loopway.core.turn.turn import Turn
+from loopway.core.turn.turn import Turn, TurnOrigin
 from loopway.protocol.errors import ApiError
 from loopway.protocol.events import SteerAccepted, SteerFailed, SteerPending, is_terminal
 from loopway.protocol.items import Message
@@ -29,8 +29,9 @@ async def run(state: ConnectionState, job: Job, *, fail: bool = False) -> Turn:
     """What the session does with a job: prepare from the cache, run, tell the state each step."""
     previous = job.request.previous_response_id
     turn = PIPE.prepare(job.request, state.parent(previous) if previous else None)
-    if fail:
-        turn.open_failure = ("server_error", "the engine broke")
+    await PIPE.start(turn)
+    if fail:  # as if the engine had failed before it accepted
+        turn.generation, turn.open_failure = None, ("server_error", "the engine broke")
     state.started(job, turn)
     async for event in PIPE.run(turn):
         if is_terminal(event):
@@ -151,6 +152,7 @@ async def running(state: ConnectionState, req: CreateRequest) -> tuple[Job, Turn
     """A turn prepared and registered as running, its engine not yet consumed."""
     job = only(submit(state, req))
     turn = PIPE.prepare(job.request, None)
+    await PIPE.start(turn)
     state.started(job, turn)
     return job, turn
 
@@ -252,7 +254,7 @@ async def test_a_failed_steered_turn_is_followed_by_nothing():
     state = ConnectionState()
     job, turn = await running(state, request())
     state.steer(turn.id, "more")
-    turn.open_failure = ("server_error", "boom")
+    turn.generation, turn.open_failure = None, ("server_error", "boom")  # as if the engine had failed
     async for event in PIPE.run(turn):
         if is_terminal(event):
             state.completed(job, turn)
@@ -269,8 +271,9 @@ async def conversation_turn(
 ) -> Turn:
     """A turn on a conversation that read it at ``read`` and whose append left ``written``."""
     job = only(submit(state, request(conversation=conversation_id, **fields)))
-    turn = PIPE.prepare(job.request, None)
-    turn.conversation_read, turn.conversation_written = read, written
+    turn = PIPE.prepare(job.request, None, origin=TurnOrigin(conversation_version=read))
+    await PIPE.start(turn)
+    turn.wrote_conversation(written)
     state.started(job, turn)
     async for event in PIPE.run(turn):
         if is_terminal(event):

@@ -6,7 +6,7 @@ import pytest
 
 from loopway.core.records import history
 from loopway.core.records.persistence import ResponseLog, record_of
-from loopway.core.turn.turn import Turn
+from loopway.core.turn.turn import Turn, TurnOrigin
 from loopway.protocol.errors import ApiError
 from loopway.protocol.items import Message
 from loopway.store.memory import MemoryStore
@@ -22,9 +22,11 @@ async def chained(log: ResponseLog, texts: list[str], tenant: str = "") -> list[
         parent = await history.load_parent(log, turns[-1].id, tenant) if turns else None
         previous = turns[-1].id if turns else None
         turn = await finished(
-            PIPE, request(websocket=False, store=True, input=[user(text)], previous_response_id=previous), parent
+            PIPE,
+            request(websocket=False, store=True, input=[user(text)], previous_response_id=previous),
+            parent,
+            TurnOrigin(tenant=tenant),
         )
-        turn.tenant = tenant
         await log.put(record_of(turn))
         turns.append(turn)
     return turns
