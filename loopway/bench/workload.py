@@ -241,12 +241,3 @@ def load(name_or_path: str) -> dict[str, Any]:
     if name_or_path in SHIPPED:
         return json.loads(resources.files("loopway.bench.workloads").joinpath(f"{name_or_path}.json").read_text())
     return json.loads(Path(name_or_path).read_text())
-
-
-def write_shipped(directory: Path) -> list[Path]:
-    paths = []
-    for name, (calls, seed) in SHIPPED.items():
-        path = directory / f"{name}.json"
-        path.write_text(json.dumps(generate(calls, seed, name), indent=1) + "\n")
-        paths.append(path)
-    return paths

@@ -87,7 +87,7 @@ class ResponsesService:
         self.observatory = Observatory()  # what the dashboard shows
         self.feed = Feed(self.dashboard)  # and how it reaches the viewers
         self.driver = TurnDriver(pipeline, log, self.metrics, self.recent, self.observatory, self.conversations)
-        self.background = BackgroundRuns(self.driver, log, background_claim_s)
+        self.background = BackgroundRuns(self.driver, log, log.store, background_claim_s)
         self.open_connections: set[OpenConnection] = set()  # WebSocket sessions, for metrics and draining
         self.metrics.watch_connections(
             lambda: len(self.open_connections), lambda: sum(c.lanes_used for c in self.open_connections)

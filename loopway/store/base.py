@@ -1,4 +1,4 @@
-"""The store interface: put, get and delete stored responses, and claims on running background responses.
+"""The store interface, in parts: responses, the item index, background claims, conversations.
 
 Records hold JSON bytes as they go on the wire, so a store never needs the wire types and a read
 is one decode. ``input_items`` are the items this response added; the full context of a chained
@@ -51,7 +51,9 @@ class StoreUnavailable(Exception):
     """The store cannot be reached; callers answer 503."""
 
 
-class Store(Protocol):
+class ResponseStore(Protocol):
+    """Stored responses, by id."""
+
     async def put(self, record: StoredResponse) -> None: ...
 
     async def get(self, response_id: str) -> StoredResponse | None: ...
@@ -60,9 +62,17 @@ class Store(Protocol):
         """Delete a response and its items' entries in the item index."""
         ...
 
+
+class ItemIndex(Protocol):
+    """Which stored response holds an item: how ``item_reference`` finds any item a tenant stored."""
+
     async def find_item(self, tenant: str, item_id: str) -> str | None:
         """The stored response of ``tenant`` that holds item ``item_id`` (the latest to index it)."""
         ...
+
+
+class BackgroundClaims(Protocol):
+    """Which process still runs a background response (``core.records.background``)."""
 
     async def claim(self, response_id: str, until: float) -> None:
         """A background run is alive until ``until`` (epoch seconds); its owner renews the claim."""
@@ -73,6 +83,10 @@ class Store(Protocol):
     async def orphans(self, now: float) -> list[str]:
         """Runs whose claim has expired: their process died without finishing them."""
         ...
+
+
+class ConversationStore(Protocol):
+    """Conversations: their metadata, and their items in order."""
 
     async def put_conversation(self, conversation: StoredConversation) -> None:
         """Create a conversation, or replace its metadata."""
@@ -102,6 +116,10 @@ class Store(Protocol):
         """Delete one item (and move the conversation's version on)."""
         ...
 
+
+class Reachable(Protocol):
+    """The store as a connection: whether it answers now, closing it, and what it is."""
+
     async def ping(self) -> None:
         """Raise ``StoreUnavailable`` if the store cannot be reached now."""
         ...
@@ -109,6 +127,11 @@ class Store(Protocol):
     async def aclose(self) -> None: ...
 
     def describe(self) -> str: ...
+
+
+class Store(ResponseStore, ItemIndex, BackgroundClaims, ConversationStore, Reachable, Protocol):
+    """What every backend (memory, SQLite, Redis) implements; each part of loopway takes only the
+    protocol it uses, so a new backend's contract reads part by part."""
 
 
 def page(items: list[StoredItem], after: str | None, limit: int | None, descending: bool) -> list[StoredItem]:

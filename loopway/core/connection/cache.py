@@ -27,6 +27,13 @@ class CachedResponse(msgspec.Struct):
 
 
 class ConnectionCache:
+    """One connection's cached responses: each lane's latest, and the older ones queued forks pin.
+
+    ``put`` makes a response its lane's latest (the rules above decide what it replaces); ``get``
+    is the O(1) lookup a continuation does before any store; ``pin``/``unpin`` bracket a queued
+    fork's wait. Bounded by the lanes a connection may have, so a client cannot grow it at will.
+    """
+
     def __init__(self) -> None:
         self._entries: dict[str, CachedResponse] = {}
         self._latest: dict[str | None, str] = {}

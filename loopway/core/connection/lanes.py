@@ -30,6 +30,11 @@ class LaneLimitReached(Exception):
 
 
 class LaneScheduler(Generic[J]):
+    """Which submitted jobs may start: ``submit`` a job on its lane, ``done`` when one ends; each
+    returns the jobs that start now (first in first out per lane, never two of a lane at once, at
+    most ``max_in_flight`` in all). It runs nothing itself, so every rule is tested without a socket.
+    """
+
     def __init__(self, max_in_flight: int = 16, max_named_lanes: int = 32) -> None:
         self.max_in_flight = max_in_flight
         self.max_named_lanes = max_named_lanes

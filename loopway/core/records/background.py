@@ -29,7 +29,7 @@ from loopway.protocol import response as wire
 from loopway.protocol.errors import ApiError
 from loopway.protocol.events import Event, ResponseFailed, encode_event, is_terminal
 from loopway.protocol.response import Response, ResponseError
-from loopway.store.base import StoreUnavailable
+from loopway.store.base import BackgroundClaims, StoreUnavailable
 
 log = logging.getLogger("loopway.background")
 
@@ -49,9 +49,10 @@ class _Run:
 
 
 class BackgroundRuns:
-    def __init__(self, driver: TurnDriver, log: ResponseLog, claim_s: float = CLAIM_S) -> None:
+    def __init__(self, driver: TurnDriver, log: ResponseLog, claims: BackgroundClaims, claim_s: float = CLAIM_S) -> None:
         self.driver = driver
         self.log = log
+        self.claims = claims
         self.claim_s = claim_s
         self._runs: dict[str, _Run] = {}
         self._keeper: asyncio.Task[None] | None = None
@@ -94,7 +95,7 @@ class BackgroundRuns:
                 with contextlib.suppress(ApiError):
                     await self.log.put(record_of(turn))
             with contextlib.suppress(StoreUnavailable):
-                await self.log.store.release(turn.id)
+                await self.claims.release(turn.id)
         finally:
             self._runs.pop(turn.id, None)
             run.ended.set()
@@ -155,7 +156,7 @@ class BackgroundRuns:
 
     async def _claim(self, response_id: str) -> None:
         try:
-            await self.log.store.claim(response_id, time.time() + self.claim_s)
+            await self.claims.claim(response_id, time.time() + self.claim_s)
         except StoreUnavailable as exc:
             raise store_unavailable(f" ({exc})") from None
 
@@ -168,14 +169,14 @@ class BackgroundRuns:
         while True:
             for response_id in list(self._runs):
                 with contextlib.suppress(StoreUnavailable):
-                    await self.log.store.claim(response_id, time.time() + self.claim_s)
+                    await self.claims.claim(response_id, time.time() + self.claim_s)
             await self.recover()
             await asyncio.sleep(self.claim_s / 3)
 
     async def recover(self) -> list[str]:
         """End every run whose claim expired (its process died) as ``failed``; returns their ids."""
         try:
-            orphans = [i for i in await self.log.store.orphans(time.time()) if i not in self._runs]
+            orphans = [i for i in await self.claims.orphans(time.time()) if i not in self._runs]
         except StoreUnavailable:
             return []
         ended = []
@@ -183,7 +184,7 @@ class BackgroundRuns:
             with contextlib.suppress(StoreUnavailable, ApiError):
                 if await self._fail_orphan(response_id):
                     ended.append(response_id)
-                await self.log.store.release(response_id)
+                await self.claims.release(response_id)
         return ended
 
     async def _fail_orphan(self, response_id: str) -> bool:

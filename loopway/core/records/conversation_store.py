@@ -23,7 +23,7 @@ from loopway.protocol import conversation_objects as wire
 from loopway.protocol import ids
 from loopway.protocol.errors import ApiError
 from loopway.protocol.items import Item, items_from_json
-from loopway.store.base import Store, StoredConversation, StoredItem, StoreUnavailable
+from loopway.store.base import ConversationStore, StoredConversation, StoredItem, StoreUnavailable
 
 CONVERSATION_ID = re.compile(r"conv_[A-Za-z0-9_-]{1,128}")
 
@@ -45,7 +45,7 @@ def _answering_503() -> Iterator[None]:
 
 
 class Conversations:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: ConversationStore) -> None:
         self.store = store
 
     async def create(self, raw: Any, tenant: str) -> dict[str, Any]:

@@ -42,6 +42,11 @@ class Persist(enum.Enum):
 
 
 class TurnDriver:
+    """Runs a prepared turn's events through to the client and the records: persistence where the
+    ``Persist`` choice puts it, the conversation append, the recent-conversation cache, and the
+    counting of every finished turn, once. One per service; a turn's state stays on the ``Turn``.
+    """
+
     def __init__(
         self,
         pipeline: TurnPipeline,

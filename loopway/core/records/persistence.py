@@ -51,6 +51,12 @@ def unsaved(response_id: str) -> ApiError:
 
 
 class ResponseLog:
+    """The responses' side of the store, with what the turn path needs on top: writes behind the
+    terminal event that stay readable while in flight, a 503 naming the response when a write fails,
+    and a cheap probe of a failing store. It uses ``ResponseStore``, ``ItemIndex`` and ``Reachable``;
+    ``store`` is the whole backend, handed on to the conversations and the background runs.
+    """
+
     def __init__(self, store: Store) -> None:
         self.store = store
         self._pending: dict[str, StoredResponse] = {}

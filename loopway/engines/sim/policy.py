@@ -249,10 +249,6 @@ def choose(tools: Sequence[FunctionTool], message: str, target: str) -> tuple[Fu
     return tool, target
 
 
-def best_tool(tools: Sequence[FunctionTool], message: str, target: str) -> FunctionTool:
-    return choose(tools, message, target)[0]
-
-
 _GENERIC = frozenset(
     {
         "get",

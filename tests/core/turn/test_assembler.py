@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import msgspec
+import pytest
 
-from loopway.core.turn.assembler import EventAssembler
+from loopway.core.turn.assembler import AssemblerStateError, EventAssembler, State
 from loopway.engines.base import Finish, ReasoningDelta, TextDelta, ToolCallDelta
 from loopway.protocol.events import encode_event
+from loopway.protocol.items import Message
 from loopway.protocol.response import Response
 from tests.openapi import validate_event
 
@@ -152,3 +154,26 @@ def test_a_seal_gives_the_finished_reasoning_item_its_encrypted_content():
     events = assembler.opening() + assembler.feed(ReasoningDelta("Why")) + assembler.feed(TextDelta("x"))
     done = [e for e in events if e.type == "response.output_item.done"][0]
     assert done.item.encrypted_content == "sealed:Why"
+
+
+def test_input_outside_an_open_response_is_refused_but_notices_ride_on_after_it():
+    """h11-style states: no delta before the opening or after the terminal event; a store error
+    and a pending steer are numbered after the terminal event, on the same sequence."""
+    assembler = EventAssembler(Response(id="resp_1", created_at=1, status="in_progress", model="m"))
+    with pytest.raises(AssemblerStateError):
+        assembler.feed(TextDelta("early"))
+    assert assembler.state is State.IDLE
+    events = assembler.opening() + assembler.feed(TextDelta("hi")) + assembler.finish(finish())
+    assert assembler.state is State.FINISHED
+    for late in (
+        lambda: assembler.feed(TextDelta("late")),
+        lambda: assembler.finish(finish()),
+        lambda: assembler.fail("server_error", "late"),
+        lambda: assembler.add_item(Message(id="msg_1", role="assistant", content=[])),
+        lambda: assembler.opening(),
+    ):
+        with pytest.raises(AssemblerStateError):
+            late()
+    notices = [assembler.stream_error("store_unavailable", "no store", None), assembler.steer_pending("steer_1", [])]
+    assert [e.sequence_number for e in events + notices] == list(range(len(events) + 2))
+    assert assembler.response.output[0].content[0].text == "hi"  # nothing after the end changed the response
