@@ -21,7 +21,7 @@ from loopway.core.context.conversation import Conversation
 from loopway.engines.base import Delta, Engine, EngineRequest, Finish, ReasoningDelta, TextDelta, ToolCallDelta, find_model
 from loopway.protocol.bounds import JsonBounds
 from loopway.protocol.chat_request import ChatRequest, parse_chat
-from loopway.protocol.errors import ApiError, invalid_request, model_not_found
+from loopway.protocol.errors import invalid_request, model_not_found, server_error
 from loopway.protocol.items import FunctionCallOutput
 from loopway.protocol.request import decode_json
 from loopway.tokens.render import Renderer
@@ -50,8 +50,7 @@ class ChatCompletions:
                     code="tool_call_not_found",
                 )
         if len(conversation.tokens) > info.context_window:
-            raise ApiError(
-                400,
+            raise invalid_request(
                 f"This model's maximum context length is {info.context_window} tokens; the messages hold "
                 f"{len(conversation.tokens)}.",
                 param="messages",
@@ -164,7 +163,7 @@ class ChunkEncoder:
     def completion(self) -> dict[str, Any]:
         """The whole answer, for ``stream: false``, once every delta was fed."""
         if self.finish is None:
-            raise ApiError(500, "The model ended without finishing the answer.", type="server_error", code="server_error")
+            raise server_error("The model ended without finishing the answer.")
         message: dict[str, Any] = {"role": "assistant", "content": "".join(self.text) or None, "refusal": None}
         if self.thought:
             message["reasoning_content"] = "".join(self.thought)

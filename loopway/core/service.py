@@ -40,6 +40,7 @@ from loopway.protocol.errors import (
     invalid_request,
     missing_parameter,
     model_not_found,
+    not_found,
     previous_response_not_found,
     response_not_found,
 )
@@ -372,7 +373,7 @@ class ResponsesService:
     def model(self, model_id: str) -> dict[str, Any]:
         info = find_model(self.engine, model_id)
         if info is None:
-            raise ApiError(404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
+            raise not_found(f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
         return describe(info)
 
     async def drain(self, timeout_s: float) -> None:

@@ -19,7 +19,7 @@ import msgspec
 from loopway.mcp.allow import McpAllowList
 from loopway.mcp.client import McpLimits, McpSession
 from loopway.mcp.network import guarded_client
-from loopway.protocol.errors import ApiError
+from loopway.protocol.errors import invalid_request
 from loopway.protocol.mcp_spec import McpServerSpec
 
 log = logging.getLogger("loopway.mcp")
@@ -82,8 +82,7 @@ class McpRuntime:
         if self.allow.url_allowed(spec.server_url):
             return
         hint = "no MCP servers are allowed (--mcp-allow)" if not self.allow else "it is not in --mcp-allow"
-        raise ApiError(
-            400,
+        raise invalid_request(
             f"MCP server URL '{spec.server_url}' of '{spec.server_label}' is not allowed on this server: {hint}.",
             param=param,
             code="mcp_server_not_allowed",

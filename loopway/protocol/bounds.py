@@ -69,8 +69,7 @@ def check_input_items(raw: Any, bounds: JsonBounds, field: str = "input") -> Non
     """The number of input items (a Chat Completions body's ``messages``), bounded before any of them is parsed."""
     items = raw.get(field) if isinstance(raw, dict) else None
     if isinstance(items, list) and len(items) > bounds.max_input_items:
-        raise ApiError(
-            400,
+        raise invalid_request(
             f"Invalid '{field}': array too long. Expected an array with at most {bounds.max_input_items} items, "
             f"but got an array with {len(items)} items instead.",
             param=field,
@@ -79,12 +78,11 @@ def check_input_items(raw: Any, bounds: JsonBounds, field: str = "input") -> Non
 
 
 def too_many_values(what: str, values: int, limit: int) -> ApiError:
-    return ApiError(
-        400,
+    return invalid_request(
         f"The {what} holds too many JSON values (up to {values:,}; at most {limit:,} are accepted).",
         code="json_too_large",
     )
 
 
 def too_deep(what: str, limit: int) -> ApiError:
-    return ApiError(400, f"The {what} nests JSON more than {limit} levels deep.", code="json_too_deep")
+    return invalid_request(f"The {what} nests JSON more than {limit} levels deep.", code="json_too_deep")

@@ -131,8 +131,7 @@ def parse_mcp_tool(raw: dict[str, Any], param: str) -> McpServerSpec:
         )
     url = raw.get("server_url")
     if url is None and (raw.get("connector_id") is not None or raw.get("tunnel_id") is not None):
-        raise ApiError(
-            400,
+        raise invalid_request(
             "loopway connects to MCP servers by 'server_url' only; connectors and tunnels are OpenAI's own.",
             param=f"{param}.connector_id" if raw.get("connector_id") is not None else f"{param}.tunnel_id",
             code="unsupported_parameter",

@@ -16,7 +16,7 @@ import msgspec
 
 from loopway.protocol import bounds
 from loopway.protocol.bounds import DEFAULT_BOUNDS, JsonBounds
-from loopway.protocol.errors import ApiError, invalid_request, invalid_value, missing_parameter
+from loopway.protocol.errors import invalid_request, invalid_value, missing_parameter
 from loopway.protocol.items import COMPACTION_TRIGGER, Item, parse_input, text_of
 from loopway.protocol.tools import ToolChoice, ToolSet, parse_tool_choice, parse_tools
 
@@ -138,8 +138,7 @@ def shape_check(raw: Any, cls: type) -> Any:
 
 def _range(name: str, value: float | None, low: float, high: float) -> None:
     if value is not None and not low <= value <= high:
-        raise ApiError(
-            400,
+        raise invalid_request(
             f"Invalid '{name}': {value} is out of range; expected a value between {low} and {high}.",
             param=name,
             code="invalid_value",
@@ -270,16 +269,14 @@ def _numbers_in_range(body: CreateBody, websocket: bool) -> None:
     for name, low, high in _RANGES:
         _range(name, getattr(body, name), low, high)
     if body.max_output_tokens is not None and body.max_output_tokens < 16:
-        raise ApiError(
-            400,
+        raise invalid_request(
             f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, "
             f"but got {body.max_output_tokens} instead.",
             param="max_output_tokens",
             code="integer_below_min_value",
         )
     if body.max_tool_calls is not None and body.max_tool_calls < 1:
-        raise ApiError(
-            400,
+        raise invalid_request(
             f"Invalid 'max_tool_calls': integer below minimum value. Expected a value >= 1, "
             f"but got {body.max_tool_calls} instead.",
             param="max_tool_calls",
@@ -320,8 +317,8 @@ def conversation_id(value: str | dict[str, Any] | None) -> str | None:
 
 def _background_is_stored_http(body: CreateBody, websocket: bool) -> None:
     if body.background and websocket:
-        raise ApiError(
-            400, "'background' is not supported in WebSocket mode.", param="background", code="unsupported_parameter"
+        raise invalid_request(
+            "'background' is not supported in WebSocket mode.", param="background", code="unsupported_parameter"
         )
     if body.background and body.store is False:
         raise invalid_request(
@@ -335,7 +332,7 @@ def _websocket_only_fields(body: CreateBody, websocket: bool) -> None:
     if not websocket:
         for name, used in (("stream_id", body.stream_id is not None), ("generate", body.generate is False)):
             if used:
-                raise ApiError(400, f"'{name}' is only supported in WebSocket mode.", param=name, code="unknown_parameter")
+                raise invalid_request(f"'{name}' is only supported in WebSocket mode.", param=name, code="unknown_parameter")
     if body.stream_id is not None and not valid_stream_id(body.stream_id):
         raise invalid_request(
             "Invalid 'stream_id': expected 1 to 256 characters of A-Z, a-z, 0-9, '_', '.' or '-'.",

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from loopway.protocol.errors import ApiError, invalid_request, invalid_value
+from loopway.protocol.errors import invalid_request, invalid_value
 from loopway.protocol.mcp_spec import MAX_SERVERS, McpServerSpec, echo_of, parse_mcp_tool
 
 HOSTED_TOOL_TYPES = frozenset(
@@ -230,14 +230,12 @@ def _choice_allowed_tools(raw: dict[str, Any], tools: ToolSet) -> ToolChoice:
 
 def _choice_hosted(raw: dict[str, Any], tools: ToolSet) -> ToolChoice:
     if raw["type"] == "mcp":
-        raise ApiError(
-            400,
+        raise invalid_request(
             "loopway offers MCP tools with tool_choice 'auto' only: forcing an MCP server's tool is not supported.",
             param="tool_choice",
             code="unsupported_tool_choice",
         )
-    raise ApiError(
-        400,
+    raise invalid_request(
         f"loopway does not run '{raw['type']}' tools: the engine can only call function tools. "
         "Offer it as a function tool, or let the model choose with tool_choice 'auto'.",
         param="tool_choice",
@@ -273,8 +271,7 @@ def parse_tool_choice(raw: Any, tools: ToolSet) -> ToolChoice:
 
 def _refuse_hosted_only(tools: ToolSet) -> None:
     if tools.other_types & HOSTED_TOOL_TYPES:
-        raise ApiError(
-            400,
+        raise invalid_request(
             "Tool choice 'required' would force a hosted tool ("
             + ", ".join(sorted(tools.other_types & HOSTED_TOOL_TYPES))
             + "), and loopway does not run hosted tools server-side.",

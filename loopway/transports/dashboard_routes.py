@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from loopway.core.ops.auth import KeyRing
 from loopway.core.service import ResponsesService
-from loopway.protocol.errors import ApiError
+from loopway.protocol.errors import ApiError, forbidden, not_found, unauthorized
 from loopway.transports.http import json_response
 from loopway.transports.sse import HEADERS
 
@@ -67,18 +67,16 @@ class DashboardGate:
 
     def _refusal(self, request: Request) -> ApiError:
         if self.admin_keys is not None:
-            return ApiError(
-                401,
+            return unauthorized(
                 "The dashboard needs an admin key (Authorization: Bearer KEY, or the password of Basic auth).",
                 code="missing_admin_key",
                 headers={"www-authenticate": REALM},
             )
         if not self.api_keys.open:
-            return ApiError(
-                404, "The dashboard is off: this server has API keys and no --admin-keys.", code="dashboard_disabled"
+            return not_found(
+                "The dashboard is off: this server has API keys and no --admin-keys.", code="dashboard_disabled"
             )
-        return ApiError(
-            403,
+        return forbidden(
             "Without --admin-keys the dashboard answers loopback clients only (and none through a proxy).",
             code="dashboard_loopback_only",
         )

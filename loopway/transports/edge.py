@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from loopway.core.ops.auth import KeyRing
 from loopway.core.ops.limits import RateLimiter
-from loopway.protocol.errors import ApiError
+from loopway.protocol.errors import ApiError, forbidden, invalid_request, unavailable, unsupported_media_type
 from loopway.transports.error_responses import error_response
 from loopway.transports.guard import OVERFLOW
 
@@ -112,8 +112,7 @@ class EdgeMiddleware:
     def _check_host(self, host: str) -> None:
         if ANY in self.policy.hosts or host_name(host) in self.policy.hosts:
             return
-        raise ApiError(
-            400,
+        raise invalid_request(
             f"This server does not answer to the host {host_name(host)!r}. Start loopway with --allowed-hosts to add it.",
             param="host",
             code="invalid_host",
@@ -126,8 +125,7 @@ class EdgeMiddleware:
         same_origin = origin.split("://", 1)[-1] == host.strip().lower()
         if same_origin or ANY in self.policy.origins or origin in self.policy.origins:
             return
-        raise ApiError(
-            403,
+        raise forbidden(
             f"Requests from the web page at {origin} are not allowed. Start loopway with --allowed-origins to allow it.",
             param="origin",
             code="origin_not_allowed",
@@ -139,8 +137,7 @@ class EdgeMiddleware:
         media_type = headers.get(b"content-type", "").split(";", 1)[0].strip().lower()
         if media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json")):
             return
-        raise ApiError(
-            415,
+        raise unsupported_media_type(
             f"Unsupported Content-Type {media_type or '(none)'!r}: send the body as application/json.",
             param="content-type",
             code="unsupported_content_type",
@@ -152,10 +149,6 @@ def _has_body(headers: dict[bytes, str]) -> bool:
 
 
 def server_busy() -> ApiError:
-    return ApiError(
-        503,
-        "The server is at its connection limit; retry shortly.",
-        type="server_error",
-        code="server_busy",
-        headers={"retry-after": "1", "connection": "close"},
+    return unavailable(
+        "The server is at its connection limit; retry shortly.", code="server_busy", retry_after="1", close=True
     )

@@ -21,7 +21,7 @@ from loopway.core.records.driver import Persist
 from loopway.core.service import ResponsesService
 from loopway.core.turn.turn import Turn
 from loopway.protocol import response as wire
-from loopway.protocol.errors import ApiError, invalid_request, invalid_value, server_error
+from loopway.protocol.errors import ApiError, invalid_request, invalid_value, request_timeout, server_error, too_large
 from loopway.protocol.request import create_from, decode_json, parse_create
 from loopway.settings import Settings
 from loopway.transports.error_responses import error_response
@@ -39,9 +39,9 @@ async def read_body(request: Request, limit: int, timeout_s: float = 30.0, min_r
     """The body, at most ``limit`` bytes, arriving within ``timeout_s`` plus one second per ``min_rate``
     bytes received (so a large upload on a slow link passes and a trickle does not)."""
     declared = request.headers.get("content-length")
-    too_large = ApiError(413, f"Request body too large: the maximum is {limit} bytes.", code="request_too_large")
+    refused = too_large(f"Request body too large: the maximum is {limit} bytes.")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise refused
     chunks, size = [], 0
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -50,15 +50,12 @@ async def read_body(request: Request, limit: int, timeout_s: float = 30.0, min_r
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise too_large
+                    raise refused
                 chunks.append(chunk)
                 deadline.reschedule(started + timeout_s + size / max(1, min_rate))
     except TimeoutError:
-        raise ApiError(
-            408,
+        raise request_timeout(
             f"The request body did not arrive in time ({size} bytes after {loop.time() - started:.0f} s).",
-            code="request_timeout",
-            headers={"connection": "close"},
         ) from None
     return b"".join(chunks)
 

@@ -39,7 +39,7 @@ from loopway.core.ops.timing import StageTimes
 from loopway.core.records.driver import Persist
 from loopway.core.service import ResponsesService
 from loopway.protocol import bounds
-from loopway.protocol.errors import ApiError
+from loopway.protocol.errors import ApiError, unauthorized, upgrade_required
 from loopway.protocol.events import Event, WsError, is_terminal
 from loopway.protocol.request import create_from, valid_stream_id
 from loopway.settings import Settings
@@ -221,9 +221,7 @@ class Session:
         except ApiError as err:
             raise RevokedKey(err) from None
         if tenant != self.tenant:
-            raise RevokedKey(
-                ApiError(401, "This API key now belongs to another project; reconnect.", code="invalid_api_key")
-            )
+            raise RevokedKey(unauthorized("This API key now belongs to another project; reconnect.", code="invalid_api_key"))
 
     async def _on_create(self, raw: dict[str, Any], times: StageTimes, size: int) -> None:
         """``size``: the frame's length, counted against the connection's pending bytes."""
@@ -397,7 +395,7 @@ def routes(service: ResponsesService, settings: Settings, keys: KeyRing, clock: 
     """``clock``: the process's flush tick and load signal, shared by every connection."""
 
     async def refuse(websocket: WebSocket) -> None:
-        err = ApiError(426, "WebSocket mode is turned off on this server; use HTTP.", code="websocket_disabled")
+        err = upgrade_required("WebSocket mode is turned off on this server; use HTTP.", code="websocket_disabled")
         await websocket.send_denial_response(error_response(err))
 
     async def endpoint(websocket: WebSocket) -> None:

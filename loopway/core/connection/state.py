@@ -39,7 +39,7 @@ from loopway.core.ops.timing import StageTimes
 from loopway.core.turn.turn import Turn
 from loopway.mcp.sessions import McpSessions
 from loopway.protocol import ids
-from loopway.protocol.errors import ApiError
+from loopway.protocol.errors import ApiError, invalid_request, too_many_requests
 from loopway.protocol.events import Event, SteerFailed
 from loopway.protocol.items import FunctionCall, Item, McpApprovalRequest, Message, parse_input
 from loopway.protocol.request import CreateRequest
@@ -161,7 +161,7 @@ class ConnectionState:
         try:
             self.lanes.admit(request.stream_id)
         except LaneLimitReached as exc:
-            raise ApiError(400, str(exc), param="stream_id", code="websocket_stream_limit_reached") from None
+            raise invalid_request(str(exc), param="stream_id", code="websocket_stream_limit_reached") from None
         self._lanes_used.add(request.stream_id)
         steering = self._take_steers(request.previous_response_id)
         if steering:
@@ -312,10 +312,8 @@ def steer_failed(target: Any, raw_input: Any, code: str, message: str, kind: str
 
 
 def _queue_full(reason: str) -> ApiError:
-    return ApiError(
-        429,
+    return too_many_requests(
         f"Too much work is waiting on this connection: {reason}. Wait for a response to finish, or open another connection.",
-        type="requests",
         code="websocket_queue_full",
     )
 

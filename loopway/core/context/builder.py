@@ -17,7 +17,7 @@ from loopway.core.context.conversation import Conversation
 from loopway.core.context.parent import Parent
 from loopway.core.context.reasoning import ReasoningVault
 from loopway.core.context.sealing import Sealer
-from loopway.protocol.errors import ApiError, invalid_request
+from loopway.protocol.errors import invalid_request
 from loopway.protocol.items import (
     Compaction,
     FunctionCallOutput,
@@ -84,8 +84,7 @@ def fit(request: CreateRequest, conversation: Conversation, window: int) -> Conv
     if len(conversation.tokens) <= window:
         return conversation
     if request.truncation == "disabled":
-        raise ApiError(
-            400,
+        raise invalid_request(
             f"Your input exceeds the context window of this model ({len(conversation.tokens)} tokens > "
             f"{window}). Please adjust your input and try again, or set 'truncation' to 'auto'.",
             param="input",
@@ -97,8 +96,7 @@ def fit(request: CreateRequest, conversation: Conversation, window: int) -> Conv
         start -= 1
         budget -= conversation.item_tokens(start)
     if start == count:
-        raise ApiError(
-            400,
+        raise invalid_request(
             "The latest input item alone exceeds the context window of this model.",
             param="input",
             code="context_length_exceeded",

@@ -11,7 +11,7 @@ import hashlib
 import logging
 from pathlib import Path
 
-from loopway.protocol.errors import ApiError
+from loopway.protocol.errors import unauthorized
 
 log = logging.getLogger("loopway.auth")
 
@@ -77,8 +77,7 @@ class KeyRing:
         if self.open:
             return OPEN_TENANT
         if not authorization or not authorization.lower().startswith("bearer "):
-            raise ApiError(
-                401,
+            raise unauthorized(
                 "You didn't provide an API key. You need to provide your API key in an "
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
                 code="missing_api_key",
@@ -86,5 +85,5 @@ class KeyRing:
         key = authorization[7:].strip()
         tenant = self._tenants.get(_digest(key))
         if tenant is None:
-            raise ApiError(401, f"Incorrect API key provided: {mask(key)}.", code="invalid_api_key")
+            raise unauthorized(f"Incorrect API key provided: {mask(key)}.", code="invalid_api_key")
         return tenant

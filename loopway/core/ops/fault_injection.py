@@ -35,7 +35,14 @@ from typing import Any
 import msgspec
 
 from loopway.engines.base import Delta, EngineError, Finish
-from loopway.protocol.errors import ApiError, previous_response_not_found
+from loopway.protocol.errors import (
+    ApiError,
+    invalid_request,
+    previous_response_not_found,
+    server_error,
+    too_many_requests,
+    unavailable,
+)
 from loopway.protocol.events import Event, is_terminal
 from loopway.protocol.request import CreateRequest
 
@@ -100,9 +107,9 @@ class Fault(msgspec.Struct, frozen=True, kw_only=True):
     def refusal(self, request: CreateRequest) -> ApiError | None:
         """The error a request is refused with before its first byte, if this fault is one."""
         if self.kind == "http-500":
-            return ApiError(500, SERVER_ERROR, type="server_error", code="server_error")
+            return server_error(SERVER_ERROR)
         if self.kind == "http-503":
-            return ApiError(503, OVERLOADED, type="server_error", code=None)
+            return unavailable(OVERLOADED, code=None)
         if self.kind == "rate-limit":
             return rate_limited(request.model, self.retry_after_s)
         if self.kind == "cache-miss" and request.previous_response_id is not None:
@@ -154,14 +161,12 @@ def rate_limited(model: str, retry_after_s: float) -> ApiError:
     """OpenAI's 429, with the headers its SDKs read to know how long to wait."""
     milliseconds = max(1, round(retry_after_s * 1000))
     wait = f"{milliseconds}ms" if milliseconds < 1000 else f"{retry_after_s:g}s"
-    return ApiError(
-        429,
+    return too_many_requests(
         f"Rate limit reached for {model} on requests per min (RPM): Limit 60, Used 60, Requested 1. "
         f"Please try again in {wait}.",
-        type="requests",
         code="rate_limit_exceeded",
+        retry_after=str(max(1, math.ceil(retry_after_s))),
         headers={
-            "retry-after": str(max(1, math.ceil(retry_after_s))),
             "retry-after-ms": str(milliseconds),
             "x-ratelimit-limit-requests": "60",
             "x-ratelimit-remaining-requests": "0",
@@ -293,7 +298,7 @@ class FaultInjector:
         try:
             rule = parse_rule(clause, default_rate=1.0)
         except FaultSpecError as exc:
-            raise ApiError(400, f"Invalid 'metadata.{METADATA_KEY}': {exc}", param=f"metadata.{METADATA_KEY}") from None
+            raise invalid_request(f"Invalid 'metadata.{METADATA_KEY}': {exc}", param=f"metadata.{METADATA_KEY}") from None
         return _pick((rule,), self._rng.random(), self._rng.random(), request, transport)
 
 

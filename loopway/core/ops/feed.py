@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from loopway.protocol.errors import ApiError
+from loopway.protocol.errors import too_many_requests
 
 log = logging.getLogger("loopway.dashboard")
 
@@ -65,12 +65,10 @@ class Feed:
 
     def check_room(self) -> None:
         if len(self.viewers) >= self.max_viewers:
-            raise ApiError(
-                429,
+            raise too_many_requests(
                 f"At most {self.max_viewers} dashboards may watch this server at once; close one.",
-                type="requests",
                 code="too_many_viewers",
-                headers={"retry-after": "5"},
+                retry_after="5",
             )
 
     def join(self, tenant: str | None) -> Viewer:

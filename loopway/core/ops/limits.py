@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from loopway.core.ops.tallies import LocalTallies, Pair, Tallies
-from loopway.protocol.errors import ApiError
+from loopway.protocol.errors import too_many_requests
 
 
 class RateLimiter:
@@ -41,12 +41,10 @@ class RateLimiter:
         if short:
             tokens = short[0]
             wait = math.ceil((1 - tokens) * 60 / self.rpm)
-            raise ApiError(
-                429,
+            raise too_many_requests(
                 f"Rate limit reached: {self.rpm} requests per minute. Try again in {wait}s.",
-                type="requests",
                 code="rate_limit_exceeded",
-                headers={"retry-after": str(wait)},
+                retry_after=str(wait),
             )
 
 
@@ -71,12 +69,10 @@ class ConnectionLimiter:
 
         self._open.update(tenant, (0.0, 0.0), take)
         if not granted:
-            raise ApiError(
-                429,
+            raise too_many_requests(
                 f"Too many open WebSocket connections for this key (at most {self.per_tenant}). Close one or wait.",
-                type="requests",
                 code="websocket_connections_exceeded",
-                headers={"retry-after": "1"},
+                retry_after="1",
             )
 
     def release(self, tenant: str) -> None:

@@ -21,7 +21,7 @@ import msgspec
 from loopway.core.records.persistence import store_unavailable
 from loopway.protocol import conversation_objects as wire
 from loopway.protocol import ids
-from loopway.protocol.errors import ApiError
+from loopway.protocol.errors import ApiError, not_found
 from loopway.protocol.items import Item, items_from_json
 from loopway.store.base import ConversationStore, StoredConversation, StoredItem, StoreUnavailable
 
@@ -29,11 +29,11 @@ CONVERSATION_ID = re.compile(r"conv_[A-Za-z0-9_-]{1,128}")
 
 
 def conversation_not_found(conversation_id: str, param: str = "conversation_id") -> ApiError:
-    return ApiError(404, f"Conversation with id '{conversation_id}' not found.", param=param, code="not_found")
+    return not_found(f"Conversation with id '{conversation_id}' not found.", param=param)
 
 
 def item_not_found(item_id: str, param: str = "item_id") -> ApiError:
-    return ApiError(404, f"Item with id '{item_id}' not found.", param=param, code="not_found")
+    return not_found(f"Item with id '{item_id}' not found.", param=param)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from __future__ import annotations
 from loopway.core.context.parent import Parent
 from loopway.core.records.persistence import ResponseLog
 from loopway.protocol import response as wire
-from loopway.protocol.errors import ApiError, previous_response_not_found
+from loopway.protocol.errors import invalid_request, previous_response_not_found
 from loopway.protocol.items import Item, ItemReference, item_id, items_from_json
 from loopway.store.base import StoredResponse
 
@@ -44,8 +44,7 @@ async def load_parent(log: ResponseLog, response_id: str, tenant: str) -> Parent
     records = await chain(log, response_id, tenant)
     response = wire.decode(records[-1].response)
     if response.status in ("queued", "in_progress"):
-        raise ApiError(
-            400,
+        raise invalid_request(
             f"Previous response with id '{response_id}' is still in progress.",
             param="previous_response_id",
             code="previous_response_in_progress",

@@ -22,7 +22,7 @@ from typing import Any
 
 from loopway.core.turn.turn import Turn
 from loopway.protocol import response as wire
-from loopway.protocol.errors import ApiError
+from loopway.protocol.errors import ApiError, unavailable
 from loopway.protocol.events import encode_event
 from loopway.protocol.items import ENCODER as ITEMS_ENCODER
 from loopway.protocol.items import Item, ItemReference, item_id
@@ -36,12 +36,10 @@ PROBE_MAX_BYTES = 1 << 20
 
 
 def store_unavailable(detail: str = "") -> ApiError:
-    return ApiError(
-        503,
+    return unavailable(
         f"The response store is unavailable right now{detail}; retry shortly, or use store=false.",
-        type="server_error",
         code="store_unavailable",
-        headers={"retry-after": "1"},
+        retry_after="1",
     )
 
 
