@@ -89,8 +89,28 @@ class Server:
         self.log.close()
 
 
+Serve = Callable[..., Server]
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+    """``serve(*flags)``: a ``loopway serve`` with these flags, started once per module and flags and
+    stopped after the module. A test that kills, restarts or reconfigures its server starts its own."""
+    started: dict[tuple[str, ...], Server] = {}
+
+    def start(*flags: str) -> Server:
+        if flags not in started:
+            started[flags] = Server(tmp_path_factory.mktemp("serve"), *flags)
+        return started[flags]
+
+    yield start
+    for server in started.values():
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The suite's shared server: store SQLite, a fast sim; read-mostly tests use it."""
     srv = Server(tmp_path_factory.mktemp("server"), "--sim-decode-tps", "20000", "--sim-base-latency-ms", "1")
     yield srv
     srv.stop()

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.clients.conftest import run_node
-from tests.conftest import MODEL, Server
+from tests.conftest import MODEL, Serve, Server
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("node-clients"), "--sim-decode-tps", "20000", "--store", "memory")
-    yield srv
-    srv.stop()
+def server(serve: Serve) -> Server:
+    return serve("--sim-decode-tps", "20000", "--store", "memory")
 
 
 def test_openai_node_over_http_sse_and_its_websocket_client(server: Server, tmp_path: Path):

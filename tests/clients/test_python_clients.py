@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tests.clients.conftest import run_python
-from tests.conftest import MODEL, Server
+from tests.conftest import MODEL, Serve, Server
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("python-clients"), "--sim-decode-tps", "20000", "--store", "memory")
-    yield srv
-    srv.stop()
+def server(serve: Serve) -> Server:
+    return serve("--sim-decode-tps", "20000", "--store", "memory")
 
 
 @pytest.mark.parametrize("transport", ["http", "websocket"])

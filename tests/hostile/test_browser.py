@@ -8,17 +8,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import MODEL, Server
+from tests.conftest import MODEL, Serve, Server
 from tests.hostile.conftest import FAST, RawSocket, assert_openai_error
 
 BODY = json.dumps({"model": MODEL, "input": "hi", "store": False})
 
 
 @pytest.fixture(scope="module")
-def open_server(tmp_path_factory: pytest.TempPathFactory):
-    server = Server(tmp_path_factory.mktemp("browser"), *FAST)
-    yield server
-    server.stop()
+def open_server(serve: Serve) -> Server:
+    return serve(*FAST)
 
 
 def test_a_cross_origin_websocket_handshake_is_refused(open_server: Server):

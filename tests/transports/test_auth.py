@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,19 +14,16 @@ from openai import OpenAI
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.conftest import MODEL, Server
+from tests.conftest import MODEL, Serve, Server
 
 ALICE, BOB = "sk-alice-0123456789abcdef", "sk-bob-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
-    tmp = tmp_path_factory.mktemp("auth")
-    keys = tmp / "keys.txt"
+def secured(serve: Serve, tmp_path_factory: pytest.TempPathFactory) -> tuple[Server, Path]:
+    keys = tmp_path_factory.mktemp("auth") / "keys.txt"
     keys.write_text(f"# key tenant\n{ALICE} alice\n\n{BOB} bob\n")
-    server = Server(tmp, "--api-keys", str(keys), "--store", "memory", "--log-level", "info")
-    yield server, keys
-    server.stop()
+    return serve("--api-keys", str(keys), "--store", "memory", "--log-level", "info"), keys
 
 
 def client(server: Server, key: str) -> OpenAI:

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from openai import BadRequestError, OpenAI
 
-from tests.conftest import MODEL, Server
+from tests.conftest import MODEL, Serve, Server
 from tests.openapi import validator
 
 TOOLS = [
@@ -24,10 +24,8 @@ TOOLS = [
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory):
-    server = Server(tmp_path_factory.mktemp("chat"), "--store", "memory", "--sim-decode-tps", "20000")
-    yield server
-    server.stop()
+def sim(serve: Serve) -> Server:
+    return serve("--store", "memory", "--sim-decode-tps", "20000")
 
 
 def sdk(server: Server) -> OpenAI:

@@ -4,7 +4,6 @@ run on a conversation over HTTP, SSE and WebSocket."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -12,7 +11,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import MODEL, Server, metric_samples, metric_value
+from tests.conftest import MODEL, Serve, Server, metric_samples, metric_value
 from tests.openapi import validate
 
 ALICE, BOB = "sk-alice-0123456789abcdef", "sk-bob-0123456789abcdef"
@@ -97,12 +96,10 @@ def test_bad_bodies_are_openai_shaped_400s(client: OpenAI):
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def secured(serve: Serve, tmp_path_factory: pytest.TempPathFactory) -> Server:
     tmp = tmp_path_factory.mktemp("conversation-keys")
     (tmp / "keys.txt").write_text(f"{ALICE} alice\n{BOB} bob\n")
-    server = Server(tmp, "--api-keys", str(tmp / "keys.txt"), "--store", "memory")
-    yield server
-    server.stop()
+    return serve("--api-keys", str(tmp / "keys.txt"), "--store", "memory")
 
 
 def test_another_tenants_conversation_does_not_exist_for_you(secured: Server):

@@ -20,7 +20,7 @@ from openai import OpenAI
 from loopway.client import AgentLoop, WebSocketTransport
 from tests.browser import Browser
 from tests.client.test_loop import TASK, file_tools
-from tests.conftest import MODEL, Server
+from tests.conftest import MODEL, Serve, Server
 
 ALICE, BOB, ADMIN = "sk-alice-0123456789abcdef", "sk-bob-0123456789abcdef", "sk-admin-alice-0123456789"
 STAGES = ["validate", "queue", "resolve", "render", "ttft", "decode", "persist"]
@@ -31,13 +31,11 @@ def root(server: Server) -> str:
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def secured(serve: Serve, tmp_path_factory: pytest.TempPathFactory) -> Server:
     tmp = tmp_path_factory.mktemp("dashboard-keys")
     (tmp / "keys.txt").write_text(f"{ALICE} alice\n{BOB} bob\n")
     (tmp / "admin.txt").write_text(f"{ADMIN} alice\n")
-    server = Server(tmp, "--api-keys", str(tmp / "keys.txt"), "--admin-keys", str(tmp / "admin.txt"), "--store", "memory")
-    yield server
-    server.stop()
+    return serve("--api-keys", str(tmp / "keys.txt"), "--admin-keys", str(tmp / "admin.txt"), "--store", "memory")
 
 
 # Who may look -----------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,16 +14,15 @@ from openai import OpenAI
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.sync.client import connect
 
-from tests.conftest import MODEL, Server, metric_samples, metric_value
+from tests.conftest import MODEL, Serve, Server, metric_samples, metric_value
 from tests.openapi import validate, validate_event
 from tests.transports.test_ws import raw_turn
 
 
 @pytest.fixture(scope="module")
-def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def faulty(serve: Serve) -> Server:
     """Faults only where a request names one (its metadata), so each test picks its own."""
-    server = Server(
-        tmp_path_factory.mktemp("faults"),
+    return serve(
         "--fault-metadata",
         "on",
         "--store",
@@ -34,8 +32,6 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "--sim-base-latency-ms",
         "1",
     )
-    yield server
-    server.stop()
 
 
 @pytest.fixture

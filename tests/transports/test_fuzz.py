@@ -22,7 +22,7 @@ from websockets.sync.client import connect
 from loopway.app import create_app
 from loopway.engines.sim import SimSettings
 from loopway.settings import Settings
-from tests.conftest import MODEL, READ_FILE, Server
+from tests.conftest import MODEL, READ_FILE, Serve, Server
 from tests.hostile.conftest import RawSocket, deflated
 from tests.openapi import validate, validate_event
 
@@ -196,9 +196,8 @@ def test_http_raw_bytes(app_client: TestClient, raw: bytes):
 
 
 @pytest.fixture(scope="module")
-def ws_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    server = Server(
-        tmp_path_factory.mktemp("fuzz-ws"),
+def ws_server(serve: Serve) -> Iterator[Any]:
+    server = serve(
         "--store",
         "memory",
         "--sim-decode-tps",
@@ -210,7 +209,6 @@ def ws_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     )
     with connect(server.url.replace("http", "ws", 1) + "/responses", max_size=None) as ws:
         yield ws
-    server.stop()
 
 
 frames = st.one_of(
@@ -244,9 +242,8 @@ def test_websocket_frames(ws_server: Any, frame: str | bytes):
 
 
 @pytest.fixture(scope="module")
-def small_frames_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server(
-        tmp_path_factory.mktemp("fuzz-deflate"),
+def small_frames_server(serve: Serve) -> Server:
+    return serve(
         "--store",
         "memory",
         "--max-frame-bytes",
@@ -258,8 +255,6 @@ def small_frames_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         "--sim-prefill-tps",
         "1e12",
     )
-    yield server
-    server.stop()
 
 
 compressed_frames = st.one_of(

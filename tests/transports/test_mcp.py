@@ -15,7 +15,7 @@ import pytest
 from openai import OpenAI
 
 from loopway.bench.server import free_port
-from tests.conftest import MODEL, Server, metric_samples
+from tests.conftest import MODEL, Serve, Server, metric_samples
 from tests.mcp.notes import NotesServer
 from tests.openapi import validate, validate_event
 
@@ -31,13 +31,9 @@ def notes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NotesServer]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(serve: Serve) -> Server:
     """Loopback MCP servers allowed (the tests' own), calls cut at 1.5 s."""
-    server = Server(
-        tmp_path_factory.mktemp("mcp"), "--store", "memory", "--mcp-allow", "127.0.0.1", "--mcp-call-timeout-s", "1.5"
-    )
-    yield server
-    server.stop()
+    return serve("--store", "memory", "--mcp-allow", "127.0.0.1", "--mcp-call-timeout-s", "1.5")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -12,7 +11,7 @@ from openai import OpenAI
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.conftest import MODEL, READ_FILE, Server
+from tests.conftest import MODEL, READ_FILE, Serve, Server
 from tests.openapi import validate_event
 
 TERMINAL = {"response.completed", "response.incomplete", "response.failed", "error"}
@@ -46,11 +45,9 @@ def raw_turn(ws: Any, body: dict) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def slow(serve: Serve) -> Server:
     """A server whose model decodes slowly enough to overlap, steer and interleave."""
-    server = Server(tmp_path_factory.mktemp("slow-ws"), "--sim-decode-tps", "300", "--sim-base-latency-ms", "1")
-    yield server
-    server.stop()
+    return serve("--sim-decode-tps", "300", "--sim-base-latency-ms", "1")
 
 
 def test_thirty_turn_function_calling_loop_with_store_false_and_incremental_input(client: OpenAI, server: Server):

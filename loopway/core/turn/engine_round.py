@@ -61,10 +61,21 @@ class EngineRound:
             self.ending, self.failure = Ending.FAILED, ENGINE_BUG
 
     async def _stream(self, generation: AsyncIterator[Delta]) -> AsyncIterator[Event]:
+        start = len(self.turn.response.output)
+        calls: list[tuple[McpCall, int]] = []  # MCP calls started this round, with their output index
+        async for event in self._deltas(generation, calls):
+            yield event
+        if self.ending is Ending.STEERED:
+            return
+        if self.finish is None:
+            self.failure = UNFINISHED
+            return
+        async for event in self._close(generation, calls, start):
+            yield event
+
+    async def _deltas(self, generation: AsyncIterator[Delta], calls: list[tuple[McpCall, int]]) -> AsyncIterator[Event]:
+        """The engine's deltas as events, up to its ``Finish`` (or a steer between two items)."""
         turn, a = self.turn, self.turn.assembler
-        output = turn.response.output
-        start = len(output)
-        calls: list[tuple[McpCall, int]] = []
         async for delta in generation:
             if turn.steered and not isinstance(delta, Finish) and not a.continues_open_item(delta):
                 await generation.aclose()  # type: ignore[attr-defined]
@@ -77,28 +88,30 @@ class EngineRound:
                 turn.times.ttft = (turn.first_token_at - turn.opened_at) * 1000
             if isinstance(delta, Finish):
                 self.finish = delta
-                break
+                return
             events = a.feed(delta)
             for event in events:
                 yield event
             if turn.mcp is not None:
-                calls += mcp_rounds.start_closed_calls(turn.mcp, output, events)
-        if self.finish is None:
-            self.failure = UNFINISHED
-            return
+                calls += mcp_rounds.start_closed_calls(turn.mcp, turn.response.output, events)
+
+    async def _close(
+        self, generation: AsyncIterator[Delta], calls: list[tuple[McpCall, int]], start: int
+    ) -> AsyncIterator[Event]:
+        """The last item closed; the round's MCP calls answered; whether the model goes on."""
+        turn, a = self.turn, self.turn.assembler
+        assert self.finish is not None
         truncated = self.finish.reason in ("length", "content_filter")
         events = a.close_open_item("incomplete" if truncated else "completed")
         for event in events:
             yield event
+        self.ending = Ending.FINISHED
         if turn.mcp is None:
-            self.ending = Ending.FINISHED
             return
-        calls += mcp_rounds.start_closed_calls(turn.mcp, output, events)
+        calls += mcp_rounds.start_closed_calls(turn.mcp, turn.response.output, events)
         for call, index in calls:
             for event in a.mcp_call_finished(call, index, *await turn.mcp.result(call)):
                 yield event
-        if calls and not truncated and not turn.steered and mcp_rounds.only_mcp_calls(output[start:]):
+        if calls and not truncated and not turn.steered and mcp_rounds.only_mcp_calls(turn.response.output[start:]):
             await generation.aclose()  # type: ignore[attr-defined]  # this round's stream, before the next opens
             self.ending = Ending.TOOLS_RAN
-        else:
-            self.ending = Ending.FINISHED
