@@ -15,15 +15,13 @@ import gc
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from loopway.core.ops.timing import STAGES
-
-if TYPE_CHECKING:
-    from loopway.core.turn.turn import Turn
+from loopway.core.ops.turn_view import TurnView
 
 log = logging.getLogger("loopway.responses")
 
@@ -232,7 +230,7 @@ class Metrics:
             self.connections.set(self._watched[0]())
             self.lanes.set(self._watched[1]())
 
-    def turn_finished(self, turn: Turn, transport: str) -> None:
+    def turn_finished(self, turn: TurnView, transport: str) -> None:
         times = turn.times
         for stage, child in self._stage_children.items():
             if stage != "persist":  # observed when the write lands (write-behind on WebSocket)
@@ -246,7 +244,7 @@ class Metrics:
             log.info("response %s %s", turn.id, status, extra={"turn": self._record(turn, transport)})
 
     @staticmethod
-    def _record(turn: Turn, transport: str) -> TurnRecord:
+    def _record(turn: TurnView, transport: str) -> TurnRecord:
         usage = turn.response.usage
         return TurnRecord(
             response_id=turn.id,

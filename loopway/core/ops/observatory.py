@@ -16,14 +16,12 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
+from loopway.core.ops.turn_view import TurnView
 from loopway.engines.base import ReplicaStatus
-
-if TYPE_CHECKING:
-    from loopway.core.turn.turn import Turn
 
 WINDOW_S = 60
 RECENT_TURNS = 200  # kept; a snapshot shows the newest ``SHOWN_TURNS`` of them the viewer may see
@@ -94,7 +92,7 @@ class Observatory:
             self._seconds.append(_Second(at))
         return self._seconds[-1]
 
-    def turn_finished(self, turn: Turn, transport: str) -> None:
+    def turn_finished(self, turn: TurnView, transport: str) -> None:
         now = self._clock()
         usage, times, response = turn.response.usage, turn.times, turn.response
         stages = {stage: round(getattr(times, stage), 3) for stage in ORDER}
