@@ -45,7 +45,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
             addresses = await asyncio.wait_for(self.resolver(host, port), timeout)
         except (OSError, TimeoutError) as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
-        allowed = [a for a in addresses if self.allow.address_allowed(a)]
+        allowed = [a for a in addresses if self.allow.address_allowed(a, host, port)]
         if not allowed:
             raise httpcore.ConnectError(
                 f"{host} resolves to {', '.join(addresses)}: not an address this server may connect to (--mcp-allow)"

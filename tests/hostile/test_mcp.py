@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from loopway.bench.mcp_rollout import AppThread
-from tests.conftest import MODEL, Server
+from tests.conftest import MODEL, Server, free_port
 from tests.hostile.conftest import FAST, Watch
 
 
@@ -117,3 +117,36 @@ def test_hostile_mcp_servers_cost_a_call_its_error_and_nothing_else(mcp_target: 
     assert f"exceeded {1 << 20} bytes" in failures["endless"] and f"exceeded {1 << 20} bytes" in failures["bomb"]
     assert "not JSON" in failures["deep"] or "exceeded" in failures["deep"]
     assert failures["many"] == "128 tools"  # kept from a listing of 5,000
+
+
+def test_an_allow_list_entry_opens_only_what_it_names(tmp_path: Path, bad_mcp: AppThread):
+    """``--mcp-allow http://127.0.0.1:P/many,localhost:P``: not every port and path of loopback."""
+    port = bad_mcp.port
+    server = Server(tmp_path, *FAST, "--mcp-allow", f"http://127.0.0.1:{port}/many,localhost:{port}")
+    internal = free_port()  # another service on the same address: must stay out of reach
+    try:
+
+        def create(url: str) -> httpx.Response:
+            tool = {"type": "mcp", "server_label": "s", "server_url": url, "require_approval": "never"}
+            body = {"model": MODEL, "input": "read notes/a.md", "tools": [tool]}
+            return httpx.post(f"{server.url}/responses", json=body, timeout=30)
+
+        with Watch(server, rss_bound_mib=250):
+            named = create(f"http://127.0.0.1:{port}/many")
+            assert named.status_code == 200 and named.json()["output"][0]["tools"], named.text
+            for url in (
+                f"http://127.0.0.1:{port}/drip",  # another path of the entry's address and port
+                f"http://127.0.0.1:{internal}/many",  # another port
+                f"http://127.0.0.1:{server.port}/v1/models",  # loopway itself
+                f"http://127.0.0.2:{port}/many",  # the rest of 127/8
+                f"http://[::ffff:127.0.0.1]:{port}/many",
+                f"http://127.0.0.1:{port}/many/%2e%2e/drip",
+                f"http://127.0.0.1:{port}/many%2f..%2fdrip",
+                f"http://localhost:{internal}/",  # localhost's entry names a port
+            ):
+                refused = create(url)
+                assert refused.status_code == 400, (url, refused.text)
+                assert refused.json()["error"]["code"] == "mcp_server_not_allowed", url
+            assert create(f"http://localhost:{port}/many").status_code == 200
+    finally:
+        server.stop()

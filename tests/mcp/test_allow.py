@@ -48,7 +48,7 @@ def test_hosts_ports_and_wildcards():
 
 def test_private_and_loopback_addresses_only_where_listed():
     allow = McpAllowList.parse("tools.example.com")
-    assert allow.address_allowed("93.184.216.34")  # public: the URL's host was allowed
+    assert allow.address_allowed("93.184.216.34", "tools.example.com", 443)  # public: the URL's host was allowed
     for private in (
         "127.0.0.1",
         "10.1.2.3",
@@ -59,11 +59,16 @@ def test_private_and_loopback_addresses_only_where_listed():
         "0.0.0.0",
         "::ffff:127.0.0.1",
     ):
-        assert not allow.address_allowed(private), private
+        assert not allow.address_allowed(private, "tools.example.com", 443), private
     listed = McpAllowList.parse("tools.example.com, 10.0.0.0/8, http://127.0.0.1:9000/")
-    assert listed.address_allowed("10.1.2.3") and listed.address_allowed("127.0.0.1")
-    assert not listed.address_allowed("192.168.0.9")
-    assert McpAllowList.parse("localhost:9000").address_allowed("::1")
+    assert listed.address_allowed("10.1.2.3", "tools.example.com", 443)  # a network entry covers it anywhere
+    assert listed.address_allowed("127.0.0.1", "127.0.0.1", 9000)
+    assert not listed.address_allowed("127.0.0.1", "tools.example.com", 443)  # a name that resolves to loopback
+    assert not listed.address_allowed("127.0.0.1", "127.0.0.1", 22)
+    assert not listed.address_allowed("192.168.0.9", "tools.example.com", 443)
+    localhost = McpAllowList.parse("localhost:9000")
+    assert localhost.address_allowed("::1", "localhost", 9000) and localhost.address_allowed("127.0.0.1", "localhost", 9000)
+    assert not localhost.address_allowed("127.0.0.1", "localhost", 9001)
 
 
 def test_an_address_in_the_url_must_itself_be_listed():
@@ -77,3 +82,34 @@ def test_an_address_in_the_url_must_itself_be_listed():
 def test_bad_entries_are_refused(spec: str):
     with pytest.raises(AllowSpecError):
         McpAllowList.parse(spec)
+
+
+@pytest.mark.parametrize(
+    "entry,url,allowed",
+    [
+        # An entry written with an address or localhost allows what it names, not the whole address.
+        ("http://127.0.0.1:9000/mcp", "http://127.0.0.1:9000/mcp", True),
+        ("http://127.0.0.1:9000/mcp", "http://127.0.0.1:9000/admin", False),
+        ("http://127.0.0.1:9000/mcp", "http://127.0.0.1:22/", False),
+        ("http://127.0.0.1:9000/mcp", "http://127.0.0.2:9000/mcp", False),
+        ("http://127.0.0.1:9000/mcp", "http://[::ffff:127.0.0.1]:9000/mcp", False),
+        ("127.0.0.1:9000", "http://127.0.0.1:9000/anything", True),
+        ("127.0.0.1:9000", "http://127.0.0.1:6379/", False),
+        ("localhost:9000", "http://localhost:9000/mcp", True),
+        ("localhost:9000", "http://localhost:6379/", False),
+        ("localhost:9000", "http://127.0.0.1:9000/mcp", False),
+        ("localhost:9000", "http://[::1]:9000/mcp", False),
+        ("[::1]:9000", "http://[::1]:9000/mcp", True),
+        ("[::1]:9000", "http://[::1]:9001/mcp", False),
+        # An address or network entry is written to allow the servers in it.
+        ("127.0.0.1", "http://127.0.0.1:6379/", True),
+        ("10.0.0.0/8", "http://10.9.9.9:80/mcp", True),
+        # A prefix is not climbed out of by encoding.
+        ("http://127.0.0.1:9000/mcp", "http://127.0.0.1:9000/mcp/%2e%2e/admin", False),
+        ("http://127.0.0.1:9000/mcp", "http://127.0.0.1:9000/mcp%2f..%2fadmin", False),
+        ("http://127.0.0.1:9000/mcp", "http://127.0.0.1:9000/mcp/../admin", False),
+        ("http://127.0.0.1:9000/mcp", "http://127.0.0.1:9000/mcp/tools?x=%2e%2e", True),
+    ],
+)
+def test_an_entry_allows_exactly_what_it_names(entry: str, url: str, allowed: bool):
+    assert McpAllowList.parse(entry).url_allowed(url) is allowed
