@@ -88,6 +88,7 @@ class EngineRound:
                 turn.times.ttft = (turn.first_token_at - turn.opened_at) * 1000
             if isinstance(delta, Finish):
                 self.finish = delta
+                await generation.aclose()  # type: ignore[attr-defined]  # an upstream cut short stops now
                 return
             events = a.feed(delta)
             for event in events:

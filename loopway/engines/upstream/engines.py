@@ -8,6 +8,7 @@ full context, rendered its own way. Public model names map to upstream names
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -83,6 +84,30 @@ class _UpstreamEngine:
         await self.fleet.aclose()
 
 
+class OutputBudget:
+    """The output an upstream may stream for one response, counted here: an upstream that ignores
+    its ``max_tokens`` (or never stops) must not grow a response, and loopway's memory, without end.
+
+    The limit is ``max_output_tokens``, else the model's context window, in ``o200k_base`` tokens
+    counted delta by delta, with a tenth (at least 16) of slack for an upstream whose own tokenizer
+    counts fewer: an upstream that honours the limit ends first, with its own count."""
+
+    def __init__(self, max_output_tokens: int | None, window: int) -> None:
+        limit = max_output_tokens if max_output_tokens is not None else window
+        self.limit = limit + max(16, limit // 10)
+        self.spent = 0
+
+    def over(self, delta: Delta) -> bool:
+        text = delta.arguments if isinstance(delta, ToolCallDelta) else getattr(delta, "text", "")
+        if text:
+            self.spent += len(encode_long(text))
+        return self.spent > self.limit
+
+    def finish(self, request: EngineRequest) -> Finish:
+        """How a response cut here ends: ``length``, as if the upstream had stopped at its limit."""
+        return Finish(reason="length", input_tokens=len(request.tokens), cached_tokens=0, output_tokens=self.spent)
+
+
 class ChatEngine(_UpstreamEngine):
     """Translates each turn to Chat Completions and its stream back to Responses deltas."""
 
@@ -101,15 +126,20 @@ class ChatEngine(_UpstreamEngine):
 
     async def _deltas(self, stream: Stream, request: EngineRequest) -> AsyncIterator[Delta]:
         decoder = ChunkDecoder(ToolNames(request.tools.functions))
+        budget = OutputBudget(request.max_output_tokens, self.settings.context_window)
         text: list[str] = []
         thought: list[str] = []
-        async for chunk in stream.events():
-            for delta in decoder.feed(chunk):
-                if isinstance(delta, ReasoningDelta):
-                    thought.append(delta.text)
-                else:
-                    text.append(delta.text if isinstance(delta, TextDelta) else delta.arguments)  # type: ignore[union-attr]
-                yield delta
+        async with contextlib.aclosing(stream.events()) as events:  # type: ignore[type-var]
+            async for chunk in events:
+                for delta in decoder.feed(chunk):
+                    if isinstance(delta, ReasoningDelta):
+                        thought.append(delta.text)
+                    else:
+                        text.append(delta.text if isinstance(delta, TextDelta) else delta.arguments)  # type: ignore[union-attr]
+                    yield delta
+                    if budget.over(delta):
+                        yield _served(self.fleet, stream.replica, budget.finish(request))
+                        return
         if not decoder.finished:  # e.g. llama-cpp-python drops errors raised after its 200 (context overflow)
             raise EngineError("The upstream stream ended without a finish reason.")
         if self.reasoning_field == "auto" and decoder.reasoning_field is not None:
@@ -166,29 +196,44 @@ class ResponsesEngine(_UpstreamEngine):
     async def _deltas(self, stream: Stream, request: EngineRequest) -> AsyncIterator[Delta]:
         calls = False
         names = ToolNames(request.tools.functions)
-        async for event in stream.events():
-            kind = event.get("type")
-            if kind == "response.output_text.delta":
-                yield TextDelta(event.get("delta", ""))
-            elif kind in ("response.reasoning_text.delta", "response.reasoning_summary_text.delta"):
-                yield ReasoningDelta(event.get("delta", ""), summary=kind.startswith("response.reasoning_summary"))
-            elif kind == "response.output_item.added" and event.get("item", {}).get("type") == "function_call":
-                calls = True
-                item = event["item"]
-                namespace, name = names.original(item.get("name") or "")
-                yield ToolCallDelta(
-                    index=event["output_index"], arguments="", call_id=item.get("call_id"), name=name, namespace=namespace
-                )
-            elif kind == "response.function_call_arguments.delta":
-                yield ToolCallDelta(index=event["output_index"], arguments=event.get("delta", ""))
-            elif kind in ("response.completed", "response.incomplete"):
-                self._remember(request.response_id, stream.replica.name, event["response"]["id"])
-                yield _served(self.fleet, stream.replica, finish_of(event["response"], calls))
-                return
-            elif kind in ("response.failed", "error"):
-                error = (event.get("response") or {}).get("error") or event.get("error") or event
-                raise EngineError(f"The upstream response failed: {error.get('message', error)}")
+        budget = OutputBudget(request.max_output_tokens, self.settings.context_window)
+        async with contextlib.aclosing(stream.events()) as events:  # type: ignore[type-var]
+            async for event in events:
+                delta = self._delta(event, names)
+                if delta is not None:
+                    calls = calls or (isinstance(delta, ToolCallDelta) and delta.name is not None)
+                    yield delta
+                    if budget.over(delta):
+                        yield _served(self.fleet, stream.replica, budget.finish(request))
+                        return
+                    continue
+                kind = event.get("type")
+                if kind in ("response.completed", "response.incomplete"):
+                    self._remember(request.response_id, stream.replica.name, event["response"]["id"])
+                    yield _served(self.fleet, stream.replica, finish_of(event["response"], calls))
+                    return
+                if kind in ("response.failed", "error"):
+                    error = (event.get("response") or {}).get("error") or event.get("error") or event
+                    raise EngineError(f"The upstream response failed: {error.get('message', error)}")
         raise EngineError("The upstream stream ended without a terminal event.")
+
+    @staticmethod
+    def _delta(event: dict[str, Any], names: ToolNames) -> Delta | None:
+        """The engine delta an upstream Responses event carries, if it carries one."""
+        kind = event.get("type")
+        if kind == "response.output_text.delta":
+            return TextDelta(event.get("delta", ""))
+        if kind in ("response.reasoning_text.delta", "response.reasoning_summary_text.delta"):
+            return ReasoningDelta(event.get("delta", ""), summary=kind.startswith("response.reasoning_summary"))
+        if kind == "response.output_item.added" and event.get("item", {}).get("type") == "function_call":
+            item = event["item"]
+            namespace, name = names.original(item.get("name") or "")
+            return ToolCallDelta(
+                index=event["output_index"], arguments="", call_id=item.get("call_id"), name=name, namespace=namespace
+            )
+        if kind == "response.function_call_arguments.delta":
+            return ToolCallDelta(index=event["output_index"], arguments=event.get("delta", ""))
+        return None
 
 
 def _served(fleet: Fleet, replica: Replica, finish: Finish) -> Finish:

@@ -7,6 +7,9 @@
   upstream's message), except 401/403: those mean loopway's own upstream credentials are wrong,
   which is a server error, not the client's.
 - 5xx, timeouts and streams that break are engine failures: the response fails with ``server_error``.
+- Every read is bounded, counted after decompression: an error body to ``MAX_ERROR_BODY`` (the
+  rest is not read), a line of the event stream to ``MAX_LINE`` (a longer one breaks the stream), and
+  an event's JSON nesting by the parser's own recursion limit (a deeper one breaks it too).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import httpx
 
 from loopway.engines.base import EngineError
 from loopway.protocol.errors import ApiError
+
+MAX_ERROR_BODY = 64 << 10  # bytes of an upstream's error answer that are read
+MAX_LINE = 16 << 20  # bytes of one line of its event stream (a Responses upstream's last event holds the whole output)
 
 
 class Upstream:
@@ -53,25 +59,29 @@ class Upstream:
             except httpx.TransportError as exc:
                 raise EngineError(f"The upstream at {self.base_url} is unreachable: {type(exc).__name__} {exc}") from None
             if response.status_code >= 400:
-                await response.aread()
-                await response.aclose()
-                raise upstream_error(response)
+                try:
+                    body = await read_bounded(response, MAX_ERROR_BODY)
+                except httpx.HTTPError:
+                    body = b""
+                finally:
+                    await response.aclose()
+                raise upstream_error(response, body)
             return response
         raise AssertionError("unreachable")
 
     async def events(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
         """The ``data:`` payloads of an SSE stream, until ``[DONE]`` or its end."""
         try:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
+            async for line in bounded_lines(response, MAX_LINE):
+                if not line.startswith(b"data:"):
                     continue
                 data = line[5:].strip()
-                if data == "[DONE]":
+                if data == b"[DONE]":
                     return
                 if data:
                     yield json.loads(data)
-        except (httpx.HTTPError, json.JSONDecodeError) as exc:
-            raise EngineError(f"The upstream stream broke: {type(exc).__name__}: {exc}") from None
+        except (httpx.HTTPError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+            raise EngineError(f"The upstream stream broke: {type(exc).__name__}: {str(exc)[:200]}") from None
         finally:
             await response.aclose()
 
@@ -86,16 +96,49 @@ class Upstream:
         await self.client.aclose()
 
 
-def upstream_error(response: httpx.Response) -> Exception:
+async def read_bounded(response: httpx.Response, limit: int) -> bytes:
+    """At most ``limit`` bytes of the body, decompressed; the rest is left unread."""
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk[: limit - size])
+        size += len(chunks[-1])
+        if size >= limit:
+            break
+    return b"".join(chunks)
+
+
+async def bounded_lines(response: httpx.Response, limit: int) -> AsyncIterator[bytes]:
+    """The body's lines (without their ending); a line longer than ``limit`` bytes is an error, so
+    a stream that never ends a line costs ``limit`` bytes, not what it sends."""
+    parts: list[bytes] = []  # the line so far (joined once it ends: no copy per chunk)
+    size = 0
+    async for chunk in response.aiter_bytes():
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            parts.append(chunk[start:end])
+            yield b"".join(parts).rstrip(b"\r")
+            parts, size, start = [], 0, end + 1
+        if start < len(chunk):
+            parts.append(chunk[start:])
+            size += len(chunk) - start
+        if size > limit:
+            raise ValueError(f"a line of the upstream's stream passed {limit} bytes")
+    if parts:
+        yield b"".join(parts).rstrip(b"\r")
+
+
+def upstream_error(response: httpx.Response, body: bytes | None = None) -> Exception:
+    """The error an upstream's 4xx or 5xx means; ``body``: what was read of its answer."""
     status = response.status_code
+    raw = response.content if body is None else body
     try:
-        error = response.json().get("error")
-    except (ValueError, AttributeError):
+        error = json.loads(raw).get("error")
+    except (ValueError, AttributeError, RecursionError):
         error = None
     if isinstance(error, str):
         error = {"message": error}
     if not isinstance(error, dict):
-        error = {"message": response.text[:500] or response.reason_phrase}
+        error = {"message": raw[:500].decode("utf-8", "replace") or response.reason_phrase}
     message = str(error.get("message") or response.reason_phrase)
     if status in (401, 403) or status >= 500:
         return EngineError(f"The upstream answered {status}: {message}")
