@@ -16,6 +16,7 @@ from loopway.core.connection.state import OpenConnection
 from loopway.core.context import compaction
 from loopway.core.context.builder import unresolved_references
 from loopway.core.context.parent import Parent, ParentCache
+from loopway.core.ops import offload
 from loopway.core.ops.fault_injection import Fault, FaultInjector
 from loopway.core.ops.feed import Feed
 from loopway.core.ops.limits import ConnectionLimiter, RateLimiter
@@ -127,6 +128,7 @@ class ResponsesService:
         if request.store:
             await self.log.check()  # store=true needs the store: say so now, not after generating
         parent, version = await self._parent(request, times, tenant, cache)
+        renderer = await _rendered_ahead(request, parent) or renderer
         origin = TurnOrigin(
             tenant=tenant,
             replica=parent.replica if parent is not None else None,
@@ -169,7 +171,8 @@ class ResponsesService:
                 self.metrics.cache_lookup(rendered is not None)
             if rendered is not None:
                 return Parent(conversation=rendered), stored.version
-            return Parent(items=await self.conversations.items(stored.id)), stored.version
+            items, size = await self.conversations.items(stored.id)
+            return Parent(items=items, stored_bytes=size), stored.version
 
     def draw_fault(self, request: CreateRequest, transport: str) -> Fault | None:
         """This request's injected fault, if the server injects any (``transport``: ws, sse, http)."""
@@ -296,7 +299,7 @@ class ResponsesService:
             raise model_not_found(request.model)
         parent, _ = await self._parent(request, StageTimes(), tenant, None)
         stored = await self._referenced(request, parent, tenant)
-        count = self.pipeline.count_input_tokens(request, parent, stored)
+        count = self.pipeline.count_input_tokens(request, parent, stored, await _rendered_ahead(request, parent))
         return {"object": "response.input_tokens", "input_tokens": count}
 
     async def compact(self, raw: Any, tenant: str = "") -> dict[str, Any]:
@@ -401,3 +404,11 @@ async def _raw_after(events: list[dict[str, Any]], starting_after: int) -> Async
     for event in events:
         if event.get("sequence_number", -1) > starting_after:
             yield event
+
+
+async def _rendered_ahead(request: CreateRequest, parent: Parent | None) -> Renderer | None:
+    """A large context from the store (a long conversation, a long chain that missed the caches)
+    rendered in a worker thread, so the loop only looks its tokens up; None for the rest."""
+    if parent is None or parent.items is None or parent.stored_bytes <= offload.LARGE_CONTEXT_BYTES:
+        return None
+    return await offload.render_ahead(request, parent.items)

@@ -27,6 +27,7 @@ class Parent(msgspec.Struct, kw_only=True):
     items: list[Item] | None = None  # previous input context + previous output, in order
     conversation: Conversation | None = None
     replica: str | None = None  # the engine replica that served it, where its prefix is cached
+    stored_bytes: int = 0  # the JSON its raw items were read from: how large rendering them is
 
     def context(self) -> Sequence[Item]:
         if self.conversation is not None:

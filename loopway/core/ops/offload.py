@@ -16,10 +16,13 @@ from typing import TypeVar
 
 import msgspec
 
+from loopway.protocol.items import Item
 from loopway.protocol.request import CreateRequest
 from loopway.tokens.render import Renderer, prerender
 
 T = TypeVar("T")
+
+LARGE_CONTEXT_BYTES = 256 << 10  # stored JSON of a context worth decoding and rendering in a worker thread
 
 
 class Intake(msgspec.Struct):
@@ -39,6 +42,13 @@ async def intake(large: bool, parse: Callable[[], CreateRequest]) -> Intake:
     if not large:
         return Intake(parse())
     return await asyncio.to_thread(_parsed_and_rendered, parse)
+
+
+async def render_ahead(request: CreateRequest, items: list[Item]) -> Renderer:
+    """A stored context (and the request's input) rendered in a worker thread: the loop then only
+    looks its tokens up. For contexts that come raw from the store and are large, so one client's
+    long conversation never stalls the others' turns."""
+    return await asyncio.to_thread(prerender, request.instructions, request.tools, [*items, *request.input])
 
 
 def _parsed_and_rendered(parse: Callable[[], CreateRequest]) -> Intake:

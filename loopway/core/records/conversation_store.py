@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from loopway.core.ops import offload
 from loopway.core.records.persistence import store_unavailable
 from loopway.protocol import conversation_objects as wire
 from loopway.protocol import ids
@@ -133,11 +134,13 @@ class Conversations:
                 raise item_not_found(item_id)
         return _object(conversation)
 
-    async def items(self, conversation_id: str) -> list[Item]:
-        """Every item of the conversation in order: a response's context (the caller checked the tenant)."""
+    async def items(self, conversation_id: str) -> tuple[list[Item], int]:
+        """Every item of the conversation in order: a response's context (the caller checked the
+        tenant), and the bytes of JSON it was read from; a large one is decoded in a worker thread."""
         with _answering_503():
             found = await self.store.conversation_items(conversation_id)
-        return items_from_json(b"[" + b",".join(item.data for item in found) + b"]")
+        data = b"[" + b",".join(item.data for item in found) + b"]"
+        return await offload.call(len(data) > offload.LARGE_CONTEXT_BYTES, lambda: items_from_json(data)), len(data)
 
 
 def _stored(items: list[Item]) -> list[StoredItem]:

@@ -8,6 +8,7 @@ and touches the store once per turn of the chain; the WebSocket connection cache
 from __future__ import annotations
 
 from loopway.core.context.parent import Parent
+from loopway.core.ops import offload
 from loopway.core.records.persistence import ResponseLog
 from loopway.protocol import response as wire
 from loopway.protocol.errors import invalid_request, previous_response_not_found
@@ -49,7 +50,9 @@ async def load_parent(log: ResponseLog, response_id: str, tenant: str) -> Parent
             param="previous_response_id",
             code="previous_response_in_progress",
         )
-    return Parent(response=response, items=_context(records, include_last_output=True), replica=records[-1].replica)
+    size = sum(len(r.input_items) + len(r.response) for r in records)
+    items = await offload.call(size > offload.LARGE_CONTEXT_BYTES, lambda: _context(records, include_last_output=True))
+    return Parent(response=response, items=items, replica=records[-1].replica, stored_bytes=size)
 
 
 async def stored_items(log: ResponseLog, item_ids: list[str], tenant: str) -> dict[str, Item]:

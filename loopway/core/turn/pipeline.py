@@ -115,11 +115,15 @@ class TurnPipeline:
             mcp.sessions, mcp.owns_sessions = self.mcp.sessions(), True
 
     def count_input_tokens(
-        self, request: CreateRequest, parent: Parent | None, stored: dict[str, Item] | None = None
+        self,
+        request: CreateRequest,
+        parent: Parent | None,
+        stored: dict[str, Item] | None = None,
+        renderer: Renderer | None = None,
     ) -> int:
         """``POST /v1/responses/input_tokens``: the context as the engine would see it, counted."""
         resolved = resolve_references(list(request.input), parent, stored)
-        conversation, _, _ = self.context.build(request, parent, resolved, self.renderer)
+        conversation, _, _ = self.context.build(request, parent, resolved, renderer or self.renderer)
         return len(conversation.tokens)
 
     # The engine ------------------------------------------------------------------------------
