@@ -249,8 +249,12 @@ class McpSession:
         that answers it), read within the byte cap."""
         try:
             async with self.http.stream(
-                "POST", self.url, content=msgspec.json.encode(payload), headers=self._headers()
-            ) as r:
+                "POST", self.url, content=msgspec.json.encode(payload), headers=self._headers(), timeout=None
+            ) as r:  # no httpx timeout: the caller's asyncio.timeout bounds the whole exchange
+                if 300 <= r.status_code < 400:  # not followed, and its body is not an answer
+                    raise _http_error(
+                        r.status_code, f"The MCP server answered HTTP {r.status_code}: redirects are not followed."
+                    )
                 if r.status_code >= 400:
                     raise _http_error(r.status_code, f"The MCP server answered HTTP {r.status_code} {r.reason_phrase}.")
                 if payload.get("method") == "initialize" and "mcp-session-id" in r.headers:
@@ -287,3 +291,5 @@ def _decoded(data: bytes) -> Any:
         return msgspec.json.decode(data)
     except msgspec.DecodeError:
         raise _protocol_error("The MCP server sent a message that is not JSON.") from None
+    except RecursionError:  # msgspec's own depth guard: nesting past the interpreter's limit
+        raise _protocol_error("The MCP server sent JSON nested too deeply.") from None

@@ -105,6 +105,36 @@ def _approval(raw: Any, param: str) -> dict[str, Any]:
     raise _bad(param, f"Invalid '{param}': expected 'always', 'never' or {{always, never}}.")
 
 
+# Headers a tenant may not set: how the request is framed and routed (a desync or a virtual-host
+# confusion at the allowed address), hop-by-hop ones, and the ones loopway's MCP client sets itself.
+RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "content-type",
+        "content-encoding",
+        "accept",
+        "mcp-session-id",
+        "mcp-protocol-version",
+    }
+)
+_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")  # visible ASCII, inner spaces: a line a server reads as sent
+
+
+def _header_value_ok(value: str) -> bool:
+    return _VALUE.fullmatch(value) is not None
+
+
 def _headers(raw: Any, param: str) -> dict[str, str]:
     if raw is None:
         return {}
@@ -113,8 +143,14 @@ def _headers(raw: Any, param: str) -> dict[str, str]:
     if len(raw) > MAX_HEADERS or sum(len(k) + len(v) for k, v in raw.items()) > MAX_HEADER_CHARS:
         raise _bad(param, f"'{param}' is too large: at most {MAX_HEADERS} headers and {MAX_HEADER_CHARS} characters.")
     for name, value in raw.items():
-        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name) or any(c in value for c in "\r\n\0"):
-            raise _bad(param, f"Invalid header in '{param}': header names are tokens and values are one line.")
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name) or not _header_value_ok(value):
+            raise _bad(
+                param,
+                f"Invalid header in '{param}': header names are tokens, and values are visible ASCII"
+                " with no space at either end (the value is not repeated here).",
+            )
+        if name.lower() in RESERVED_HEADERS:
+            raise _bad(f"{param}.{name}", f"Invalid header in '{param}': '{name}' is set by loopway, not by a request.")
     return dict(raw)
 
 
@@ -141,6 +177,12 @@ def parse_mcp_tool(raw: dict[str, Any], param: str) -> McpServerSpec:
     authorization = raw.get("authorization")
     if authorization is not None and not isinstance(authorization, str):
         raise _bad(f"{param}.authorization", f"Invalid type for '{param}.authorization': expected a string.", "invalid_type")
+    if authorization and not _header_value_ok(authorization):
+        raise _bad(
+            f"{param}.authorization",
+            f"Invalid '{param}.authorization': a token is visible ASCII with no space or line break at"
+            " either end (the value is not repeated here).",
+        )
     allowed = raw.get("allowed_tools")
     description = raw.get("server_description")
     return McpServerSpec(

@@ -25,6 +25,8 @@ from loopway.bench.mcp_rollout import AppThread
 from tests.conftest import MODEL, Server, free_port
 from tests.hostile.conftest import FAST, Watch
 
+READ_NOTE = {"name": "read_note", "inputSchema": {"type": "object", "properties": {"path": {"type": "string"}}}}
+
 
 @functools.cache
 def bomb() -> bytes:
@@ -73,6 +75,20 @@ async def hostile(scope: dict, receive: Any, send: Any) -> None:
     elif kind == "deep":
         tools = "[" * 100_000 + "]" * 100_000
         await _answer(send, f'{{"jsonrpc":"2.0","id":{body["id"]},"result":{{"tools":{tools}}}}}'.encode())
+    elif kind == "redirect":  # a listing that looks right, on a 302: never read as an answer
+        listing = {"jsonrpc": "2.0", "id": body["id"], "result": {"tools": [READ_NOTE]}}
+        headers = [(b"content-type", b"application/json"), (b"location", b"http://127.0.0.1:1/")]
+        await send({"type": "http.response.start", "status": 302, "headers": headers})
+        await send({"type": "http.response.body", "body": json.dumps(listing).encode()})
+    elif kind in ("slow", "deep-call") and body.get("method") == "tools/list":
+        await _answer(send, json.dumps({"jsonrpc": "2.0", "id": body["id"], "result": {"tools": [READ_NOTE]}}).encode())
+    elif kind == "slow":  # a call that takes 6 s: longer than httpx's default 5 s, within the call limit
+        await asyncio.sleep(6)
+        result = {"content": [{"type": "text", "text": "slow but sure"}]}
+        await _answer(send, json.dumps({"jsonrpc": "2.0", "id": body["id"], "result": result}).encode())
+    elif kind == "deep-call":
+        content = "[" * 5_000 + "]" * 5_000
+        await _answer(send, f'{{"jsonrpc":"2.0","id":{body["id"]},"result":{{"content":{content}}}}}'.encode())
     elif kind == "many":
         tool = {"name": "t", "inputSchema": {"type": "object"}}
         tools = [{**tool, "name": f"t{i}"} for i in range(5_000)]
@@ -115,7 +131,7 @@ def test_hostile_mcp_servers_cost_a_call_its_error_and_nothing_else(mcp_target: 
             attack(kind)
     assert "did not list its tools within 2 s" in failures["drip"]
     assert f"exceeded {1 << 20} bytes" in failures["endless"] and f"exceeded {1 << 20} bytes" in failures["bomb"]
-    assert "not JSON" in failures["deep"] or "exceeded" in failures["deep"]
+    assert any(reason in failures["deep"] for reason in ("not JSON", "nested too deeply", "exceeded"))
     assert failures["many"] == "128 tools"  # kept from a listing of 5,000
 
 
@@ -148,5 +164,41 @@ def test_an_allow_list_entry_opens_only_what_it_names(tmp_path: Path, bad_mcp: A
                 assert refused.status_code == 400, (url, refused.text)
                 assert refused.json()["error"]["code"] == "mcp_server_not_allowed", url
             assert create(f"http://localhost:{port}/many").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_a_redirect_a_slow_tool_and_a_deep_answer_each_end_as_data(tmp_path: Path, bad_mcp: AppThread):
+    """A 302 whose body looks like a listing is not read; a 6 s tool runs to its answer under a 10 s
+    call limit (no library default cuts it at 5 s); an answer nested 5,000 deep is that call's
+    error, and the response completes, in a normal round and on the approved-call path."""
+    server = Server(tmp_path, *FAST, "--mcp-allow", "127.0.0.1", "--mcp-call-timeout-s", "10")
+    base = f"http://127.0.0.1:{bad_mcp.port}"
+    try:
+
+        def create(kind: str, **extra: Any) -> dict[str, Any]:
+            tool = {"type": "mcp", "server_label": "s", "server_url": f"{base}/{kind}", "require_approval": "never"}
+            body = {"model": MODEL, "input": "read notes/a.md", "tools": [{**tool, **extra}], "store": True}
+            answer = httpx.post(f"{server.url}/responses", json=body, timeout=30)
+            assert answer.status_code == 200, answer.text
+            return answer.json()
+
+        with Watch(server, rss_bound_mib=250):
+            redirected = create("redirect")["output"][0]
+            assert redirected["type"] == "mcp_list_tools" and "redirects are not followed" in redirected["error"]
+            slow = create("slow")
+            assert slow["status"] == "completed"
+            assert [i.get("output") for i in slow["output"] if i["type"] == "mcp_call"] == ["slow but sure"]
+            deep = create("deep-call")
+            assert deep["status"] == "completed" and deep["output"][-1]["type"] == "message"
+            call = next(i for i in deep["output"] if i["type"] == "mcp_call")
+            assert "nested too deeply" in json.dumps(call["error"])
+            asked = create("deep-call", require_approval="always")
+            request = next(i for i in asked["output"] if i["type"] == "mcp_approval_request")
+            approval = {"type": "mcp_approval_response", "approval_request_id": request["id"], "approve": True}
+            tool = {"type": "mcp", "server_label": "s", "server_url": f"{base}/deep-call", "require_approval": "always"}
+            body = {"model": MODEL, "input": [approval], "tools": [tool], "previous_response_id": asked["id"]}
+            ran = httpx.post(f"{server.url}/responses", json=body, timeout=30)
+            assert ran.status_code == 200 and ran.json()["status"] == "completed", ran.text
     finally:
         server.stop()

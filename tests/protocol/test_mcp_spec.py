@@ -115,3 +115,31 @@ def test_mcp_items_round_trip_typed():
     decoded = items_from_json(ITEMS.encode(items))
     assert decoded == items
     assert json.loads(ITEMS.encode([call]))[0]["error"] is None  # present, as OpenAI sends it
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"authorization": " s3cr3t"},
+        {"authorization": "s3cr3t\n"},
+        {"authorization": "s3c\x00r3t"},
+        {"authorization": "s3cr3tö"},
+        {"headers": {"X-Key": "s3cr3t\r\n"}},
+        {"headers": {"X-Key": "s3cr3té"}},
+        {"headers": {"Host": "internal.example"}},
+        {"headers": {"Transfer-Encoding": "chunked"}},
+        {"headers": {"content-length": "5"}},
+        {"headers": {"Connection": "keep-alive"}},
+        {"headers": {"Mcp-Session-Id": "someone-elses"}},
+    ],
+)
+def test_credentials_and_headers_are_checked_before_use_and_never_echoed(field: dict):
+    """A token read from a file with its newline, a NUL, a non-ASCII byte, or a header that frames or
+    routes the request: a 400 naming the field, and the message never repeats the value."""
+    with pytest.raises(ApiError) as refused:
+        tools_of(mcp(**field))
+    assert refused.value.status == 400 and refused.value.code == "invalid_value"
+    assert refused.value.param.startswith(("tools[0].authorization", "tools[0].headers"))
+    values = field.get("headers", {}).values() if "headers" in field else [field["authorization"]]
+    for value in values:
+        assert value.strip() not in refused.value.message

@@ -14,6 +14,7 @@ raises: a failing server is the call's ``error``. A round whose calls were all l
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -38,6 +39,8 @@ from loopway.protocol.items import (
 )
 from loopway.protocol.mcp_spec import McpServerSpec
 from loopway.protocol.tools import FunctionTool, ToolSet
+
+log = logging.getLogger("loopway.mcp")
 
 MAX_ROUNDS = 100  # engine rounds with MCP calls in one response; the next one is offered no MCP tools
 MAX_CALLS = 200  # MCP calls in one response, whatever max_tool_calls says
@@ -163,7 +166,12 @@ class McpTurn:
 
     async def _timed(self, session: McpSession, name: str, arguments: dict[str, Any]) -> McpResult:
         started = time.perf_counter()
-        result = await session.call_tool(name, arguments)
+        try:
+            result = await session.call_tool(name, arguments)
+        except Exception as exc:  # anything stranger than an McpError: the call's error, never the response's
+            log.warning("MCP call %s failed unexpectedly: %s", name, type(exc).__name__)
+            failure = McpFailure("mcp_protocol_error", f"The call failed: {type(exc).__name__}.", -32603)
+            result = McpResult(failure=failure)
         if self.runtime is not None:
             outcome = result.failure.kind if result.failure is not None else "completed"
             self.runtime.observe_call(outcome, time.perf_counter() - started)
