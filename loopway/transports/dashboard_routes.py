@@ -45,7 +45,25 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
 }
-PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+# Headers a proxy in front adds to say whom it forwards for: any of them means the request is not
+# the loopback client it looks like (nginx, Envoy, Cloudflare, Akamai, Fastly, Google's and Azure's fronts).
+PROXY_HEADERS = (
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+    "x-envoy-external-address",
+    "x-azure-clientip",
+    "x-appengine-user-ip",
+    "via",
+)
 REALM = 'Basic realm="loopway dashboard", charset="UTF-8"'
 
 

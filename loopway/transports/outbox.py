@@ -32,6 +32,7 @@ from loopway.protocol.events import (
     ReasoningSummaryTextDelta,
     ReasoningTextDelta,
     ResponseCreated,
+    SteerFailed,
     encode_event,
 )
 
@@ -161,5 +162,5 @@ class Outbox:
     def _renumber(self, event: Event) -> None:
         if isinstance(event, ResponseCreated):
             self._merged[event.stream_id] = 0
-        elif event.sequence_number is not UNSET:
+        elif event.sequence_number is not UNSET and not isinstance(event, SteerFailed):  # a refusal stands alone
             event.sequence_number -= self._merged.get(event.stream_id, 0)  # type: ignore[operator]

@@ -99,3 +99,25 @@ def test_sigterm_lets_a_background_run_finish_within_the_drain(tmp_path: Path):
         assert response["output"]
     finally:
         restarted.stop()
+
+
+def test_a_run_whose_conversation_is_deleted_meanwhile_ends_failed_and_its_replay_ends(tmp_path: Path):
+    server = Server(tmp_path, "--sim-decode-tps", "200", "--store", "memory")
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            conversation = http.post("/conversations", json={}).json()["id"]
+            response_id = background(server, conversation=conversation)
+            time.sleep(0.2)
+            assert http.delete(f"/conversations/{conversation}").status_code == 200
+            deadline = time.monotonic() + 20
+            while (status := http.get(f"/responses/{response_id}").json()["status"]) in ("queued", "in_progress"):
+                assert time.monotonic() < deadline, "the run never ended"
+                time.sleep(0.1)
+            final = http.get(f"/responses/{response_id}").json()
+            assert status == "failed" and "could not be recorded" in final["error"]["message"], final
+            replay = sse_events(http.get(f"/responses/{response_id}", params={"stream": "true"}).text)
+            assert replay[-1]["type"] == "response.failed"
+            assert [e["sequence_number"] for e in replay] == list(range(len(replay)))
+            assert sum(e["type"] in ("response.completed", "response.failed") for e in replay) == 1
+    finally:
+        server.stop()

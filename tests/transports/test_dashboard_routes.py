@@ -50,7 +50,10 @@ def test_open_mode_serves_loopback_clients(server: Server):
     assert f"dashboard on http://127.0.0.1:{server.port}/dashboard (loopback clients only)" in server.output()
 
 
-@pytest.mark.parametrize("header", ["x-forwarded-for", "forwarded", "x-real-ip"])
+PROXIED = ["x-forwarded-for", "forwarded", "x-real-ip", "true-client-ip", "cf-connecting-ip", "via"]
+
+
+@pytest.mark.parametrize("header", PROXIED)
 def test_open_mode_refuses_what_came_through_a_proxy(server: Server, header: str):
     refused = httpx.get(root(server) + "/dashboard/snapshot", headers={header: "203.0.113.9"})
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "dashboard_loopback_only"

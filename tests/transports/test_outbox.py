@@ -7,7 +7,7 @@ import asyncio
 import msgspec
 import pytest
 
-from loopway.protocol.events import OutputTextDelta, OutputTextDone, ResponseCreated
+from loopway.protocol.events import OutputTextDelta, OutputTextDone, ResponseCreated, SteerFailed
 from loopway.protocol.response import Response
 from loopway.transports.outbox import FlushClock, Outbox
 
@@ -94,6 +94,26 @@ async def test_a_new_response_starts_numbering_afresh():
         outbox.put(event)
     await asyncio.sleep(0.02)
     assert [e["sequence_number"] for w in wire.writes for e in w] == [0, 1, 0, 1]
+
+
+async def test_a_refused_steer_stands_alone_and_is_never_renumbered():
+    """``response.steer.failed`` is numbered 0 on its own; merges in the running response must not
+    shift it (it arrived as -92 once)."""
+    wire = FakeWire()
+    outbox = Outbox(wire, clock(busy=True))
+    for event in (created(), delta("a", 1), delta("b", 2), delta("c", 3)):
+        outbox.put(event)
+    refused = SteerFailed(sequence_number=0, steer={"previous_response_id": "resp_x", "input": "more"}, error={})
+    outbox.put(refused)
+    outbox.put(delta("d", 4))
+    await asyncio.sleep(0.02)
+    events = [e for w in wire.writes for e in w]
+    assert [(e["type"], e["sequence_number"]) for e in events] == [
+        ("response.created", 0),
+        ("response.output_text.delta", 1),
+        ("response.steer.failed", 0),
+        ("response.output_text.delta", 2),
+    ]
 
 
 async def test_a_client_that_does_not_read_holds_the_sender():

@@ -80,9 +80,13 @@ class BackgroundRuns:
         except asyncio.CancelledError:
             if not run.stopping:
                 raise
-        except ApiError as err:  # the final write failed: the run is over, its last state unsaved
+        except ApiError as err:
             log.error("background response %s: %s", turn.id, err.message)
-            saved = True
+            if err.code == "store_unavailable":  # the final write failed: the run is over, its last state unsaved
+                saved = True
+            else:  # it could not be recorded as it ended (its conversation was deleted meanwhile)
+                _fail_instead(turn, err)
+                saved = False
         finally:
             await asyncio.shield(self._end(run, saved))
 
@@ -220,3 +224,17 @@ class BackgroundRuns:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keeper
+
+
+def _fail_instead(turn: Turn, err: ApiError) -> None:
+    """A run whose ending could not be recorded (its terminal event never left) ends ``failed``,
+    saying why: its replay ends with that, not with an ending nobody was told of."""
+    if turn.events and is_terminal(turn.events[-1]):
+        turn.events.pop()
+    response = turn.response
+    response.status = "failed"
+    response.error = ResponseError(code="server_error", message=f"The response could not be recorded: {err.message}")
+    failed = ResponseFailed(response=msgspec.structs.replace(response, output=list(response.output)))
+    failed.sequence_number = len(turn.events or [])
+    if turn.events is not None:
+        turn.events.append(failed)
