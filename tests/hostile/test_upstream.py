@@ -106,7 +106,29 @@ async def big_error(send: Any, gone: asyncio.Event) -> None:
     await send({"type": "http.response.body", "body": b'"}}'})
 
 
-BEHAVIOURS = {"good": good, "endless": endless, "one-line": one_line, "big-error": big_error}
+async def bad_usage(send: Any, gone: asyncio.Event) -> None:
+    """An answer whose usage is not a count: a string, 10^30, a negative number."""
+    await send({"type": "http.response.start", "status": 200, "headers": SSE})
+    usage = {"prompt_tokens": "lots", "completion_tokens": 1e30, "prompt_tokens_details": {"cached_tokens": -5}}
+    body = chunk({"role": "assistant", "content": "hi"}) + chunk({}, "stop")
+    body += b"data: " + json.dumps({"id": "c", "choices": [], "usage": usage}).encode() + b"\n\ndata: [DONE]\n\n"
+    await send({"type": "http.response.body", "body": body})
+
+
+async def deep_first(send: Any, gone: asyncio.Event) -> None:
+    """A first chunk nested 100,000 deep."""
+    await send({"type": "http.response.start", "status": 200, "headers": SSE})
+    await send({"type": "http.response.body", "body": b"data: " + b"[" * 100_000 + b"]" * 100_000 + b"\n\n"})
+
+
+BEHAVIOURS = {
+    "good": good,
+    "endless": endless,
+    "one-line": one_line,
+    "big-error": big_error,
+    "bad-usage": bad_usage,
+    "deep-first": deep_first,
+}
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +139,7 @@ def hostile_upstream() -> Iterator[AppThread]:
 
 @pytest.fixture
 def front(tmp_path: Path, hostile_upstream: AppThread) -> Iterator[Server]:
-    models = f"{MODEL}=good,endless=endless,one-line=one-line,big-error=big-error"
+    models = ",".join([f"{MODEL}=good", *(f"{kind}={kind}" for kind in BEHAVIOURS if kind != "good")])
     server = Server(
         tmp_path,
         "--engine",
@@ -171,3 +193,15 @@ def test_a_line_that_never_ends_and_a_huge_error_body_cost_their_response_only(f
         error = refused.json()["error"]
         assert error["code"] == "upstream_error" and len(error["message"]) < 1000
         assert took < 5, took
+
+
+def test_usage_that_is_not_a_count_and_a_deep_first_chunk_end_as_data(front: Server):
+    with Watch(front, rss_bound_mib=250):
+        answer, _ = create(front, "bad-usage")
+        assert answer.status_code == 200 and answer.json()["status"] == "completed", answer.text
+        usage = answer.json()["usage"]
+        assert 0 < usage["input_tokens"] < 1000 and 0 < usage["output_tokens"] < 1000  # loopway's own counts
+        assert usage["input_tokens_details"]["cached_tokens"] == 0
+        for _ in range(4):
+            deep, _ = create(front, "deep-first")
+            assert deep.status_code == 200 and deep.json()["status"] == "failed", deep.text

@@ -43,6 +43,19 @@ from loopway.protocol.items import (
 )
 from loopway.protocol.tools import FunctionTool
 
+MAX_TOKEN_COUNT = 1 << 30  # past this an upstream's usage is not a count: loopway's own is used instead
+
+
+def token_count(value: Any, fallback: Any) -> int:
+    """An upstream's token count, when it is one (a whole number from 0 to ``MAX_TOKEN_COUNT``); else
+    ``fallback()``, loopway's own count: a hostile or broken upstream's usage never reaches a client."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return fallback()
+    if value != value or not 0 <= value <= MAX_TOKEN_COUNT or value != int(value):
+        return fallback()
+    return int(value)
+
+
 _FINISH = {
     "stop": "stop",
     "length": "length",
@@ -256,11 +269,13 @@ class ChunkDecoder:
         usage = self.usage or {}
         details = usage.get("prompt_tokens_details") or {}
         output_details = usage.get("completion_tokens_details") or {}
-        reasoning = output_details.get("reasoning_tokens")
+        reasoning = output_details.get("reasoning_tokens") if isinstance(output_details, dict) else None
+        details = details if isinstance(details, dict) else {}
+        input_tokens = token_count(usage.get("prompt_tokens"), lambda: prompt_tokens)
         return Finish(
             reason=self.reason,  # type: ignore[arg-type]
-            input_tokens=int(usage.get("prompt_tokens", prompt_tokens)),
-            cached_tokens=int(details.get("cached_tokens") or 0),
-            output_tokens=int(usage["completion_tokens"]) if "completion_tokens" in usage else count_output(),
-            reasoning_tokens=int(reasoning) if reasoning is not None else count_reasoning(),
+            input_tokens=input_tokens,
+            cached_tokens=min(input_tokens, token_count(details.get("cached_tokens"), lambda: 0)),
+            output_tokens=token_count(usage.get("completion_tokens"), count_output),
+            reasoning_tokens=token_count(reasoning, count_reasoning),
         )

@@ -26,7 +26,7 @@ from loopway.engines.base import (
     TextDelta,
     ToolCallDelta,
 )
-from loopway.engines.upstream.chat_bridge import ChunkDecoder, ToolNames, body_of, mcp_answer
+from loopway.engines.upstream.chat_bridge import ChunkDecoder, ToolNames, body_of, mcp_answer, token_count
 from loopway.engines.upstream.fleet import Fleet, FleetObserver, Replica, Stream
 from loopway.engines.upstream.replica import Upstream
 from loopway.protocol.errors import ApiError
@@ -296,10 +296,22 @@ def finish_of(response: dict[str, Any], calls: bool) -> Finish:
     if response.get("status") == "incomplete":
         why = (response.get("incomplete_details") or {}).get("reason")
         reason = "content_filter" if why == "content_filter" else "length"
+    usage = usage if isinstance(usage, dict) else {}
+    input_details = _dict(usage.get("input_tokens_details"))
+    output_details = _dict(usage.get("output_tokens_details"))
+    input_tokens = token_count(usage.get("input_tokens"), _zero)
     return Finish(
         reason=reason,  # type: ignore[arg-type]
-        input_tokens=int(usage.get("input_tokens", 0)),
-        cached_tokens=int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0),
-        output_tokens=int(usage.get("output_tokens", 0)),
-        reasoning_tokens=int((usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0),
+        input_tokens=input_tokens,
+        cached_tokens=min(input_tokens, token_count(input_details.get("cached_tokens"), _zero)),
+        output_tokens=token_count(usage.get("output_tokens"), _zero),
+        reasoning_tokens=token_count(output_details.get("reasoning_tokens"), _zero),
     )
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _zero() -> int:
+    return 0
