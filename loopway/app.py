@@ -101,6 +101,8 @@ class WorkerShare(msgspec.Struct):
     rates: SharedTallies
     connections: SharedTallies
     metrics_dir: str
+    worker: int = 0  # this worker's index (the supervisor's), and how many there are
+    workers: int = 1
 
 
 def build_service(settings: Settings, share: WorkerShare | None = None) -> ResponsesService:
@@ -116,7 +118,10 @@ def build_service(settings: Settings, share: WorkerShare | None = None) -> Respo
         metrics=metrics,
         limiter=RateLimiter(settings.rate_limit_rpm, tallies=share.rates if share else None),
         connection_limit=ConnectionLimiter(
-            settings.max_connections_per_tenant, tallies=share.connections if share else None
+            settings.max_connections_per_tenant,
+            tallies=share.connections if share else None,
+            worker=share.worker if share else 0,
+            workers=share.workers if share else 1,
         ),
         background_claim_s=settings.background_claim_s,
         recent=RecentConversations(settings.http_cache_mb << 20),

@@ -40,6 +40,8 @@ import time
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from loopway import __version__
 from loopway.settings import Settings
 
@@ -264,9 +266,9 @@ class Supervisor:
 
     def _start(self, index: int) -> None:
         ready = self.context.Event()
-        process = self.context.Process(
-            target=_worker_main, args=(self.settings, self.share, ready), name=f"loopway-worker-{index}"
-        )
+        share = msgspec.structs.replace(self.share, worker=index, workers=self.count)
+        name = f"loopway-worker-{index}"
+        process = self.context.Process(target=_worker_main, args=(self.settings, share, ready), name=name)
         process.start()
         self.workers[index] = (process, ready)
 
@@ -275,6 +277,7 @@ class Supervisor:
         process, ready = self.workers.pop(index)
         process.join()
         _mark_dead(process.pid)
+        self.share.connections.forget(float(index))  # its sockets died with it
         if self.stopping:
             return 0
         if not ready.is_set():

@@ -116,6 +116,39 @@ def test_a_worker_that_dies_is_replaced(tmp_path: Path):
         server.stop()
 
 
+def test_a_dead_workers_sockets_no_longer_count_against_the_tenant(tmp_path: Path):
+    """Each worker counts its own sockets; the supervisor forgets a worker killed with them open."""
+    server = Server(tmp_path, "--workers", "2", "--max-connections-per-tenant", "2")
+    url = server.url.replace("http", "ws", 1) + "/responses"
+    try:
+        victims = serving_workers(server)
+        held = [connect(url, open_timeout=10) for _ in range(2)]
+        with pytest.raises(Exception, match="429"):
+            connect(url, open_timeout=10)  # the cap holds across the workers
+        for pid in victims:  # whichever of them holds the sockets, one after the other
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 15
+            while not (len(workers_of(server)) == 2 and pid not in workers_of(server)):
+                assert time.monotonic() < deadline, "a worker was not replaced"
+                time.sleep(0.1)
+        for ws in held:
+            ws.socket.close()
+        deadline, refusals = time.monotonic() + 20, []
+        while time.monotonic() < deadline:  # the replacements start; the dead sockets must not count
+            try:
+                fresh = [connect(url, open_timeout=10) for _ in range(2)]
+                break
+            except (OSError, Exception) as exc:  # refused while no worker listens; 429 while they count
+                refusals.append(str(exc))
+                time.sleep(0.2)
+        else:
+            raise AssertionError(f"two sockets never opened again: {refusals[-3:]}")
+        for ws in fresh:
+            ws.close()
+    finally:
+        server.stop()
+
+
 def test_sigterm_drains_every_worker(tmp_path: Path):
     server = Server(tmp_path, "--workers", "2", "--sim-decode-tps", "200", "--drain-timeout-s", "20")
     url = server.url.replace("http", "ws", 1) + "/responses"

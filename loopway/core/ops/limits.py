@@ -49,25 +49,36 @@ class RateLimiter:
 
 
 class ConnectionLimiter:
-    """Open WebSocket connections per tenant (0: unlimited)."""
+    """Open WebSocket connections per tenant (0: unlimited), over every worker.
 
-    def __init__(self, per_tenant: int, tallies: Tallies | None = None) -> None:
+    Each worker counts its own sockets under its own key, ``(open, worker)``: the cap is their sum,
+    and the supervisor forgets a worker that died (``Tallies.forget``), so a ``kill -9`` does not
+    keep its sockets counted against the tenant until the server restarts.
+    """
+
+    def __init__(self, per_tenant: int, tallies: Tallies | None = None, worker: int = 0, workers: int = 1) -> None:
         self.per_tenant = per_tenant
-        self._open = tallies or LocalTallies()  # tenant -> (open, unused)
+        self._open = tallies or LocalTallies()  # (tenant, worker) -> (open, worker)
+        self.worker, self.workers = worker, workers
+
+    def _keys(self, tenant: str) -> list[str]:
+        """This worker's key first, then every other worker's."""
+        others = [w for w in range(self.workers) if w != self.worker]
+        return [f"{tenant}\x00{w}" for w in (self.worker, *others)]
 
     def acquire(self, tenant: str) -> None:
         if not self.per_tenant:
             return
-        limit = self.per_tenant
+        limit, me = self.per_tenant, float(self.worker)
         granted: list[bool] = []
 
-        def take(count: Pair) -> Pair:
-            if count[0] >= limit:
-                return count
+        def take(counts: list[Pair]) -> list[Pair]:
+            if sum(count for count, _ in counts) >= limit:
+                return counts
             granted.append(True)
-            return count[0] + 1, 0.0
+            return [(counts[0][0] + 1, me), *counts[1:]]
 
-        self._open.update(tenant, (0.0, 0.0), take)
+        self._open.update_all(self._keys(tenant), (0.0, 0.0), take)
         if not granted:
             raise too_many_requests(
                 f"Too many open WebSocket connections for this key (at most {self.per_tenant}). Close one or wait.",
@@ -77,4 +88,5 @@ class ConnectionLimiter:
 
     def release(self, tenant: str) -> None:
         if self.per_tenant:
-            self._open.update(tenant, (0.0, 0.0), lambda count: (max(0.0, count[0] - 1), 0.0))
+            me = float(self.worker)
+            self._open.update(self._keys(tenant)[0], (0.0, me), lambda count: (max(0.0, count[0] - 1), me))

@@ -5,18 +5,25 @@ anonymous shared memory map and a lock created before the workers fork, so a lim
 ``--workers`` as it does within one: a tenant's requests take tokens from one bucket whichever
 worker answers them. An update is a few hundred nanoseconds under an uncontended lock.
 
+The lock is an ``fcntl`` record lock on a file made before the fork, behind a thread lock: the
+kernel releases it when the process holding it dies, so a worker killed mid-update (``kill -9``)
+never wedges the others, as a ``multiprocessing`` lock it held would.
+
 The shared table has fixed room (``slots`` tenants, open addressing on a keyed hash of the tenant);
 a server with more tenants than that counts the newcomers per worker, and says so once in the log.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import mmap
-import multiprocessing
 import struct
-from collections.abc import Callable
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Protocol
 
 log = logging.getLogger("loopway.limits")
@@ -31,15 +38,48 @@ class Tallies(Protocol):
         returns the new pair."""
         ...
 
+    def update_all(self, keys: Sequence[str], default: Pair, change: Callable[[list[Pair]], list[Pair]]) -> list[Pair]:
+        """The same for several keys at once: ``change`` sees every pair and returns them all."""
+        ...
+
+    def forget(self, second: float) -> None:
+        """Zero the first value of every pair whose second is ``second`` (a dead worker's counts)."""
+        ...
+
 
 class LocalTallies:
     def __init__(self) -> None:
         self._pairs: dict[str, Pair] = {}
 
     def update(self, tenant: str, default: Pair, change: Callable[[Pair], Pair]) -> Pair:
-        pair = change(self._pairs.get(tenant, default))
-        self._pairs[tenant] = pair
-        return pair
+        return self.update_all([tenant], default, lambda pairs: [change(pairs[0])])[0]
+
+    def update_all(self, keys: Sequence[str], default: Pair, change: Callable[[list[Pair]], list[Pair]]) -> list[Pair]:
+        pairs = change([self._pairs.get(key, default) for key in keys])
+        self._pairs.update(zip(keys, pairs, strict=True))
+        return pairs
+
+    def forget(self, second: float) -> None:
+        for key, (first, other) in list(self._pairs.items()):
+            if other == second:
+                self._pairs[key] = (0.0, other)
+
+
+class _ProcessLock:
+    """Exclusive across the forked workers and their threads; the kernel drops it with its holder."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()  # inherited by every worker; record locks are per process
+        self._threads = threading.Lock()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._threads:
+            fcntl.lockf(self._file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.lockf(self._file, fcntl.LOCK_UN)
 
 
 class SharedTallies:
@@ -48,20 +88,39 @@ class SharedTallies:
     def __init__(self, slots: int = 16_384) -> None:
         self.slots = slots
         self._map = mmap.mmap(-1, slots * _SLOT.size)  # anonymous and MAP_SHARED: shared across fork
-        self._lock = multiprocessing.get_context("fork").Lock()
+        self._lock = _ProcessLock()
         self._local = LocalTallies()  # tenants past the table's room
         self._warned = False
 
     def update(self, tenant: str, default: Pair, change: Callable[[Pair], Pair]) -> Pair:
-        key = _key(tenant)
-        with self._lock:
-            offset = self._find(key)
-            if offset is None:
-                return self._overflow(tenant, default, change)
-            stored, a, b = _SLOT.unpack_from(self._map, offset)
-            pair = change((a, b) if stored == key else default)
-            _SLOT.pack_into(self._map, offset, key, *pair)
-            return pair
+        return self.update_all([tenant], default, lambda pairs: [change(pairs[0])])[0]
+
+    def update_all(self, keys: Sequence[str], default: Pair, change: Callable[[list[Pair]], list[Pair]]) -> list[Pair]:
+        hashed = [_key(key) for key in keys]
+        with self._lock.held():
+            offsets, pairs = [], []
+            for key in hashed:  # one at a time: a new key claims its slot before the next looks for one
+                offset = self._find(key)
+                if offset is None:
+                    return self._overflow(keys, default, change)
+                stored, a, b = _SLOT.unpack_from(self._map, offset)
+                if stored != key:
+                    (a, b) = default
+                    _SLOT.pack_into(self._map, offset, key, a, b)
+                offsets.append(offset)
+                pairs.append((a, b))
+            changed = change(pairs)
+            for key, offset, pair in zip(hashed, offsets, changed, strict=True):
+                _SLOT.pack_into(self._map, offset, key, *pair)
+            return changed
+
+    def forget(self, second: float) -> None:
+        with self._lock.held():
+            for offset in range(0, self.slots * _SLOT.size, _SLOT.size):
+                stored, a, b = _SLOT.unpack_from(self._map, offset)
+                if stored and b == second:
+                    _SLOT.pack_into(self._map, offset, stored, 0.0, b)
+        self._local.forget(second)
 
     def _find(self, key: int) -> int | None:
         """The slot holding ``key``, or the empty one where it goes; None when the table is full."""
@@ -73,11 +132,11 @@ class SharedTallies:
                 return offset
         return None
 
-    def _overflow(self, tenant: str, default: Pair, change: Callable[[Pair], Pair]) -> Pair:
+    def _overflow(self, keys: Sequence[str], default: Pair, change: Callable[[list[Pair]], list[Pair]]) -> list[Pair]:
         if not self._warned:
             self._warned = True
             log.warning("more than %d tenants: limits for the newest are counted per worker", self.slots)
-        return self._local.update(tenant, default, change)
+        return self._local.update_all(keys, default, change)
 
 
 def _key(tenant: str) -> int:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import threading
+import time
 
 from loopway.core.ops.tallies import LocalTallies, SharedTallies
 
@@ -42,3 +46,31 @@ def test_a_full_table_counts_newcomers_locally_and_keeps_the_rest():
     assert tallies.update("a", (0.0, 0.0), add(1)) == (2.0, 2.0)  # in the table
     assert tallies.update("d", (0.0, 0.0), add(1)) == (2.0, 2.0)  # past its room: this process's count
     assert tallies._warned
+
+
+def _hold_the_lock_forever(tallies: SharedTallies, holding) -> None:
+    with tallies._lock.held():
+        holding.set()
+        time.sleep(60)
+
+
+def test_a_worker_killed_while_it_holds_the_lock_wedges_nobody():
+    tallies = SharedTallies(slots=16)
+    context = multiprocessing.get_context("fork")
+    holding = context.Event()
+    holder = context.Process(target=_hold_the_lock_forever, args=(tallies, holding))
+    holder.start()
+    assert holding.wait(10)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(10)
+    done = threading.Event()
+    threading.Thread(target=lambda: (tallies.update("acme", (0.0, 0.0), add(1)), done.set()), daemon=True).start()
+    assert done.wait(5), "the dead worker's lock was never released"
+
+
+def test_a_dead_workers_counts_are_forgotten_and_the_others_kept():
+    tallies = SharedTallies(slots=64)
+    tallies.update("acme\x000", (0.0, 0.0), lambda pair: (3.0, 0.0))
+    tallies.update("acme\x001", (0.0, 0.0), lambda pair: (2.0, 1.0))
+    tallies.forget(0.0)
+    assert tallies.update_all(["acme\x000", "acme\x001"], (0.0, 0.0), lambda pairs: pairs) == [(0.0, 0.0), (2.0, 1.0)]
