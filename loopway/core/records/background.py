@@ -27,7 +27,7 @@ from loopway.core.records.persistence import ResponseLog, record_of, store_unava
 from loopway.core.turn.turn import Turn
 from loopway.protocol import response as wire
 from loopway.protocol.errors import ApiError
-from loopway.protocol.events import Event, ResponseFailed, encode_event, is_terminal
+from loopway.protocol.events import Event, ResponseFailed, ResponseInProgress, encode_event, is_terminal
 from loopway.protocol.response import Response, ResponseError
 from loopway.store.base import BackgroundClaims, StoreUnavailable
 
@@ -75,6 +75,8 @@ class BackgroundRuns:
             # The pipeline keeps every event on turn.events, for replay.
             async for event in self.driver.events(turn, "background", Persist.FIRST):
                 saved = is_terminal(event)
+                if isinstance(event, ResponseInProgress):
+                    await self._left_the_queue(turn)
                 async with run.changed:
                     run.changed.notify_all()
         except asyncio.CancelledError:
@@ -89,6 +91,12 @@ class BackgroundRuns:
                 saved = False
         finally:
             await asyncio.shield(self._end(run, saved))
+
+    async def _left_the_queue(self, turn: Turn) -> None:
+        """The run has started: stored as ``in_progress``, so a status read after this process dies
+        never goes back to ``queued`` (a failed write leaves ``queued``, which its ending replaces)."""
+        with contextlib.suppress(ApiError):
+            await self.log.put(record_of(turn))
 
     async def _end(self, run: _Run, saved: bool) -> None:
         """The one ending of a run: its last state stored unless already, then forgotten."""
