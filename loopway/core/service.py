@@ -30,7 +30,7 @@ from loopway.core.records.driver import Persist, TurnDriver
 from loopway.core.records.persistence import ResponseLog
 from loopway.core.records.recent import RecentConversations
 from loopway.core.turn.pipeline import TurnPipeline
-from loopway.core.turn.replay import rebuild_events
+from loopway.core.turn.replay import stored_replay
 from loopway.core.turn.turn import Turn, TurnOrigin
 from loopway.engines.base import Engine, describe, find_model
 from loopway.mcp.sessions import McpSessions
@@ -244,10 +244,7 @@ class ResponsesService:
         if live is not None:
             return live
         record = await self.record(response_id, tenant)
-        if record.events is not None:
-            events = msgspec.json.decode(record.events)
-            return _raw_after(events, starting_after)
-        return _after(rebuild_events(wire.decode(record.response)), starting_after)
+        return stored_replay(record.events, record.response, starting_after)
 
     async def delete(self, response_id: str, tenant: str = "") -> dict[str, Any]:
         if self.background.running(response_id, tenant) is not None:
@@ -392,18 +389,6 @@ class ResponsesService:
         await self.feed.aclose()
         await self.background.aclose()
         await self.log.drain()
-
-
-async def _after(events: list[Event], starting_after: int) -> AsyncIterator[Event]:
-    for event in events:
-        if isinstance(event.sequence_number, int) and event.sequence_number > starting_after:
-            yield event
-
-
-async def _raw_after(events: list[dict[str, Any]], starting_after: int) -> AsyncIterator[dict[str, Any]]:
-    for event in events:
-        if event.get("sequence_number", -1) > starting_after:
-            yield event
 
 
 async def _rendered_ahead(request: CreateRequest, parent: Parent | None) -> Renderer | None:

@@ -82,8 +82,8 @@ async def hostile(scope: dict, receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": json.dumps(listing).encode()})
     elif kind in ("slow", "deep-call") and body.get("method") == "tools/list":
         await _answer(send, json.dumps({"jsonrpc": "2.0", "id": body["id"], "result": {"tools": [READ_NOTE]}}).encode())
-    elif kind == "slow":  # a call that takes 6 s: longer than httpx's default 5 s, within the call limit
-        await asyncio.sleep(6)
+    elif kind == "slow":  # a call that takes 5.5 s: longer than httpx's default 5 s, within the call limit
+        await asyncio.sleep(5.5)
         result = {"content": [{"type": "text", "text": "slow but sure"}]}
         await _answer(send, json.dumps({"jsonrpc": "2.0", "id": body["id"], "result": result}).encode())
     elif kind == "deep-call":
@@ -169,7 +169,7 @@ def test_an_allow_list_entry_opens_only_what_it_names(tmp_path: Path, bad_mcp: A
 
 
 def test_a_redirect_a_slow_tool_and_a_deep_answer_each_end_as_data(tmp_path: Path, bad_mcp: AppThread):
-    """A 302 whose body looks like a listing is not read; a 6 s tool runs to its answer under a 10 s
+    """A 302 whose body looks like a listing is not read; a 5.5 s tool runs to its answer under a 10 s
     call limit (no library default cuts it at 5 s); an answer nested 5,000 deep is that call's
     error, and the response completes, in a normal round and on the approved-call path."""
     server = Server(tmp_path, *FAST, "--mcp-allow", "127.0.0.1", "--mcp-call-timeout-s", "10")

@@ -156,7 +156,7 @@ def check_answer(status: int, body: Any) -> None:
         validate("ErrorResponse", body)
 
 
-@settings(max_examples=4000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(body=bodies, path=st.sampled_from(["/v1/responses", "/v1/responses/input_tokens"]))
 def test_http_bodies(app_client: TestClient, body: Any, path: str):
     response = app_client.post(path, content=json.dumps(body))
@@ -225,7 +225,7 @@ frames = st.one_of(
 )
 
 
-@settings(max_examples=4500, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=2500, deadline=None, suppress_health_check=list(HealthCheck))
 @given(frame=frames)
 def test_websocket_frames(ws_server: Any, frame: str | bytes):
     ws_server.send(frame)

@@ -8,10 +8,14 @@ replay has the live stream's events in the live stream's order: the order is wri
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 import msgspec
 
 from loopway.core.turn.assembler import EventAssembler
 from loopway.engines.base import ReasoningDelta, TextDelta, ToolCallDelta
+from loopway.protocol import response as wire
 from loopway.protocol.events import Event
 from loopway.protocol.items import (
     FunctionCall,
@@ -23,6 +27,20 @@ from loopway.protocol.items import (
     Reasoning,
 )
 from loopway.protocol.response import OutputItem, Response, Usage
+
+
+def stored_replay(kept: bytes | None, response: bytes, starting_after: int) -> AsyncIterator[Event | dict[str, Any]]:
+    """What ``GET …?stream=true`` sends for a stored response: the events it kept (a background
+    response's, as JSON), else its events rebuilt; those numbered after ``starting_after``."""
+    events: list[Any] = msgspec.json.decode(kept) if kept is not None else rebuild_events(wire.decode(response))
+    return _after(events, starting_after)
+
+
+async def _after(events: list[Any], starting_after: int) -> AsyncIterator[Event | dict[str, Any]]:
+    for event in events:
+        number = event.get("sequence_number", -1) if isinstance(event, dict) else event.sequence_number
+        if isinstance(number, int) and number > starting_after:
+            yield event
 
 
 def rebuild_events(response: Response) -> list[Event]:
