@@ -136,14 +136,14 @@ class ResponsesService:
             conversation_version=version,
             renderer=renderer,
             stored=await self._referenced(request, parent, tenant),
-            connection_mcp=self._connection_mcp(cache),
+            connection_mcp=self._connection_mcp(cache, tenant),
             fault=fault,
         )
         turn = self.pipeline.prepare(request, parent, times, origin)
         await self.pipeline.start(turn)
         return turn
 
-    def _connection_mcp(self, cache: ParentCache | None) -> Callable[[], McpSessions] | None:
+    def _connection_mcp(self, cache: ParentCache | None, tenant: str) -> Callable[[], McpSessions] | None:
         """A WebSocket connection's MCP sessions, opened by its first turn that needs them."""
         runtime = self.pipeline.mcp
         if cache is None or runtime is None:
@@ -151,7 +151,7 @@ class ResponsesService:
 
         def sessions() -> McpSessions:
             if cache.mcp_sessions is None:
-                cache.mcp_sessions = runtime.sessions()
+                cache.mcp_sessions = runtime.sessions(tenant)
             return cache.mcp_sessions
 
         return sessions

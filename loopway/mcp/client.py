@@ -32,6 +32,28 @@ class McpLimits(msgspec.Struct, frozen=True, kw_only=True):
     list_timeout_s: float = 15.0  # initialize and tools/list, every page
     max_response_bytes: int = 1 << 20  # one response from the server, after decompression
     max_tools: int = 128  # tools kept from one server's list
+    exchanges_per_tenant: int = 32  # one tenant's MCP requests in flight at once, over every server
+    answer_bytes_in_flight: int = 64 << 20  # answers being read at once, over the process
+
+
+class AnswerBudget:
+    """Bytes of MCP answers being read at once in this process: a read that would pass it fails
+    its call (the model hears why) instead of every tenant's answers adding up in memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def take(self, size: int) -> bool:
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.used -= size
+
+
+UNLIMITED = AnswerBudget(1 << 62)
 
 
 class McpFailure(msgspec.Struct, frozen=True):
@@ -132,11 +154,24 @@ def listed_tool(raw: Any) -> McpListedTool | None:
 class McpSession:
     """A session with one server, opened on first use, reused for every later list and call."""
 
-    def __init__(self, http: httpx.AsyncClient, url: str, headers: dict[str, str], limits: McpLimits) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        url: str,
+        headers: dict[str, str],
+        limits: McpLimits,
+        *,
+        gate: asyncio.Semaphore | None = None,
+        budget: AnswerBudget = UNLIMITED,
+    ) -> None:
+        """``gate``: the tenant's share of MCP requests in flight (its exchanges wait for a place, so
+        one tenant never holds every pooled connection); ``budget``: the process's answer bytes."""
         self.http = http
         self.url = url
         self.headers = headers
         self.limits = limits
+        self.gate = gate or asyncio.Semaphore(limits.exchanges_per_tenant)
+        self.budget = budget
         self._ids = itertools.count(1)
         self._session_id: str | None = None
         self._version = PROTOCOL_VERSION
@@ -248,9 +283,12 @@ class McpSession:
         """POST one message; the JSON-RPC reply to ``request_id`` (plain JSON, or the first SSE event
         that answers it), read within the byte cap."""
         try:
-            async with self.http.stream(
-                "POST", self.url, content=msgspec.json.encode(payload), headers=self._headers(), timeout=None
-            ) as r:  # no httpx timeout: the caller's asyncio.timeout bounds the whole exchange
+            async with (
+                self.gate,
+                self.http.stream(
+                    "POST", self.url, content=msgspec.json.encode(payload), headers=self._headers(), timeout=None
+                ) as r,
+            ):  # no httpx timeout: the caller's asyncio.timeout bounds the whole exchange
                 if 300 <= r.status_code < 400:  # not followed, and its body is not an answer
                     raise _http_error(
                         r.status_code, f"The MCP server answered HTTP {r.status_code}: redirects are not followed."
@@ -266,24 +304,48 @@ class McpSession:
             raise _http_error(0, f"Could not reach the MCP server: {exc or type(exc).__name__}") from None
 
     async def _reply(self, response: httpx.Response, request_id: int) -> dict[str, Any] | None:
-        cap, read = self.limits.max_response_bytes, 0
-        streamed = response.headers.get("content-type", "").startswith("text/event-stream")
-        events, body = SseMessages(), bytearray()
-        async for chunk in response.aiter_bytes():
-            read += len(chunk)
-            if read > cap:
-                raise _protocol_error(f"The MCP server's answer exceeded {cap} bytes.")
-            if not streamed:
-                body += chunk
-                continue
-            for data in events.feed(chunk):
-                message = _decoded(data)
-                if isinstance(message, dict) and message.get("id") == request_id:
-                    return message
-        if streamed:
-            return None
-        message = _decoded(bytes(body))
-        return message if isinstance(message, dict) else None
+        reading = _Reading(self.limits.max_response_bytes, self.budget)
+        try:
+            return await _read_reply(response, request_id, reading)
+        finally:
+            reading.done()
+
+
+class _Reading:
+    """One answer being read: its bytes, against its own cap and the process's budget."""
+
+    def __init__(self, cap: int, budget: AnswerBudget) -> None:
+        self.cap, self.budget, self.read = cap, budget, 0
+
+    def count(self, size: int) -> None:
+        if self.read + size > self.cap:
+            raise _protocol_error(f"The MCP server's answer exceeded {self.cap} bytes.")
+        if not self.budget.take(size):
+            raise _protocol_error("This server is reading too many MCP answers at once; try again shortly.")
+        self.read += size
+
+    def done(self) -> None:
+        self.budget.give_back(self.read)
+        self.read = 0
+
+
+async def _read_reply(response: httpx.Response, request_id: int, reading: _Reading) -> dict[str, Any] | None:
+    """The JSON-RPC reply to ``request_id``: plain JSON, or the first SSE event that answers it."""
+    streamed = response.headers.get("content-type", "").startswith("text/event-stream")
+    events, body = SseMessages(), bytearray()
+    async for chunk in response.aiter_bytes():
+        reading.count(len(chunk))
+        if not streamed:
+            body += chunk
+            continue
+        for data in events.feed(chunk):
+            message = _decoded(data)
+            if isinstance(message, dict) and message.get("id") == request_id:
+                return message
+    if streamed:
+        return None
+    message = _decoded(bytes(body))
+    return message if isinstance(message, dict) else None
 
 
 def _decoded(data: bytes) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -17,7 +18,7 @@ import httpx
 import msgspec
 
 from loopway.mcp.allow import McpAllowList
-from loopway.mcp.client import McpLimits, McpSession
+from loopway.mcp.client import AnswerBudget, McpLimits, McpSession
 from loopway.mcp.network import guarded_client
 from loopway.protocol.errors import invalid_request
 from loopway.protocol.mcp_spec import McpServerSpec
@@ -33,8 +34,12 @@ class McpSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class McpSessions:
-    def __init__(self, runtime: McpRuntime) -> None:
+    """A connection's (or a turn's) sessions, for one tenant: every exchange they make waits for a
+    place in the tenant's share (``McpLimits.exchanges_per_tenant``)."""
+
+    def __init__(self, runtime: McpRuntime, tenant: str = "") -> None:
         self.runtime = runtime
+        self.gate = runtime.gate(tenant)
         self._open: OrderedDict[str, McpSession] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -42,7 +47,14 @@ class McpSessions:
         key = spec.identity
         session = self._open.get(key)
         if session is None:
-            session = McpSession(self.runtime.http, spec.server_url, spec.request_headers(), self.runtime.limits)
+            session = McpSession(
+                self.runtime.http,
+                spec.server_url,
+                spec.request_headers(),
+                self.runtime.limits,
+                gate=self.gate,
+                budget=self.runtime.answers,
+            )
             self._open[key] = session
             if len(self._open) > MAX_SESSIONS:
                 _, oldest = self._open.popitem(last=False)
@@ -66,6 +78,8 @@ class McpRuntime:
     def __init__(self, settings: McpSettings) -> None:
         self.allow = McpAllowList.parse(settings.allow)
         self.limits = settings.limits
+        self.answers = AnswerBudget(settings.limits.answer_bytes_in_flight)  # answers being read, over the process
+        self._gates: weakref.WeakValueDictionary[str, asyncio.Semaphore] = weakref.WeakValueDictionary()
         self._http: httpx.AsyncClient | None = None
         # What happened, for the metrics: a call's outcome and seconds, a listing's outcome.
         self.observe_call: Callable[[str, float], None] = lambda outcome, seconds: None
@@ -88,8 +102,16 @@ class McpRuntime:
             code="mcp_server_not_allowed",
         )
 
-    def sessions(self) -> McpSessions:
-        return McpSessions(self)
+    def gate(self, tenant: str) -> asyncio.Semaphore:
+        """The tenant's share of MCP requests in flight, one for all its sessions (kept while any
+        session of the tenant lives)."""
+        gate = self._gates.get(tenant)
+        if gate is None:
+            gate = self._gates[tenant] = asyncio.Semaphore(self.limits.exchanges_per_tenant)
+        return gate
+
+    def sessions(self, tenant: str = "") -> McpSessions:
+        return McpSessions(self, tenant)
 
     async def aclose(self) -> None:
         if self._http is not None:

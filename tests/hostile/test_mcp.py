@@ -14,6 +14,8 @@ import asyncio
 import functools
 import gzip
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,14 @@ async def hostile(scope: dict, receive: Any, send: Any) -> None:
         headers = [(b"content-type", b"application/json"), (b"location", b"http://127.0.0.1:1/")]
         await send({"type": "http.response.start", "status": 302, "headers": headers})
         await send({"type": "http.response.body", "body": json.dumps(listing).encode()})
+    elif kind == "hold":  # a listing that takes 2 s: it holds a pooled connection meanwhile
+        await asyncio.sleep(2)
+        await _answer(send, json.dumps({"jsonrpc": "2.0", "id": body["id"], "result": {"tools": [READ_NOTE]}}).encode())
+    elif kind == "quick":  # a server as it should be: one tool, answered at once
+        result = (
+            {"tools": [READ_NOTE]} if body.get("method") == "tools/list" else {"content": [{"type": "text", "text": "ok"}]}
+        )
+        await _answer(send, json.dumps({"jsonrpc": "2.0", "id": body["id"], "result": result}).encode())
     elif kind in ("slow", "deep-call") and body.get("method") == "tools/list":
         await _answer(send, json.dumps({"jsonrpc": "2.0", "id": body["id"], "result": {"tools": [READ_NOTE]}}).encode())
     elif kind == "slow":  # a call that takes 5.5 s: longer than httpx's default 5 s, within the call limit
@@ -200,5 +210,38 @@ def test_a_redirect_a_slow_tool_and_a_deep_answer_each_end_as_data(tmp_path: Pat
             body = {"model": MODEL, "input": [approval], "tools": [tool], "previous_response_id": asked["id"]}
             ran = httpx.post(f"{server.url}/responses", json=body, timeout=30)
             assert ran.status_code == 200 and ran.json()["status"] == "completed", ran.text
+    finally:
+        server.stop()
+
+
+def test_one_tenant_cannot_take_every_pooled_connection(tmp_path: Path, bad_mcp: AppThread):
+    """17 requests of 16 servers each that hold their listings (272 at once, past the pool's 256):
+    the tenant waits for its own share, and another tenant's listing goes through at once."""
+    keys = tmp_path / "keys.txt"
+    keys.write_text("sk-mallory mallory\nsk-alice alice\n")
+    server = Server(tmp_path, *FAST, "--api-keys", str(keys), "--mcp-allow", "127.0.0.1", "--mcp-list-timeout-s", "2.5")
+    base = f"http://127.0.0.1:{bad_mcp.port}"
+    try:
+
+        def create(key: str, tools: list[dict[str, Any]]) -> httpx.Response:
+            body = {"model": MODEL, "input": "read notes/a.md", "tools": tools, "max_output_tokens": 16}
+            return httpx.post(f"{server.url}/responses", json=body, headers={"authorization": f"Bearer {key}"}, timeout=30)
+
+        holding = [
+            {"type": "mcp", "server_label": f"h{i}", "server_url": f"{base}/hold?{i}", "require_approval": "never"}
+            for i in range(16)
+        ]
+        attack = [threading.Thread(target=create, args=("sk-mallory", holding)) for _ in range(17)]
+        for thread in attack:
+            thread.start()
+        time.sleep(0.5)  # every holding listing has its connection now
+        started = time.monotonic()
+        quick = {"type": "mcp", "server_label": "q", "server_url": f"{base}/quick", "require_approval": "never"}
+        answer = create("sk-alice", [quick])
+        took = time.monotonic() - started
+        assert answer.status_code == 200 and answer.json()["output"][0]["tools"], answer.text
+        assert took < 1.0, f"another tenant's listing waited {took:.2f} s for a connection"
+        for thread in attack:
+            thread.join(timeout=30)
     finally:
         server.stop()

@@ -9,7 +9,7 @@ import mcp
 import pytest
 
 from loopway.mcp.allow import McpAllowList
-from loopway.mcp.client import McpLimits, McpSession
+from loopway.mcp.client import AnswerBudget, McpLimits, McpSession
 from loopway.mcp.network import guarded_client
 from tests.mcp.notes import NotesServer
 
@@ -89,6 +89,28 @@ def test_an_answer_past_the_byte_cap_is_dropped(notes: NotesServer):
     over, under = run(calls())
     assert over.failure.kind == "mcp_protocol_error" and "exceeded 20000 bytes" in over.failure.message
     assert under.output == "x" * 5000
+
+
+def test_answers_past_the_processs_budget_fail_their_call_and_give_the_budget_back(notes: NotesServer):
+    """The process's budget of answer bytes being read at once (``McpLimits.answer_bytes_in_flight``):
+    a read that would pass it fails its call, saying why; a finished read gives its bytes back."""
+
+    async def calls():
+        http = guarded_client(McpAllowList.parse(notes.allow))
+        budget = AnswerBudget(20_000)
+        session = McpSession(http, notes.url, {}, LIMITS, budget=budget)
+        small = await session.call_tool("read_note", {"path": "big/5000"})
+        held = budget.used
+        budget.take(18_000)  # others' answers, being read right now
+        crowded = await session.call_tool("read_note", {"path": "big/5000"})
+        budget.give_back(18_000)
+        again = await session.call_tool("read_note", {"path": "big/5000"})
+        return small, held, crowded, again, budget.used
+
+    small, held, crowded, again, left = run(calls())
+    assert small.output == "x" * 5000 and again.output == "x" * 5000
+    assert crowded.failure is not None and "too many MCP answers at once" in crowded.failure.message
+    assert held == 0 and left == 0
 
 
 def test_a_server_that_dies_mid_call_is_an_http_error(fresh_notes: NotesServer):

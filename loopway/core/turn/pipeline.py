@@ -112,7 +112,7 @@ class TurnPipeline:
         if turn.origin.connection_mcp is not None:
             mcp.sessions = turn.origin.connection_mcp()
         else:
-            mcp.sessions, mcp.owns_sessions = self.mcp.sessions(), True
+            mcp.sessions, mcp.owns_sessions = self.mcp.sessions(turn.origin.tenant), True
 
     def count_input_tokens(
         self,
