@@ -16,6 +16,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,6 +24,16 @@ import pytest
 from tests.conftest import MODEL, Server
 
 FAST = ("--sim-decode-tps", "20000", "--sim-base-latency-ms", "1", "--sim-prefill-tps", "1e12", "--store", "memory")
+
+
+async def asgi_body(receive: Any) -> bytes:
+    """A hostile server's view of a request: its whole body."""
+    raw = b""
+    while True:
+        message = await receive()
+        raw += message.get("body", b"")
+        if not message.get("more_body"):
+            return raw
 
 
 def rss_mib(pid: int) -> float:

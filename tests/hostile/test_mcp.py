@@ -25,7 +25,7 @@ import pytest
 
 from loopway.bench.mcp_rollout import AppThread
 from tests.conftest import MODEL, Server, free_port
-from tests.hostile.conftest import FAST, Watch
+from tests.hostile.conftest import FAST, Watch, asgi_body
 
 READ_NOTE = {"name": "read_note", "inputSchema": {"type": "object", "properties": {"path": {"type": "string"}}}}
 
@@ -44,12 +44,7 @@ async def hostile(scope: dict, receive: Any, send: Any) -> None:
     """One ASGI app, a misbehaviour per path; ``initialize`` is answered properly so each gets its chance."""
     if scope["type"] != "http":
         return
-    raw = b""
-    while True:
-        message = await receive()
-        raw += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    raw = await asgi_body(receive)
     body = json.loads(raw or b"{}")
     if "id" not in body:
         await send({"type": "http.response.start", "status": 202, "headers": []})

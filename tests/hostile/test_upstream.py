@@ -21,7 +21,7 @@ import pytest
 
 from loopway.bench.mcp_rollout import AppThread
 from tests.conftest import MODEL, Server
-from tests.hostile.conftest import Watch
+from tests.hostile.conftest import Watch, asgi_body
 
 SSE = [(b"content-type", b"text/event-stream")]
 
@@ -43,12 +43,7 @@ async def upstream(scope: dict, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": b'{"object":"list","data":[{"id":"good","object":"model"}]}'})
         return
-    raw = b""
-    while True:
-        message = await receive()
-        raw += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    raw = await asgi_body(receive)
     gone = asyncio.Event()
 
     async def watch() -> None:
