@@ -77,8 +77,8 @@ async def hostile(scope: dict, receive: Any, send: Any) -> None:
         headers = [(b"content-type", b"application/json"), (b"location", b"http://127.0.0.1:1/")]
         await send({"type": "http.response.start", "status": 302, "headers": headers})
         await send({"type": "http.response.body", "body": json.dumps(listing).encode()})
-    elif kind == "hold":  # a listing that takes 2 s: it holds a pooled connection meanwhile
-        await asyncio.sleep(2)
+    elif kind == "hold":  # a listing that takes 3 s: it holds a pooled connection until loopway gives up
+        await asyncio.sleep(3)
         await _answer(send, json.dumps({"jsonrpc": "2.0", "id": body["id"], "result": {"tools": [READ_NOTE]}}).encode())
     elif kind == "quick":  # a server as it should be: one tool, answered at once
         result = (
@@ -235,7 +235,7 @@ def test_one_tenant_cannot_take_every_pooled_connection(tmp_path: Path, bad_mcp:
         answer = create("sk-alice", [quick])
         took = time.monotonic() - started
         assert answer.status_code == 200 and answer.json()["output"][0]["tools"], answer.text
-        assert took < 1.0, f"another tenant's listing waited {took:.2f} s for a connection"
+        assert took < 1.2, f"another tenant's listing waited {took:.2f} s for a connection"  # 2 s before
         for thread in attack:
             thread.join(timeout=30)
     finally:
