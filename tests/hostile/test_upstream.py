@@ -77,28 +77,29 @@ async def endless(send: Any, gone: asyncio.Event) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-async def one_line(send: Any, gone: asyncio.Event) -> None:
-    """One ``data:`` line that never ends: 64 MiB, four times the bound."""
-    await send({"type": "http.response.start", "status": 200, "headers": SSE})
-    await send({"type": "http.response.body", "body": b"data: ", "more_body": True})
-    for _ in range(1024):
+async def flood(
+    send: Any, gone: asyncio.Event, start: dict[str, Any], head: bytes, piece: bytes, times: int, tail: bytes
+) -> None:
+    """``head``, then ``piece`` ``times`` over (until loopway hangs up), then ``tail``."""
+    await send({"type": "http.response.start", **start})
+    await send({"type": "http.response.body", "body": head, "more_body": True})
+    for _ in range(times):
         if gone.is_set():
             break
-        await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+        await send({"type": "http.response.body", "body": piece, "more_body": True})
         await asyncio.sleep(0)
-    await send({"type": "http.response.body", "body": b""})
+    await send({"type": "http.response.body", "body": tail})
+
+
+async def one_line(send: Any, gone: asyncio.Event) -> None:
+    """One ``data:`` line that never ends: 64 MiB, four times the bound."""
+    await flood(send, gone, {"status": 200, "headers": SSE}, b"data: ", b"x" * 65536, 1024, b"")
 
 
 async def big_error(send: Any, gone: asyncio.Event) -> None:
     """A 400 whose error message is 200 MB."""
-    await send({"type": "http.response.start", "status": 400, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": b'{"error": {"message": "', "more_body": True})
-    for _ in range(200):
-        if gone.is_set():
-            break
-        await send({"type": "http.response.body", "body": b"x" * 1_000_000, "more_body": True})
-        await asyncio.sleep(0)
-    await send({"type": "http.response.body", "body": b'"}}'})
+    start = {"status": 400, "headers": [(b"content-type", b"application/json")]}
+    await flood(send, gone, start, b'{"error": {"message": "', b"x" * 1_000_000, 200, b'"}}')
 
 
 async def bad_usage(send: Any, gone: asyncio.Event) -> None:
